@@ -1,0 +1,1 @@
+"""Evaluation: official-format benchmark loaders, official-exact metrics, a batched resumable runner."""

@@ -1,0 +1,1 @@
+"""Instruction data: records, templates, exact label masks, datasets, collators, samplers, mixtures, converters, the synthetic world."""

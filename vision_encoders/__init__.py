@@ -1,0 +1,1 @@
+"""Vision encoder backends (HF transformers, timm, open_clip) behind one interface, with their preprocessing."""

@@ -1,0 +1,1 @@
+"""Vision-language model: config, splicing, generation, checkpoints, HF Llava export/import."""
