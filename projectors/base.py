@@ -15,9 +15,8 @@ class Projector(nn.Module, ABC):
     #: whether HF `LlavaForConditionalGeneration` (linear_1 -> act -> linear_2) can express it
     hf_exportable: bool = False
 
-    @staticmethod
     @abstractmethod
-    def output_tokens(num_input_tokens: int) -> int:
+    def output_tokens(self, num_input_tokens: int) -> int:
         """K for T input tokens (raises ValueError when T does not fit, e.g. a non-square grid)."""
 
     @abstractmethod

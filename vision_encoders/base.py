@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from vision_encoders.config import VisionEncoderConfig
+from vision_encoders.config import AspectRatio, VisionEncoderConfig
+from vision_encoders.preprocess import ImageProcessor
 
 
 class VisionEncoder(nn.Module, ABC):
@@ -51,7 +53,19 @@ class VisionEncoder(nn.Module, ABC):
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks in order, for partial unfreezing."""
 
+    def image_processor(self, aspect_ratio: AspectRatio | None = None) -> ImageProcessor:
+        """The matching preprocessing (checkpoint's own mean/std/size when known); aspect ratio from the config."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its image processor")
+
+    def save(self, directory: str | Path) -> str:
+        """Write the weights in the backend's own format; return the spec reloading them (`./<dir name>`-relative)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save itself")
+
     def freeze(self, unfreeze_last_n: int = 0) -> None:
+        """Freeze everything, then unfreeze the last `unfreeze_last_n` transformer blocks."""
+        blocks = self.blocks()
+        if not 0 <= unfreeze_last_n <= len(blocks):
+            raise ValueError(f"unfreeze_last_n={unfreeze_last_n} but the encoder has {len(blocks)} blocks")
         self.requires_grad_(False)
         if unfreeze_last_n > 0:
             for block in self.blocks()[-unfreeze_last_n:]:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-lora": ("train.merge_lora", "merge LoRA adapters into a full checkpoint"),
     "eval": ("eval.cli", "run or score benchmarks"),
     "chat": ("vlm.chat", "ask questions about images (interactive or one-shot)"),
+    "demo": ("train.demo", "the main job: synthetic world, backbones, both phases, benchmarks, chat, report"),
 }
 
 

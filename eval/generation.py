@@ -1,0 +1,148 @@
+"""Batched greedy generation for eval: prompts rendered by the checkpoint's template, LEFT padded."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from eval.types import EvalItem
+
+
+class GenerateFn(Protocol):
+    """Anything that answers a batch of questions (the real model, or a stand-in in tests)."""
+
+    def __call__(self, items: list[EvalItem]) -> list[str]: ...
+
+
+def open_image(item: EvalItem, blank: bool = False) -> Image.Image:
+    """The item's image as RGB; with `blank`, a black image of the same size (the 'blind' baseline)."""
+    from instruct_data.images import load_image  # confined, bomb-checked decoding (other package)
+
+    image = item.image if isinstance(item.image, Image.Image) else load_image(Path(str(item.image)))
+    image = image.convert("RGB")
+    return Image.new("RGB", image.size, (0, 0, 0)) if blank else image
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L] ids and attention mask, padding on the left so every prompt ends at the last column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def cut_at_stop(tokens: list[int], stops: set[int], pad_id: int) -> list[int]:
+    """Tokens before the first stop token (or the padding generate adds after a row finished)."""
+    out = []
+    for t in tokens:
+        if t in stops or t == pad_id:
+            break
+        out.append(t)
+    return out
+
+
+def _stop_ids(model: Any) -> set[int]:
+    try:
+        from instruct_data.tokenize import stop_token_ids
+    except ImportError:  # older instruct_data without it: the tokenizer's eos is the only stop
+        eos = model.tokenizer.eos_token_id
+        return {eos} if eos is not None else set()
+    ids = stop_token_ids(model.config.template, model.tokenizer)
+    return {ids} if isinstance(ids, int) else set(ids)
+
+
+class ModelGenerator:
+    """Answers batches with a `VisionLanguageModel` (ours, or a HF Llava directory loaded as one)."""
+
+    def __init__(self, model: Any, max_new_tokens: int = 16, blank_images: bool = False) -> None:
+        from instruct_data.tokenize import encode_prompt
+
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.blank_images = blank_images
+        self._encode_prompt = encode_prompt
+        self.stops = _stop_ids(model)
+
+    def encode(self, item: EvalItem) -> list[int]:
+        """The item's prompt rendered by the checkpoint's template, ending with the assistant prefix."""
+        from instruct_data.records import Message
+
+        cfg = self.model.config
+        content = (cfg.image_token + "\n" if item.image is not None else "") + item.prompt
+        return self._encode_prompt([Message(role="user", content=content)], cfg.template, self.model.tokenizer,
+                                   image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens)
+
+    @torch.no_grad()
+    def __call__(self, items: list[EvalItem]) -> list[str]:
+        cfg = self.model.config
+        ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
+        device = next(self.model.parameters()).device
+        images = [self.model.image_processor(open_image(it, self.blank_images)) for it in items
+                  if it.image is not None]
+        pixel_values = torch.stack(images).to(device=device, dtype=self.model.dtype) if images else None
+        counts = torch.tensor([int(it.image is not None) for it in items], device=device)
+        new = self.model.generate(ids.to(device), mask.to(device), pixel_values=pixel_values, image_counts=counts,
+                                  max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  eos_token_id=sorted(self.stops) or None)
+        tok = self.model.tokenizer
+        return [tok.decode(cut_at_stop(row.tolist(), self.stops, cfg.pad_token_id), skip_special_tokens=True).strip()
+                for row in new]
+
+
+def _is_hf_llava(directory: Path) -> bool:
+    import json
+
+    config = directory / "config.json"
+    try:
+        return config.is_file() and json.loads(config.read_text()).get("model_type") == "llava"
+    except json.JSONDecodeError:
+        return False
+
+
+def load_model(model_dir: str | Path, device: str | None = None, hf_template: str = "vicuna_v1") -> Any:
+    """Our checkpoint, or a HF Llava directory imported (weights mapped by name, strict) into a temp checkpoint."""
+    from vlm.model import VisionLanguageModel
+
+    directory = Path(model_dir)
+    if (directory / "vlm_config.json").is_file():
+        model = VisionLanguageModel.load(directory, device=device)
+    elif _is_hf_llava(directory):
+        import tempfile
+
+        from vlm.hf_llava import import_hf
+
+        # import_hf is the tested HF -> ours mapping; the copy lives only for this run
+        staging = Path(tempfile.mkdtemp(prefix="vlm-eval-hf-"))
+        model = import_hf(directory, staging / "ckpt", template=hf_template)
+        model = model.to(device) if device else model
+    else:
+        raise RuntimeError(f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
+                           "or a config.json with model_type 'llava' (HF Llava)")
+    return model.eval()
+
+
+def load_generator(model_dir: str, max_new_tokens: int, blank_images: bool = False, device: str | None = None,
+                   hf_template: str = "vicuna_v1") -> ModelGenerator:
+    """A batched generator over our checkpoint or a HF Llava directory."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ModelGenerator(load_model(model_dir, device, hf_template), max_new_tokens, blank_images)
+
+
+class LazyGenerator:
+    """Loads the model on the first batch, so a call with nothing left to answer (merge, score) loads none."""
+
+    def __init__(self, factory: Callable[[], GenerateFn]) -> None:
+        self._factory = factory
+        self._generate: GenerateFn | None = None
+
+    def __call__(self, items: list[EvalItem]) -> list[str]:
+        if self._generate is None:
+            self._generate = self._factory()
+        return self._generate(items)

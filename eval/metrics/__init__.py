@@ -1,0 +1,1 @@
+"""Metrics identical to the official scorers of each benchmark, quirks included."""

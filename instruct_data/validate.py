@@ -1,0 +1,409 @@
+"""Validate a record file in one memory-flat pass: schema, roles, turns, placeholders, images, token lengths."""
+from __future__ import annotations
+
+import json
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from instruct_data.errors import RecordError
+from instruct_data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    extension_mismatch,
+    load_image,
+    reason_code,
+    resolve_image_path,
+)
+from instruct_data.records import IMAGE_TOKEN, Conversation, parse_record
+
+_LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+_OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+@dataclass
+class Problem:
+    """One finding: `reason` is a short category (counted in the summary), `detail` says exactly what."""
+
+    record_id: str
+    index: int  # the record's position in the file (0-based); malformed lines count as records
+    field: str
+    reason: str
+    detail: str = ""
+    severity: str = "error"  # "error" makes the record bad; "warning" does not
+    line: int | None = None
+
+
+@dataclass
+class ValidationConfig:
+    """What to check. Token checks run only when a tokenizer and template are given."""
+
+    image_roots: list[Path]
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    decode_images: bool = True
+    tokenizer: Any = None
+    template: Any = None
+    num_image_tokens: int | None = None
+    image_token_id: int | None = None
+    max_length: int | None = None
+    image_cache_size: int = 65536
+
+
+@dataclass
+class ValidationSummary:
+    """Counts of one validation run; `bad_by_reason` counts records (once per distinct reason)."""
+
+    records: int = 0
+    ok: int = 0
+    bad: int = 0
+    warned: int = 0
+    bad_by_reason: Counter = field(default_factory=Counter)
+    warnings_by_reason: Counter = field(default_factory=Counter)
+
+    def add(self, problems: list[Problem]) -> None:
+        self.records += 1
+        errors = {p.reason for p in problems if p.severity == "error"}
+        warnings = {p.reason for p in problems if p.severity == "warning"}
+        self.bad += bool(errors)
+        self.ok += not errors
+        self.warned += bool(warnings)
+        self.bad_by_reason.update(errors)
+        self.warnings_by_reason.update(warnings)
+
+    def table(self) -> str:
+        rows = [("records", self.records), ("ok", self.ok), ("bad", self.bad), ("with warnings", self.warned)]
+        lines = [f"{name:<34}{count:>10}" for name, count in rows]
+        for title, counts in (("bad records by reason", self.bad_by_reason),
+                              ("warnings by reason", self.warnings_by_reason)):
+            if counts:
+                lines.append(f"{title}:")
+                lines += [f"  {reason:<32}{n:>10}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return "\n".join(lines)
+
+
+@dataclass
+class RawItem:
+    """One entry of a record file: the decoded record, or why it could not be decoded."""
+
+    index: int
+    line: int | None
+    raw: Any = None
+    error: str | None = None
+    fatal: bool = False  # nothing after it can be read
+
+
+def iter_raw_records(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[RawItem]:
+    """Stream records of a .jsonl, .json (list) or .parquet file; bad JSON comes back as items, never raises."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    elif path.suffix == ".json":
+        yield from _iter_json_list(path, chunk_chars)
+    elif path.suffix == ".parquet":
+        yield from _iter_parquet(path)
+    else:
+        raise ValueError(f"{path}: unsupported suffix {path.suffix!r} (use .json, .jsonl or .parquet)")
+
+
+def _iter_jsonl(path: Path) -> Iterator[RawItem]:
+    index = 0
+    with path.open("r", encoding="utf-8-sig", errors="replace") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield RawItem(index, line_no, raw=json.loads(line))
+            except json.JSONDecodeError as exc:
+                yield RawItem(index, line_no, error=f"column {exc.colno}: {exc.msg}")
+            index += 1
+
+
+def _iter_json_list(path: Path, chunk_chars: int) -> Iterator[RawItem]:
+    # json.load would hold the whole list (GBs for LLaVA's 665K); stdlib has no streaming parser, so decode
+    # one element at a time from a sliding buffer, counting newlines for line numbers.
+    decoder = json.JSONDecoder()
+    with path.open("r", encoding="utf-8-sig", errors="replace") as f:
+        buf, pos, line, index = "", 0, 1, 0
+
+        def fill() -> bool:
+            nonlocal buf, pos
+            more = f.read(chunk_chars)
+            if more:
+                buf, pos = buf[pos:] + more, 0
+            return bool(more)
+
+        def skip_space() -> None:
+            nonlocal pos, line
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    line += buf[pos] == "\n"
+                    pos += 1
+                if pos < len(buf) or not fill():
+                    return
+
+        skip_space()
+        if buf[pos:pos + 1] != "[":
+            yield RawItem(0, line, error="a .json record file must hold a JSON list", fatal=True)
+            return
+        pos += 1
+        while True:
+            skip_space()
+            if buf[pos:pos + 1] == "]":
+                return
+            if pos >= len(buf):
+                yield RawItem(index, line, error="unexpected end of file: the list is not closed", fatal=True)
+                return
+            while True:
+                try:
+                    raw, end = decoder.raw_decode(buf, pos)
+                    if end < len(buf) or not fill():  # a number could go on in the next chunk
+                        break
+                except json.JSONDecodeError as exc:
+                    if not fill():
+                        yield RawItem(index, line + buf.count("\n", pos, exc.pos),
+                                      error=f"{exc.msg}; the rest of the file cannot be read", fatal=True)
+                        return
+            start_line = line
+            line += buf.count("\n", pos, end)
+            pos = end
+            yield RawItem(index, start_line, raw=raw)
+            index += 1
+            skip_space()
+            if buf[pos:pos + 1] == ",":
+                pos += 1
+            elif buf[pos:pos + 1] != "]":
+                yield RawItem(index, line, error="expected ',' or ']' after a record", fatal=True)
+                return
+
+
+def _iter_parquet(path: Path) -> Iterator[RawItem]:
+    import pyarrow.parquet as pq  # installed with datasets
+
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+        for row in batch.to_pylist():
+            yield RawItem(index, None, raw={k: v for k, v in row.items() if v is not None})
+            index += 1
+
+
+def record_id(raw: Any, index: int) -> str:
+    """The id used in reports: the record's `id`, else `#<index>` (as the parser names it)."""
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else f"#{index}"
+
+
+def classify_record(raw: Any) -> list[tuple[str, str, str]]:
+    """Every structural problem of a raw record as (field, reason, detail): schema, roles, empty turns, placeholders.
+
+    Used to name all problems by category once the parser (the authority on what is acceptable) rejected it.
+    """
+    if not isinstance(raw, dict):
+        return [("record", "schema", f"a record must be a JSON object, got {type(raw).__name__}")]
+    key = "conversations" if "conversations" in raw else "messages" if "messages" in raw else None
+    if key is None:
+        return [("conversations", "schema", "neither 'conversations' nor 'messages'")]
+    turns = raw[key]
+    if not isinstance(turns, list) or not turns:
+        return [(key, "schema", "must be a non-empty list of turns")]
+    role_key, text_key, roles = ("from", "value", _LLAVA_ROLES) if key == "conversations" else ("role", "content", _OPENAI_ROLES)
+    found: list[tuple[str, str, str]] = []
+    sequence: list[str] = []
+    placeholders: list[int] = []
+    inline_images = 0  # OpenAI content parts may carry their image refs inline
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            found.append((where, "schema", f"a turn must be an object, got {type(turn).__name__}"))
+            continue
+        role = roles.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
+        if role is None:
+            found.append((f"{where}.{role_key}", "wrong roles", f"unknown role {turn.get(role_key)!r}"))
+        sequence.append(role or "?")
+        text = turn.get(text_key)
+        if isinstance(text, list):  # OpenAI content parts
+            parts = [p for p in text if isinstance(p, dict)]
+            text = "\n".join(p["text"] for p in parts if isinstance(p.get("text"), str))
+            n_placeholders = text.count(IMAGE_TOKEN) + sum(p.get("type") == "image" for p in parts)
+            inline_images += sum(p.get("type") == "image" and ("image" in p or "path" in p) for p in parts)
+        elif isinstance(text, str):
+            n_placeholders = text.count(IMAGE_TOKEN)
+        else:
+            found.append((f"{where}.{text_key}", "schema", "turn text must be a string"))
+            continue
+        placeholders.append(n_placeholders)
+        if not text.strip() and not n_placeholders:
+            found.append((f"{where}.{text_key}", "empty turn", "the turn has no text"))
+        if n_placeholders and role not in ("user", None):
+            found.append((f"{where}.{text_key}", "image placeholder count", f"{IMAGE_TOKEN} in a {role} turn"))
+    body = sequence[1:] if sequence[:1] == ["system"] else sequence
+    expected = ["user", "assistant"] * ((len(body) + 1) // 2)
+    if "?" not in body and (body != expected[:len(body)] or not body or body[-1] != "assistant"):
+        found.append((key, "wrong roles", f"roles {body} must alternate user/assistant from user and end with assistant"))
+    images = raw.get("image", raw.get("images"))
+    n_images = (1 if isinstance(images, str) else len(images) if isinstance(images, list) else 0) + inline_images
+    if images is not None and not isinstance(images, (str, list)):
+        found.append(("image", "schema", "must be a string or a list of strings"))
+    total = sum(placeholders)
+    if total != n_images and not (total == 0 and n_images == 1):  # the parser places a lone image itself
+        found.append(("image", "image placeholder count", f"{total} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)"))
+    return found
+
+
+def _raw_image_refs(raw: Any) -> list[tuple[str, str]]:
+    """(field, ref) of the image refs a raw record names, for checking images even when it does not parse."""
+    if not isinstance(raw, dict):
+        return []
+    key = "image" if "image" in raw else "images"
+    value = raw.get(key)
+    refs = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [(f"{key}[{i}]", r) for i, r in enumerate(refs) if isinstance(r, str)]
+
+
+class RecordValidator:
+    """Checks one record at a time; decoded-image verdicts are cached by resolved path (bounded LRU)."""
+
+    def __init__(self, config: ValidationConfig) -> None:
+        if not config.image_roots:
+            raise ValueError("validation needs at least one image root (--image-folder)")
+        if config.tokenizer is not None and (config.template is None or config.num_image_tokens is None
+                                             or config.image_token_id is None):
+            raise ValueError("token checks need the template, num_image_tokens and image_token_id with the tokenizer")
+        self.config = config
+        self._image_cache: OrderedDict[Path, tuple[str, str, str] | None] = OrderedDict()
+
+    def check(self, item: RawItem) -> list[Problem]:
+        """All problems of one raw item (an empty list when the record is fine)."""
+        if item.error is not None:
+            return [Problem(f"line {item.line}", item.index, "json", "malformed json", item.error, line=item.line)]
+        rid = record_id(item.raw, item.index)
+
+        def problem(fld: str, reason: str, detail: str = "", severity: str = "error") -> Problem:
+            return Problem(rid, item.index, fld, reason, detail, severity, item.line)
+
+        problems: list[Problem] = []
+        conv: Conversation | None = None
+        try:
+            conv = parse_record(item.raw, item.index)
+        except RecordError as exc:
+            found = classify_record(item.raw)
+            problems += [problem(f, r, d) for f, r, d in found] or [problem(exc.field, "invalid record", exc.reason)]
+        refs = [(f"image[{i}]", r) for i, r in enumerate(conv.images)] if conv else _raw_image_refs(item.raw)
+        for fld, ref in refs:
+            found_image = self._check_image(ref)
+            if found_image is not None:
+                reason, detail, severity = found_image
+                problems.append(problem(fld, reason, f"{ref}: {detail}" if detail else ref, severity))
+        if conv is not None and self.config.tokenizer is not None:
+            problems += [problem(f, r, d, s) for f, r, d, s in self._check_tokens(conv)]
+        return problems
+
+    def _check_image(self, ref: str) -> tuple[str, str, str] | None:
+        """(reason, detail, severity) of the worst finding for one image ref, or None when it is fine."""
+        try:
+            path = resolve_image_path(ref, self.config.image_roots)
+        except ImageLoadError as exc:
+            return reason_code(exc.reason), exc.reason.partition(": ")[2], "error"
+        if path in self._image_cache:
+            self._image_cache.move_to_end(path)
+            return self._image_cache[path]
+        verdict: tuple[str, str, str] | None = None
+        if self.config.decode_images:
+            try:
+                image = load_image(path, max_pixels=self.config.max_pixels)
+                mismatch = extension_mismatch(path, image)
+                image.close()
+                if mismatch:
+                    verdict = ("extension mismatch", mismatch, "warning")
+            except ImageLoadError as exc:
+                verdict = (reason_code(exc.reason), exc.reason.partition(": ")[2], "error")
+        self._image_cache[path] = verdict
+        if len(self._image_cache) > self.config.image_cache_size:
+            self._image_cache.popitem(last=False)
+        return verdict
+
+    def _check_tokens(self, conv: Conversation) -> list[tuple[str, str, str, str]]:
+        from instruct_data.tokenize import tokenize_conversation  # loaded only for token checks
+
+        cfg = self.config
+        try:
+            sample = tokenize_conversation(conv, cfg.template, cfg.tokenizer, image_token_id=cfg.image_token_id,
+                                           num_image_tokens=cfg.num_image_tokens)
+        except RecordError as exc:
+            reason = "no supervised tokens" if exc.field == "labels" else "tokenization"
+            return [(f"tokens.{exc.field}", reason, exc.reason, "error")]
+        except ValueError as exc:
+            return [("tokens", "tokenization", str(exc), "error")]
+        ids, labels = list(sample.input_ids), list(sample.labels)
+        if all(label == -100 for label in labels):
+            return [("tokens", "no supervised tokens", f"{len(ids)} tokens, none supervised", "error")]
+        limit = cfg.max_length
+        if limit is None or len(ids) <= limit:
+            return []
+        image_positions = [i for i, t in enumerate(ids) if t == cfg.image_token_id]
+        if image_positions and image_positions[-1] >= limit:
+            return [("tokens", "images beyond max length",
+                     f"{len(ids)} tokens; the last image ends at {image_positions[-1] + 1} > {limit}", "error")]
+        if all(label == -100 for label in labels[:limit]):
+            return [("tokens", "no supervised token within max length",
+                     f"{len(ids)} tokens; nothing supervised in the first {limit}", "error")]
+        return [("tokens", "will be truncated", f"{len(ids)} tokens > max length {limit}", "warning")]
+
+
+_WORKER: RecordValidator | None = None
+
+
+def _worker_init(config: ValidationConfig) -> None:
+    global _WORKER
+    _WORKER = RecordValidator(config)
+
+
+def _worker_check(items: list[RawItem]) -> list[list[Problem]]:
+    assert _WORKER is not None
+    return [_WORKER.check(item) for item in items]
+
+
+def _checked(items: Iterator[RawItem], config: ValidationConfig, workers: int,
+             chunk: int = 64) -> Iterator[tuple[RawItem, list[Problem]]]:
+    """(item, problems) in file order; with workers > 1 a bounded window of chunks runs in other processes."""
+    if workers <= 1:
+        validator = RecordValidator(config)
+        for item in items:
+            yield item, validator.check(item)
+        return
+    RecordValidator(config)  # fail here, not in a worker, on a bad config
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(config,)) as pool:
+        pending: deque[tuple[list[RawItem], Future]] = deque()
+        for batch in _batches(items, chunk):
+            pending.append((batch, pool.submit(_worker_check, batch)))
+            if len(pending) >= 2 * workers:  # bounded, so memory stays flat however large the file
+                done, future = pending.popleft()
+                yield from zip(done, future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield from zip(done, future.result())
+
+
+def _batches(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
+    batch: list[RawItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | None = None,
+                  workers: int = 1, chunk_size: int = 64) -> ValidationSummary:
+    """Check every record of `path`; problems go to `report` as JSONL as they are found; returns the counts."""
+    summary = ValidationSummary()
+    for item, problems in _checked(iter_raw_records(path), config, workers, chunk_size):
+        summary.add(problems)
+        if report is not None:
+            for p in problems:
+                report.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+    return summary

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# pope with LLaVA-1.5's prompt: CKPT=path/to/checkpoint bash scripts/eval/pope.sh [extra vlm eval run args]
+set -euo pipefail
+exec bash "$(dirname "$0")/_run.sh" pope "$@"

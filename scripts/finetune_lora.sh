@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# LLaVA-1.5 phase 2 with LoRA r128/alpha256 (lr 2e-4, projector 2e-5), ZeRO-3, on every GPU of this machine.
+# Extra arguments are config overrides, e.g.: bash scripts/finetune_lora.sh micro_batch_size=8 output_dir=runs/mine
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_launch.sh
+launch_train configs/llava15_finetune_lora.yaml "$@"

@@ -1,0 +1,55 @@
+"""The registry by exact name, and the synthetic world's official-format eval files read by the same loaders."""
+from pathlib import Path
+
+import pytest
+
+from eval.benchmarks import BENCHMARKS, BenchmarkPaths, get_benchmark, score_items
+from eval.types import BenchmarkFileError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    from instruct_data.synthetic.generate import SynthConfig, generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world(SynthConfig(out=str(root), num_train=10, num_test=8, num_workers=1, pope_images=4,
+                               scienceqa_images=4, scienceqa_text=2, text_eval=4, facts_per_kind=2, vocab_size=300))
+    return root
+
+
+def test_registry_names_are_exact():
+    assert set(BENCHMARKS) == {"vqav2", "gqa", "textvqa", "vizwiz", "pope", "mme", "scienceqa_img", "mmbench",
+                               "seed", "coco_captions", "llava_jsonl", "text_qa"}
+    with pytest.raises(ValueError, match="known: vqav2"):
+        get_benchmark("vqa")  # no prefix / substring matching
+
+
+def test_gold_answers_score_top_on_the_world(world: Path):
+    gold = {
+        "vqav2": lambda it: it.meta["answers"][0], "pope": lambda it: it.meta["label"].capitalize() + ".",
+        "scienceqa_img": lambda it: "The answer is " + "ABCDE"[it.meta["answer"]] + ".",
+        "text_qa": lambda it: it.meta["answer"],
+    }
+    for name, answer in gold.items():
+        bench = get_benchmark(name)
+        items = bench.load(BenchmarkPaths(world))
+        assert items, name
+        assert all(Path(it.image).is_file() for it in items if it.image is not None), name
+        scores = score_items(bench, items, {it.key: answer(it) for it in items})
+        assert scores[bench.headline] >= (90.0 if name == "vqav2" else 100.0), (name, scores)
+    vqa = score_items(get_benchmark("vqav2"), items := get_benchmark("vqav2").load(BenchmarkPaths(world)),
+                      {it.key: "no idea" for it in items})
+    assert vqa["accuracy"] == 0.0 and set(vqa["per_group"]) <= {"seen", "heldout"}
+
+
+def test_world_captions_load_with_references(world: Path):
+    items = get_benchmark("coco_captions").load(BenchmarkPaths(world))
+    assert len(items) == 8 and all(len(it.meta["references"]) >= 1 and Path(it.image).is_file() for it in items)
+
+
+def test_test_split_without_answers_says_so(vqav2_root: Path):
+    (vqav2_root / "v2_mscoco_val2014_annotations.json").unlink()
+    bench = get_benchmark("vqav2")
+    items = bench.load(BenchmarkPaths(vqav2_root))
+    with pytest.raises(BenchmarkFileError, match="submission"):
+        score_items(bench, items, {it.key: "x" for it in items})

@@ -1,0 +1,113 @@
+"""DeepSpeed: "auto" filling and CPU refusals of the JSON config; 2-process ZeRO-2 / ZeRO-3 runs match one process."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.strategies.deepspeed_config import DeepSpeedConfigError, load_json_config, resolve_deepspeed_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs" / "deepspeed"
+
+
+def _harness():  # noqa: ANN202 - the torchrun launcher and comparisons shared with test_ddp.py
+    spec = importlib.util.spec_from_file_location("ddp_harness", Path(__file__).with_name("test_ddp.py"))
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resolve(user: dict, **over) -> dict:
+    kw = dict(micro_batch_size=2, global_batch_size=16, world_size=2, max_grad_norm=1.0, bf16=False, on_gpu=False,
+              hidden_size=64)
+    kw.update(over)
+    return resolve_deepspeed_config(user, **kw)
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload"])
+def test_shipped_configs_resolve_on_cpu(name: str) -> None:
+    cfg = _resolve(load_json_config(CONFIGS / f"{name}.json"))
+    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (
+        16, 2, 4)
+    assert cfg["gradient_clipping"] == 1.0
+    assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
+    zero = cfg["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 64 * 64
+    if zero["stage"] == 3:
+        assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
+        assert zero["stage3_param_persistence_threshold"] == 640
+    if name == "zero3_offload":
+        assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}  # no pinning without CUDA
+        assert cfg["zero_force_ds_cpu_optimizer"] is False
+    assert "auto" not in json.dumps(cfg)
+
+
+def test_bf16_follows_precision_on_gpu_only() -> None:
+    user = load_json_config(CONFIGS / "zero2.json")
+    assert _resolve(user, bf16=True, on_gpu=True)["bf16"]["enabled"] is True
+    with pytest.raises(DeepSpeedConfigError, match="bf16, which needs a GPU"):
+        _resolve(user, bf16=True, on_gpu=False)
+    with pytest.raises(DeepSpeedConfigError, match="fp16, which needs a GPU"):
+        _resolve({**user, "fp16": {"enabled": True}})
+
+
+def test_impossible_or_conflicting_configs_are_refused() -> None:
+    nvme = {"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/x"}}}
+    with pytest.raises(DeepSpeedConfigError, match="offload_param.device=nvme cannot run on a CPU"):
+        _resolve(nvme)
+    with pytest.raises(DeepSpeedConfigError, match="train_batch_size=32"):
+        _resolve({"train_batch_size": 32})
+    with pytest.raises(DeepSpeedConfigError, match="'optimizer' section"):
+        _resolve({"optimizer": {"type": "AdamW"}})
+    with pytest.raises(DeepSpeedConfigError, match="not divisible"):
+        _resolve({}, global_batch_size=6, micro_batch_size=4)
+    with pytest.raises(DeepSpeedConfigError, match=r"still \"auto\".*zero_optimization.sub_group_size"):
+        _resolve({"zero_optimization": {"stage": 2, "sub_group_size": "auto"}})
+    with pytest.raises(DeepSpeedConfigError, match="offload_param needs stage 3"):
+        _resolve({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}})
+    with pytest.raises(DeepSpeedConfigError, match="does not exist"):
+        load_json_config(CONFIGS / "zero9.json")
+
+
+def test_explicit_matching_values_are_kept(tmp_path: Path) -> None:
+    cfg = _resolve({"train_batch_size": 16, "gradient_accumulation_steps": 4, "zero_optimization": {"stage": 1}})
+    assert cfg["train_batch_size"] == 16 and cfg["zero_optimization"] == {"stage": 1}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DeepSpeedConfigError, match="bad.json.*not valid JSON"):
+        load_json_config(bad)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> None:
+    """Instruct run, 2 ranks x micro 2 x accumulation 2 vs one process x micro 4 x 2 (same samples per step).
+
+    ZeRO flattens gradients into buckets and reduce-scatters them (ZeRO-3 also re-gathers parameters),
+    so sums run in another order than in one process: equal to float32 rounding, amplified a little by
+    Adam over 3 steps, hence 1e-5 relative on losses and 2e-5 absolute on weights of scale ~0.2.
+    """
+    from train.recipes import run
+
+    harness = _harness()
+    common = dict(global_batch_size=8, max_steps=3, save_every=0)
+    single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)
+    single = run(single_cfg)
+    ds_cfg = make_cfg(micro_batch_size=2, strategy="deepspeed", deepspeed_config=str(CONFIGS / f"{stage}.json"),
+                      output_dir=str(tmp_path / stage), **common)
+    multi = harness.run_distributed(ds_cfg, tmp_path, stage)
+    harness.assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5,
+                            weight_atol=2e-5)
+    # Saved under ZeRO-3 too: the output directory loads as a full model with the trained weights.
+    from vlm.model import VisionLanguageModel
+
+    loaded = VisionLanguageModel.load(ds_cfg.output_dir)
+    params = dict(loaded.named_parameters())
+    for key, value in harness.final_weights(ds_cfg.output_dir).items():
+        torch.testing.assert_close(params[key].detach(), value, rtol=0, atol=0, msg=key)

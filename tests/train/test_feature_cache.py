@@ -1,0 +1,197 @@
+"""Feature cache: exact round trip, memory mapping, invalidation (encoder, preprocessing, image), concurrent writers."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint, fill_feature_cache, image_file_encoder
+from vision_encoders.config import VisionEncoderConfig
+from vision_encoders.registry import load_vision_encoder
+from vision_encoders.testing import make_tiny_clip
+
+
+def _images(directory: Path, n: int, seed: int = 0) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = directory / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, size=(20 + i, 24, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_round_trip_is_exact_and_memory_mapped(tmp_path: Path) -> None:
+    keys = _images(tmp_path / "img", 3)
+    feats = torch.randn(3, 5, 4)
+    cache = FeatureCache(tmp_path / "cache", "ab12", shard_size=2)
+    assert cache.get(keys) is None
+    cache.put(keys, feats)  # 3 rows with shard_size 2: one shard written now, one row pending
+    assert torch.equal(cache.get(keys), feats)
+    cache.flush()
+    reopened = FeatureCache(tmp_path / "cache", "ab12")
+    got = reopened.get([keys[2], keys[0]])
+    assert torch.equal(got, feats[[2, 0]])
+    assert len(reopened) == 3
+    assert all(isinstance(a, np.memmap) for a in reopened._arrays.values()) and reopened._arrays
+    assert len(list((tmp_path / "cache" / "ab12" / "shards").glob("*.npy"))) == 2
+
+
+def test_partial_hit_is_a_miss_and_missing_lists_only_absent(tmp_path: Path) -> None:
+    keys = _images(tmp_path / "img", 3)
+    cache = FeatureCache(tmp_path / "cache", "ab12")
+    cache.put(keys[:2], torch.ones(2, 2, 2))
+    cache.flush()
+    assert cache.get(keys) is None
+    assert cache.missing(keys + [keys[2]]) == [keys[2]]
+
+
+def test_float16_storage_and_shape_errors(tmp_path: Path) -> None:
+    keys = _images(tmp_path / "img", 2)
+    cache = FeatureCache(tmp_path / "cache", "cd", dtype="float16")
+    feats = torch.tensor([[[0.1, 1000.0]], [[-2.5, 3.0]]])
+    cache.put(keys, feats)
+    cache.flush()
+    got = FeatureCache(tmp_path / "cache", "cd").get(keys)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, feats, rtol=1e-3)
+    with pytest.raises(FeatureCacheError, match="shape"):
+        cache.put(keys, torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        cache.put(keys, torch.full((2, 1, 2), float("nan")))
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        cache.get([str(tmp_path / "nope.png")])
+
+
+def test_edited_image_is_a_miss_in_stat_mode_and_touch_is_a_hit_in_content_mode(tmp_path: Path) -> None:
+    keys = _images(tmp_path / "img", 2)
+    stat_cache = FeatureCache(tmp_path / "cache", "aa")
+    content_cache = FeatureCache(tmp_path / "cache", "bb", identity="content")
+    for cache in (stat_cache, content_cache):
+        cache.put(keys, torch.randn(2, 3, 4))
+        cache.flush()
+    st = os.stat(keys[0])
+    os.utime(keys[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert stat_cache.get(keys) is None
+    assert content_cache.get(keys) is not None
+    Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(keys[1])  # new content
+    assert content_cache.get(keys) is None
+    assert stat_cache.get(keys[1:]) is None
+
+
+def test_fingerprint_tracks_weights_layer_and_preprocessing(tmp_path: Path, clip_spec: str) -> None:
+    base_cfg = VisionEncoderConfig(spec=clip_spec)
+    encoder = load_vision_encoder(base_cfg)
+    processor = encoder.image_processor()
+    fp = encoder_fingerprint(encoder, processor)
+    # Same files, loaded again: same fingerprint (the cache survives restarts).
+    again = load_vision_encoder(base_cfg)
+    assert encoder_fingerprint(again, again.image_processor()) == fp
+    other_layer = load_vision_encoder(replace(base_cfg, select_layer=-1))
+    assert encoder_fingerprint(other_layer, other_layer.image_processor()) != fp
+    assert encoder_fingerprint(encoder, replace(processor, aspect_ratio="resize")) != fp
+    with torch.no_grad():
+        next(again.parameters()).add_(1e-6)
+    assert encoder_fingerprint(again, processor) != fp
+    other_seed = load_vision_encoder(VisionEncoderConfig(spec=make_tiny_clip(tmp_path / "clip2", seed=1)))
+    assert encoder_fingerprint(other_seed, processor) != fp
+
+
+def test_fill_computes_each_image_once_and_matches_the_encoder(tmp_path: Path, clip_spec: str) -> None:
+    encoder = load_vision_encoder(VisionEncoderConfig(spec=clip_spec))
+    processor = encoder.image_processor()
+    keys = _images(tmp_path / "img", 5)
+    cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(encoder, processor))
+    calls: list[int] = []
+    encode = image_file_encoder(encoder, processor)
+
+    def counting(paths: list[str]) -> torch.Tensor:
+        calls.append(len(paths))
+        return encode(paths)
+
+    assert fill_feature_cache(cache, keys + keys[:2], counting, batch_size=2) == 5
+    assert calls == [2, 2, 1]
+    assert fill_feature_cache(cache, keys, counting) == 0 and calls == [2, 2, 1]
+    assert torch.equal(cache.get(keys), encode(keys))
+
+
+def _writer(root: str, keys: list[str], seed: int, rounds: int) -> None:
+    torch.manual_seed(0)
+    table = torch.randn(len(keys), 4, 8)  # the same "features" in every process, as a real encoder would give
+    cache = FeatureCache(root, "ff", shard_size=3)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    for _ in range(rounds):
+        for i in order:
+            cache.put([keys[i]], table[i : i + 1])
+            got = cache.get([keys[i]])
+            assert got is not None and torch.equal(got, table[i : i + 1])
+    cache.flush()
+
+
+def test_two_processes_writing_concurrently_do_not_corrupt(tmp_path: Path) -> None:
+    keys = _images(tmp_path / "img", 12)
+    root = str(tmp_path / "cache")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(root, keys, s, 2)) for s in (1, 2)]
+    for p in procs:
+        p.start()
+    reader = FeatureCache(root, "ff")
+    while any(p.is_alive() for p in procs):
+        hit = reader.get(keys[:1])
+        assert hit is None or hit.shape == (1, 4, 8)  # never a torn entry
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    torch.manual_seed(0)
+    table = torch.randn(len(keys), 4, 8)
+    assert torch.equal(FeatureCache(root, "ff").get(keys), table)
+    assert not list(Path(root, "ff", "shards").glob(".*tmp"))  # no leftover partial files
+
+
+def test_get_or_compute_encodes_only_missing_images_once(tmp_path: Path) -> None:
+    keys = _images(tmp_path / "img", 4)
+    table = {k: torch.full((2, 3), float(i)) for i, k in enumerate(keys)}
+    seen: list[str] = []
+
+    def encode(paths: list[str]) -> torch.Tensor:
+        seen.extend(paths)
+        return torch.stack([table[p] for p in paths])
+
+    cache = FeatureCache(tmp_path / "cache", "ee", shard_size=100)
+    first = cache.get_or_compute([keys[0], keys[1], keys[0]], encode)
+    assert seen == [keys[0], keys[1]]
+    assert torch.equal(first, torch.stack([table[keys[0]], table[keys[1]], table[keys[0]]]))
+    second = cache.get_or_compute([keys[1], keys[2]], encode)
+    assert seen == [keys[0], keys[1], keys[2]]
+    assert torch.equal(second, torch.stack([table[keys[1]], table[keys[2]]]))
+    cache.flush()
+    assert FeatureCache(tmp_path / "cache", "ee").missing(keys) == [keys[3]]
+
+
+@pytest.mark.slow
+def test_align_losses_identical_with_and_without_cache(make_cfg, tmp_path: Path) -> None:
+    """Phase 1 through the real recipe: no cache, cold cache (fills it), warm cache (reads it): same losses."""
+    from train.recipes import run
+
+    cache_dir = str(tmp_path / "features")
+    common = dict(recipe="align", model={"template": "plain"}, max_steps=3, feature_cache_dir=cache_dir)
+    plain = run(make_cfg(output_dir=str(tmp_path / "off"), feature_cache=False, **common))
+    cold = run(make_cfg(output_dir=str(tmp_path / "cold"), feature_cache=True, **common))
+    shards = sorted(Path(cache_dir).glob("*/shards/*.npy"))
+    assert shards, "the cold run must have written features"
+    warm = run(make_cfg(output_dir=str(tmp_path / "warm"), feature_cache=True, **common))
+    assert plain.losses == pytest.approx(cold.losses, rel=1e-6, abs=0)
+    assert plain.losses == pytest.approx(warm.losses, rel=1e-6, abs=0)
+    assert sorted(Path(cache_dir).glob("*/shards/*.npy")) == shards  # warm run computed nothing new

@@ -1,0 +1,118 @@
+"""Tests for train.loop: accumulation, token-weighted loss, non-finite stop, skipped records, precision."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from train.checkpointing import list_checkpoints
+from train.loop import NonFiniteLossError, grad_accum_steps, resolve_precision
+from train.recipes import run
+
+
+def test_grad_accum_must_divide() -> None:
+    assert grad_accum_steps(256, 32, 8) == 1
+    assert grad_accum_steps(128, 4, 2) == 16
+    with pytest.raises(ValueError, match="not divisible"):
+        grad_accum_steps(10, 4, 1)
+
+
+def test_bf16_refused_on_cpu() -> None:
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="needs a GPU"):
+        resolve_precision("bf16", torch.device("cpu"))
+
+
+def test_accumulation_equals_one_big_batch(make_cfg, tmp_path) -> None:
+    """Token-weighted loss: 2 micro-batches of 2 == 1 micro-batch of 4 (same samples, same update)."""
+    small = run(make_cfg(micro_batch_size=2, output_dir=str(tmp_path / "a"), data={"group_by": "length"}))
+    big = run(make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "b"), data={"group_by": "length"}))
+    assert len(small.losses) == len(big.losses) == 3
+    assert small.losses == pytest.approx(big.losses, rel=1e-5, abs=1e-6)
+    a = (tmp_path / "a" / "checkpoints").glob("step-*")
+    from safetensors.torch import load_file
+
+    wa = load_file(str(next(a) / "trainable.safetensors"))
+    wb = load_file(str(next((tmp_path / "b" / "checkpoints").glob("step-*")) / "trainable.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(make_cfg, tmp_path) -> None:
+    cfg = make_cfg(optim={"lr": 1e30, "max_grad_norm": 0.0}, save_every=1, max_steps=4)
+    with pytest.raises(NonFiniteLossError, match="non-finite") as err:
+        run(cfg)
+    kept = list_checkpoints(cfg.output_dir)
+    assert kept, "the step-1 checkpoint must exist"
+    assert str(kept[-1]) in str(err.value)
+    last = json.loads((kept[-1] / "trainer_state.json").read_text())["step"]
+    assert last < 4
+    weights = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        str(kept[-1] / "trainable.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_bad_records_are_skipped_and_counted(make_cfg, tiny_world, tmp_path) -> None:
+    records = json.loads(tiny_world["data"].read_text())[:8]
+    records[1] = {"id": "missing-img", "image": "nope.png",
+                  "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
+    records[2] = {"id": "bad-roles", "conversations": [{"from": "gpt", "value": "first"}]}
+    records[3] = {"id": "escape", "image": "../../etc/passwd",
+                  "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(records))
+    result = run(make_cfg(data={"data_path": [str(path)]}, global_batch_size=4, micro_batch_size=2, max_steps=-1,
+                          epochs=1))
+    assert result.steps == 2
+    assert result.skipped == {"image": 2, "record": 1}, result.skipped
+    assert all(v == v for v in result.losses)  # finite: good records still trained
+
+
+def test_metrics_and_loss_curve_written(make_cfg) -> None:
+    cfg = make_cfg(tensorboard=True)
+    run(cfg)
+    from pathlib import Path
+
+    out = Path(cfg.output_dir)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens"} <= set(lines[0])
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_param_groups_lrs_and_no_decay(make_cfg) -> None:
+    from train.config import OptimConfig
+    from train.optim import build_optimizer, build_scheduler, summarize
+    from train.recipes import build_model, prepare_model
+
+    cfg = make_cfg(unfreeze_vision_last_n=1)
+    model = build_model(cfg)
+    prepare_model(model, cfg)
+    opt = build_optimizer(model, OptimConfig(lr=2e-5, projector_lr=1e-3, vision_lr=1e-6, weight_decay=0.1))
+    groups = {g.name: g for g in summarize(opt)}
+    assert set(groups) == {"llm", "llm_no_decay", "projector", "projector_no_decay", "vision", "vision_no_decay"}
+    assert (groups["llm"].lr, groups["projector"].lr, groups["vision"].lr) == (2e-5, 1e-3, 1e-6)
+    assert groups["llm"].weight_decay == 0.1 and groups["llm_no_decay"].weight_decay == 0.0
+    for group in opt.param_groups:
+        assert all((p.ndim < 2) == group["name"].endswith("_no_decay") for p in group["params"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(g.num_params for g in groups.values()) == trainable
+    sched = build_scheduler(opt, OptimConfig(lr=2e-5, warmup_ratio=0.03, scheduler="cosine"), total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"] / groups[opt.param_groups[0]["name"]].lr)
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[3] == pytest.approx(1.0) and lrs[2] < 1.0  # ceil(0.03 * 100) = 3 warmup steps
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_worker_processes_and_epochs_keep_the_numbers(make_cfg, tmp_path) -> None:
+    """DataLoader workers must not change data order; 1.5 epochs of 24 records at batch 4 = 9 steps."""
+    inline = run(make_cfg(max_steps=-1, epochs=1.5, output_dir=str(tmp_path / "a")))
+    workers = run(make_cfg(max_steps=-1, epochs=1.5, data={"num_workers": 2}, output_dir=str(tmp_path / "b")))
+    assert inline.steps == workers.steps == 9
+    assert workers.losses == inline.losses

@@ -1,0 +1,288 @@
+"""The training loop: accumulation to a global batch, token-weighted loss, clipping, schedule, checkpoints, resume."""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
+                                 save_checkpoint)
+from train.config import TrainConfig, save_config
+from train.logging import RunLogger, plot_loss_curve, truncate_metrics
+from train.optim import build_optimizer, build_scheduler, summarize
+from train.strategy import Strategy, build_strategy
+
+IGNORE_INDEX = -100
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stopped before the optimizer step, checkpoints untouched."""
+
+
+@dataclass
+class TrainData:
+    """What the loop needs from the data layer (assembled by the recipe)."""
+
+    dataset: Any  # map-style: __getitem__(i) -> item dict (see docs/architecture.md), or None when skipped
+    collate: Callable[[list[Any]], dict[str, Any] | None]
+    epoch_batches: Callable[[int], list[list[int]]]  # this rank's micro-batches (index lists) of an epoch
+    # reason -> count of records the data layer dropped outside batches (e.g. at indexing); batches also
+    # carry `skipped: [(id, reason)]`, which the loop counts itself
+    skipped: Callable[[], dict[str, int]] = lambda: {}
+    num_workers: int = 0
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind."""
+
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    resumed_from: Path | None = None
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """global_batch / (micro_batch * world_size), which must divide exactly."""
+    per_step = micro_batch * world_size
+    if global_batch % per_step:
+        raise ValueError(f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} x "
+                         f"world_size={world_size} = {per_step}")
+    return global_batch // per_step
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 on a bf16-capable GPU, else fp32; bf16 on a CPU is refused with the reason."""
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if gpu_bf16 else "fp32"
+    if precision == "bf16" and not gpu_bf16:
+        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device} "
+                         "(bf16 on this CPU runs at under 1 GFLOP/s): use precision=fp32 or precision=auto")
+    return precision
+
+
+def supervised_tokens(labels: torch.Tensor) -> int:
+    """Positions that contribute to the next-token loss (labels shifted by one)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def summed_token_loss(model: nn.Module, batch: dict[str, Any], device: torch.device,
+                      vision_features: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum (not mean) of next-token cross-entropy over supervised positions of one micro-batch."""
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"].to(device),
+                              "attention_mask": batch["attention_mask"].to(device),
+                              "image_counts": batch.get("image_counts")}
+    if vision_features is not None:
+        inputs["vision_features"] = vision_features
+    elif batch.get("pixel_values") is not None:
+        inputs["pixel_values"] = batch["pixel_values"].to(device)
+    logits = model(**inputs).logits
+    labels = batch["labels"].to(device)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class Trainer:
+    """One run of one recipe: `Trainer(cfg, model, data, strategy).fit()`."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy | None = None,
+                 features_fn: Callable[[dict[str, Any]], torch.Tensor | None] | None = None) -> None:
+        self.cfg = cfg
+        self.strategy = strategy or build_strategy(cfg.strategy, cfg)
+        self.data = data
+        self.features_fn = features_fn  # feature cache hook: batch -> vision features (None: use pixels)
+        self.output_dir = Path(cfg.output_dir)
+        self.precision = resolve_precision(cfg.precision, self.strategy.device)
+        self.accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, self.strategy.world_size)
+        batches = len(data.epoch_batches(0))
+        self.steps_per_epoch = batches // self.accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"an epoch has {batches} micro-batches on this rank, fewer than the {self.accum} "
+                             f"needed for one step of global_batch_size={cfg.global_batch_size}")
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.model, self.optimizer = self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
+                                  global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
+        self.resumed_from: Path | None = None
+        self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
+
+    # ------------------------------------------------------------------ setup
+    def _resume(self) -> None:
+        path = resolve_resume(self.cfg.resume, self.output_dir)
+        if path is None:
+            return
+        state = read_trainer_state(path)  # check compatibility before touching the model
+        if (state.global_batch_size, state.total_steps) != (self.cfg.global_batch_size, self.total_steps):
+            raise ValueError(f"cannot resume from {path}: it was saved with global_batch_size={state.global_batch_size},"
+                             f" total_steps={state.total_steps}; this run has {self.cfg.global_batch_size}, "
+                             f"{self.total_steps}")
+        if state.world_size != self.strategy.world_size:
+            raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
+                             f"now {self.strategy.world_size}")
+        state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
+        self.state = state
+        self.resumed_from = path
+        if self.strategy.is_main:
+            truncate_metrics(self.output_dir, state.step)
+
+    def _loader(self, epoch: int, skip: int) -> Iterator[dict[str, Any] | None]:
+        batches = self.data.epoch_batches(epoch)[skip:]
+        # A private generator keeps DataLoader from drawing on the global RNG, which resume restores exactly.
+        loader = DataLoader(self.data.dataset, batch_sampler=batches, collate_fn=self.data.collate,
+                            num_workers=self.data.num_workers, generator=torch.Generator().manual_seed(epoch))
+        return iter(loader)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _step(self, window: list[dict[str, Any] | None]) -> dict[str, float]:
+        device = self.strategy.device
+        t0 = time.perf_counter()
+        for batch in window:
+            for record_id, reason in (batch or {}).get("skipped", []):
+                kind = str(reason).split(":", 1)[0]  # the data layer's reasons start with their kind
+                self.state.skipped[kind] = self.state.skipped.get(kind, 0) + 1
+                self.skip_log.append((str(record_id), str(reason)))
+        window = [b if b is not None and len(b["input_ids"]) > 0 else None for b in window]
+        counts = torch.tensor([float(sum(supervised_tokens(b["labels"]) for b in window if b)),
+                               float(sum(int(b["attention_mask"].sum()) for b in window if b)),
+                               float(sum(len(b["input_ids"]) for b in window if b))], dtype=torch.float64,
+                              device=device)
+        self.strategy.all_reduce_sum(counts)
+        total_sup, total_tokens, samples = (float(x) for x in counts.tolist())
+        # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
+        # x world_size because DDP/DeepSpeed average gradients over ranks.
+        scale = self.strategy.world_size / total_sup if total_sup > 0 else 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        autocast = self.strategy.autocast(self.precision)
+        for index, batch in enumerate(window):
+            if batch is None:
+                continue
+            last = index == len(window) - 1
+            sync = contextlib.nullcontext() if last else self.strategy.no_sync(self.model)
+            with sync:
+                with autocast:
+                    features = self.features_fn(batch) if self.features_fn is not None else None
+                    token_loss = summed_token_loss(self.model, batch, device, features)
+                if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
+                    token_loss = token_loss + self._zero_link()
+                self.strategy.backward(token_loss * scale)
+            loss_sum += token_loss.detach().double()
+        self.strategy.all_reduce_sum(loss_sum)
+        loss = float(loss_sum) / total_sup if total_sup > 0 else float("nan")
+        if total_sup > 0 and not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss}) at step {self.state.step + 1}; the run stopped before the optimizer step. "
+                f"Last good checkpoint: {self._last_ckpt_text()}. Lower the learning rate or check the data.")
+        grad_norm = float("nan")
+        if total_sup > 0:
+            grad_norm = self.strategy.clip_and_step(self.cfg.optim.max_grad_norm)
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLossError(f"non-finite gradient norm at step {self.state.step + 1}; stopped. "
+                                         f"Last good checkpoint: {self._last_ckpt_text()}.")
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        self.scheduler.step()
+        self.strategy.zero_grad()
+        elapsed = time.perf_counter() - t0
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
+                   "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
+                   "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed}
+        metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
+        self.state.samples_seen += int(samples)
+        self.state.tokens_seen += int(total_tokens)
+        return metrics
+
+    def _zero_link(self) -> torch.Tensor:
+        """0 attached to every trainable parameter, so backward runs (and DDP syncs zeros) on every rank."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return sum((p.reshape(-1)[0] * 0.0 for p in params), torch.zeros((), device=self.strategy.device))
+
+    def _last_ckpt_text(self) -> str:
+        from train.checkpointing import latest_checkpoint
+
+        found = latest_checkpoint(self.output_dir)
+        return str(found) if found else "none yet"
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        if self.strategy.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "train_config.yaml")
+        self._resume()
+        logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
+                           enabled=self.strategy.is_main, tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+        logger.message(self._banner())
+        losses: list[float] = []
+        try:
+            while self.state.step < self.total_steps:
+                it = self._loader(self.state.epoch, self.state.micro_batches_in_epoch)
+                exhausted = False
+                while self.state.step < self.total_steps and not exhausted:
+                    window = [batch for _, batch in zip(range(self.accum), it)]
+                    if len(window) < self.accum:
+                        exhausted = True  # the epoch's tail shorter than one global batch is dropped
+                        break
+                    metrics = self._step(window)
+                    self.state.step += 1
+                    self.state.micro_batches_in_epoch += self.accum
+                    metrics["epoch"] = self.state.epoch + self.state.micro_batches_in_epoch / (
+                        self.steps_per_epoch * self.accum)
+                    losses.append(metrics["loss"])
+                    if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
+                        logger.log_step(self.state.step, metrics)
+                    if cfg.save_every > 0 and self.state.step % cfg.save_every == 0 and \
+                            self.state.step < self.total_steps:
+                        self._save()
+                    exhausted = self.state.micro_batches_in_epoch >= self.steps_per_epoch * self.accum
+                if exhausted:
+                    self._end_epoch(logger)
+            self._save()
+        finally:
+            logger.close()
+        if self.strategy.is_main:
+            plot_loss_curve(self.output_dir)
+        return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from)
+
+    def _skipped_totals(self) -> dict[str, int]:
+        totals = dict(self.state.skipped)
+        for reason, count in self.data.skipped().items():
+            totals[f"{reason} (indexing)"] = int(count)
+        return totals
+
+    def _end_epoch(self, logger: RunLogger) -> None:
+        skipped = self._skipped_totals()
+        total = sum(skipped.values())
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
+        first = f"; first: {self.skip_log[0][0]!r}: {self.skip_log[0][1]}" if self.skip_log else ""
+        logger.message(f"epoch {self.state.epoch} done at step {self.state.step}: skipped records {total} "
+                       f"({detail}){first}")
+        self.state.epoch += 1
+        self.state.micro_batches_in_epoch = 0
+
+    def _save(self) -> None:
+        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last)
+
+    def _banner(self) -> str:
+        groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))
+        start = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "from scratch"
+        return (f"{self.cfg.recipe}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), accumulation "
+                f"{self.accum} x micro-batch {self.cfg.micro_batch_size} x {self.strategy.world_size} process(es), "
+                f"{self.precision}, {start}; groups: {groups}")

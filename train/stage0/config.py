@@ -1,0 +1,76 @@
+"""Typed configs for stage 0 and the cache key that decides whether a backbone must be retrained."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CACHE_FILE = "stage0.json"
+
+
+@dataclass
+class LLMPretrainConfig:
+    """A tiny Llama trained by next-token prediction on the world's text corpus."""
+
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 1024
+    seq_len: int = 128
+    batch_size: int = 16
+    steps: int = 300
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    val_fraction: float = 0.02
+    seed: int = 0
+
+
+@dataclass
+class ViTPretrainConfig:
+    """A tiny CLIP (ViT + text tower) trained contrastively on image/caption pairs; only the ViT is reused."""
+
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 256
+    patch_size: int = 8
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    projection_dim: int = 64
+    max_caption_tokens: int = 48
+    batch_size: int = 64
+    steps: int = 400
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    seed: int = 0
+
+
+def world_fingerprint(world: Path) -> str:
+    """Hash of the world's manifest, which pins every generator setting (hence every byte of the world)."""
+    manifest = world / "world.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: {world} is not a synthetic world (run `vlm synth --out {world}`)")
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def cache_key(config: LLMPretrainConfig | ViTPretrainConfig, world: Path) -> str:
+    payload = json.dumps({"kind": type(config).__name__, "config": asdict(config),
+                          "world": world_fingerprint(world)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def cached_metrics(out: Path, key: str, weights: str = "model.safetensors") -> dict | None:
+    """The metrics of a finished run with the same key, or None when it must (re)train."""
+    record = out / CACHE_FILE
+    if not record.is_file() or not (out / weights).is_file():
+        return None
+    data = json.loads(record.read_text())
+    return data.get("metrics") if data.get("key") == key else None
+
+
+def write_cache(out: Path, key: str, config: LLMPretrainConfig | ViTPretrainConfig, metrics: dict) -> None:
+    (out / CACHE_FILE).write_text(json.dumps({"key": key, "config": asdict(config), "metrics": metrics}, indent=2) + "\n")

@@ -1,0 +1,112 @@
+"""DDP under torchrun: gradients averaged over ranks by `DistributedDataParallel` (gloo on CPU, nccl on GPU)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from train import distributed
+from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy
+
+
+class DDPStrategy(Strategy):
+    """One model replica per process; `no_sync` skips the all-reduce on non-final micro-batches.
+
+    `find_unused_parameters` defaults to True because a text-only micro-batch leaves the projector
+    without gradients, which plain DDP treats as an error.
+    """
+
+    def __init__(self, backend: str | None = None, find_unused_parameters: bool = True) -> None:
+        self.env = distributed.init_distributed(backend)
+        self.find_unused_parameters = find_unused_parameters
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_train_config(cls, config: Any) -> "DDPStrategy":
+        return cls()
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model.to(self.device)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("DDP: the model has no trainable parameters")
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # DDP broadcasts rank 0's parameters and buffers here, so every replica starts identical.
+            wrapped: nn.Module = DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self.find_unused_parameters
+            )
+        else:
+            wrapped = model
+        self.model = wrapped
+        self.optimizer = optimizer_factory(model)
+        return wrapped, self.optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def no_sync(self, model: nn.Module):  # noqa: ANN201 - a context manager
+        if isinstance(model, DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def clip_and_step(self, max_norm: float) -> float:
+        assert self.model is not None and self.optimizer is not None, "setup() first"
+        params = [p for p in self.unwrap(self.model).parameters() if p.requires_grad and p.grad is not None]
+        if max_norm and max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+        self.optimizer.step()
+        return float(norm)
+
+    def zero_grad(self) -> None:
+        assert self.optimizer is not None, "setup() first"
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(tensor)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.unwrap(model).state_dict()
+
+    def barrier(self) -> None:
+        distributed.barrier()
+
+    def save_optimizer(self, directory: str) -> None:
+        # Replicas hold identical optimizer states after every step: rank 0 writes the one file.
+        assert self.optimizer is not None, "setup() first"
+        if self.is_main:
+            torch.save(self.optimizer.state_dict(), os.path.join(directory, OPTIMIZER_FILE))
+
+    def load_optimizer(self, directory: str) -> None:
+        assert self.optimizer is not None, "setup() first"
+        path = os.path.join(directory, OPTIMIZER_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no optimizer state in checkpoint {directory!r} (expected {OPTIMIZER_FILE})")
+        self.optimizer.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            distributed.barrier()
+        distributed.destroy()

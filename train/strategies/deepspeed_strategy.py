@@ -1,0 +1,243 @@
+"""DeepSpeed ZeRO-1/2/3 (+ offload) through `deepspeed.initialize` with the user's JSON config, on GPU or CPU (gloo)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from train import distributed
+from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
+from train.strategies.unused_branches import touch_unused_branches
+from train.strategy import OptimizerFactory, Strategy
+
+OPTIMIZER_FILE_PATTERN = "zero_optimizer_rank{rank}.pt"
+
+
+def import_deepspeed() -> Any:
+    """`import deepspeed`, choosing its CPU accelerator when there is no GPU; a clear error when it is absent."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise ImportError(
+            "strategy=deepspeed needs the deepspeed package: pip install 'vlm-trainer[deepspeed]' "
+            f"(import failed: {exc})"
+        ) from exc
+    return deepspeed
+
+
+def _safe_optimizer_classes() -> list[type]:
+    """The DeepSpeed classes a ZeRO optimizer state dict holds besides tensors, allowed for weights_only loading."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _hidden_size(model: nn.Module) -> int | None:
+    """The LLM width, for ZeRO's "auto" bucket sizes (HF's rule); None when the model does not say."""
+    for holder in (getattr(model, "llm", None), model):
+        size = getattr(getattr(holder, "config", None), "hidden_size", None)
+        if isinstance(size, int):
+            return size
+    return None
+
+
+class DeepSpeedStrategy(Strategy):
+    """Runs the loop's steps through a DeepSpeed engine.
+
+    The loop already divides each micro-batch loss by the global token count, so `backward` passes
+    `scale_wrt_gas=False`; the accumulation boundary is the loop's (set from `no_sync`), not DeepSpeed's
+    micro-step counter. Clipping uses the config's `gradient_clipping` (filled from optim.max_grad_norm).
+    """
+
+    def __init__(
+        self,
+        config: str | Path | dict[str, Any],
+        *,
+        micro_batch_size: int,
+        global_batch_size: int,
+        max_grad_norm: float = 1.0,
+        precision: str = "auto",
+    ) -> None:
+        self.deepspeed = import_deepspeed()
+        self.user_config = load_json_config(config)
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.max_grad_norm = max_grad_norm
+        self.precision = precision
+        env = distributed.read_env()
+        if env.device.type == "cuda":
+            torch.cuda.set_device(env.device)
+        if env.distributed and not dist.is_initialized():
+            self.deepspeed.init_distributed(dist_backend=distributed.default_backend())
+        self.env = env
+        self.engine: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.resolved_config: dict[str, Any] | None = None
+        self._boundary = True
+
+    @classmethod
+    def from_train_config(cls, config: Any) -> "DeepSpeedStrategy":
+        if not getattr(config, "deepspeed_config", None):
+            raise ValueError("strategy=deepspeed needs deepspeed_config (e.g. configs/deepspeed/zero2.json)")
+        return cls(
+            config.deepspeed_config,
+            micro_batch_size=config.micro_batch_size,
+            global_batch_size=config.global_batch_size,
+            max_grad_norm=config.optim.max_grad_norm,
+            precision=config.precision,
+        )
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    @property
+    def zero_stage(self) -> int:
+        assert self.resolved_config is not None, "setup() first"
+        return int(self.resolved_config.get("zero_optimization", {}).get("stage", 0))
+
+    def _bf16(self) -> bool:
+        on_gpu = self.device.type == "cuda"
+        if self.precision == "bf16":
+            return True
+        return self.precision == "auto" and on_gpu and torch.cuda.is_bf16_supported()
+
+    def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
+        self.resolved_config = resolve_deepspeed_config(
+            self.user_config,
+            micro_batch_size=self.micro_batch_size,
+            global_batch_size=self.global_batch_size,
+            world_size=self.world_size,
+            max_grad_norm=self.max_grad_norm,
+            bf16=self._bf16(),
+            on_gpu=self.device.type == "cuda",
+            hidden_size=_hidden_size(model),
+        )
+        model.to(self.device)
+        optimizer = optimizer_factory(model)
+        engine, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.resolved_config)
+        self.engine = engine
+        # After initialize: ZeRO-3's own module hooks must run first, so that on text-only batches the
+        # parameters are gathered (forward and backward) in the same order as with images.
+        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3)
+        # The torch optimizer's param_groups are the ones DeepSpeed steps (it swaps in its flat fp32
+        # partitions but keeps the group dicts), so an lr scheduler built on it drives DeepSpeed's lr.
+        self.optimizer = optimizer
+        return engine, optimizer
+
+    def autocast(self, precision: str):  # noqa: ANN201 - a context manager
+        return contextlib.nullcontext()  # the engine casts by its JSON config
+
+    @contextlib.contextmanager
+    def _not_boundary(self) -> Iterator[None]:
+        previous, self._boundary = self._boundary, False
+        try:
+            yield
+        finally:
+            self._boundary = previous
+
+    def no_sync(self, model: nn.Module):  # noqa: ANN201 - a context manager
+        # Not engine.no_sync(): DeepSpeed refuses it under ZeRO-2/3. Marking the micro-batch as not the
+        # accumulation boundary defers the gradient reduction the same way.
+        return self._not_boundary()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        assert self.engine is not None, "setup() first"
+        self.engine.set_gradient_accumulation_boundary(self._boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def clip_and_step(self, max_norm: float) -> float:
+        assert self.engine is not None, "setup() first"
+        self.engine.set_gradient_accumulation_boundary(True)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return float("nan")
+        return float(norm.item() if isinstance(norm, torch.Tensor) else norm)
+
+    def zero_grad(self) -> None:
+        return None  # the engine clears gradients in step()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(tensor)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "module", model)
+
+    def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Full weights; under ZeRO-3 gathered layer by layer (every rank must call it; only rank 0 gets values,
+        the others get the names with empty tensors)."""
+        module = self.unwrap(model)
+        if self.zero_stage < 3:
+            return module.state_dict()
+        gathered: dict[str, torch.Tensor] = {}
+        self._gather_into(module, "", gathered)
+        return gathered
+
+    def _gather_into(self, module: nn.Module, prefix: str, out: dict[str, torch.Tensor]) -> None:
+        params = list(module.parameters(recurse=False))
+        with self.deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for name, param in module.named_parameters(recurse=False):
+                out[prefix + name] = param.detach().to("cpu", copy=True) if self.is_main else torch.empty(0)
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and name not in module._non_persistent_buffers_set:
+                    out[prefix + name] = buf.detach().to("cpu", copy=True)
+        for name, child in module.named_children():
+            self._gather_into(child, f"{prefix}{name}.", out)
+
+    def load_trainable(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Copy full trainable weights into the (possibly partitioned) model; rank 0's values win under ZeRO-3."""
+        params = dict(self.unwrap(model).named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                param = params[name]
+                if self.zero_stage == 3:
+                    with self.deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                        if self.is_main:
+                            param.copy_(value.to(param.dtype))
+                else:
+                    param.copy_(value.to(param.dtype))
+
+    def barrier(self) -> None:
+        distributed.barrier()
+
+    def save_optimizer(self, directory: str) -> None:
+        """Each rank writes its own ZeRO partition of the optimizer (master weights + Adam moments)."""
+        assert self.engine is not None, "setup() first"
+        path = os.path.join(directory, OPTIMIZER_FILE_PATTERN.format(rank=self.rank))
+        torch.save(self.engine.optimizer.state_dict(), path)
+
+    def load_optimizer(self, directory: str) -> None:
+        assert self.engine is not None, "setup() first"
+        path = os.path.join(directory, OPTIMIZER_FILE_PATTERN.format(rank=self.rank))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no ZeRO optimizer partition for rank {self.rank} in {directory!r} "
+                                    f"(expected {os.path.basename(path)}; saved with another world size?)")
+        with torch.serialization.safe_globals(_safe_optimizer_classes()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        # DeepSpeed indexes the list by data-parallel rank; the other ranks' entries are not read (same world size).
+        states: list[Any] = [None] * self.world_size
+        states[dist.get_rank() if dist.is_initialized() else 0] = state
+        self.engine.optimizer.load_state_dict(states, load_from_fp32_weights=True)
+
+    def close(self) -> None:
+        distributed.barrier()
+        distributed.destroy()

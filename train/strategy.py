@@ -1,0 +1,211 @@
+"""The `Strategy` interface the training loop talks to, and its single-process implementation.
+
+A strategy owns everything that differs between one process, DDP (torchrun) and DeepSpeed ZeRO:
+wrapping model + optimizer, backward, the optimizer step with clipping, metric all-reduce, gathering
+weights for saving, and optimizer state files. The loop never calls `torch.distributed` directly.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+class Strategy(ABC):
+    """How one training step is executed across processes."""
+
+    @property
+    @abstractmethod
+    def rank(self) -> int:
+        """Global rank of this process (0 when single-process)."""
+
+    @property
+    @abstractmethod
+    def world_size(self) -> int:
+        """Number of processes taking part."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device this process trains on (CPU unless a GPU is assigned)."""
+        return torch.device("cpu")
+
+    @abstractmethod
+    def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Wrap the model (DDP / DeepSpeed engine) and build its optimizer from `optimizer_factory(unwrapped)`."""
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate gradients of `loss` (already scaled by the loop for accumulation)."""
+
+    @abstractmethod
+    def clip_and_step(self, max_norm: float) -> float:
+        """Clip gradients to `max_norm` (<= 0: no clipping), step the optimizer; return the pre-clip grad norm."""
+
+    @abstractmethod
+    def zero_grad(self) -> None:
+        """Clear gradients after a step."""
+
+    @abstractmethod
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over all processes (in place and returned)."""
+
+    @abstractmethod
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The user's module inside any wrapper."""
+
+    @abstractmethod
+    def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Full (gathered, under ZeRO-3) state dict of the unwrapped model; meaningful on the main rank."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait for all processes."""
+
+    @abstractmethod
+    def save_optimizer(self, directory: str) -> None:
+        """Write this strategy's optimizer state into `directory` (every rank calls it)."""
+
+    @abstractmethod
+    def load_optimizer(self, directory: str) -> None:
+        """Restore the optimizer state written by `save_optimizer`."""
+
+    def no_sync(self, model: nn.Module):  # noqa: ANN201 - a context manager
+        """Context to skip gradient synchronisation on non-final micro-batches (DDP); a no-op by default."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def full_parameters(self, model: nn.Module, modify: bool = False):  # noqa: ANN201 - a context manager
+        """Context in which `unwrap(model)` holds full, readable (and, with `modify`, writable) weights on every
+        rank. A no-op here; ZeRO-3 gathers partitions (e.g. `deepspeed.zero.GatheredParameters(..., modifier_rank=0)`)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def autocast(self, precision: str):  # noqa: ANN201 - a context manager
+        """Context for forward passes: bf16 autocast on the strategy's device, nothing for fp32.
+
+        DeepSpeed overrides this with a no-op (its engine casts by its JSON config)."""
+        import contextlib
+
+        if precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        """Release process groups etc. at the end of a run."""
+
+    @classmethod
+    def from_train_config(cls, config: object) -> "Strategy":
+        """Build from a `train.config.TrainConfig` (precision, deepspeed_config, batch sizes...)."""
+        return cls()
+
+
+class SingleProcessStrategy(Strategy):
+    """One process, one device: plain PyTorch."""
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_train_config(cls, config: object) -> "SingleProcessStrategy":
+        return cls("cuda:0" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model.to(self._device)
+        self.model = model
+        self.optimizer = optimizer_factory(model)
+        return model, self.optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _trainable(self) -> Iterable[torch.Tensor]:
+        assert self.model is not None, "setup() first"
+        return [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+
+    def clip_and_step(self, max_norm: float) -> float:
+        assert self.optimizer is not None, "setup() first"
+        params = list(self._trainable())
+        if max_norm and max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+        self.optimizer.step()
+        return float(norm)
+
+    def zero_grad(self) -> None:
+        assert self.optimizer is not None, "setup() first"
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.unwrap(model).state_dict()
+
+    def barrier(self) -> None:
+        return None
+
+    def save_optimizer(self, directory: str) -> None:
+        assert self.optimizer is not None, "setup() first"
+        torch.save(self.optimizer.state_dict(), os.path.join(directory, OPTIMIZER_FILE))
+
+    def load_optimizer(self, directory: str) -> None:
+        assert self.optimizer is not None, "setup() first"
+        path = os.path.join(directory, OPTIMIZER_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no optimizer state in checkpoint {directory!r} (expected {OPTIMIZER_FILE})")
+        self.optimizer.load_state_dict(torch.load(path, map_location=self._device, weights_only=True))
+
+
+# Strategy name -> "module:Class" (exact names). `ddp` and `deepspeed` live in their own modules
+# (another engineer's; fix the paths here if they land elsewhere) and are imported only when asked for.
+#
+# Loss contract: the loop scales each micro-batch's summed token loss by world_size / (supervised tokens
+# of the whole accumulation window over all ranks), so a strategy that averages gradients over ranks
+# (DDP, DeepSpeed) ends with d(sum of token losses)/d(theta) / global token count, same as one process.
+STRATEGIES: dict[str, str] = {
+    "single": "train.strategy:SingleProcessStrategy",
+    "ddp": "train.strategies.ddp:DDPStrategy",
+    "deepspeed": "train.strategies.deepspeed_strategy:DeepSpeedStrategy",
+}
+
+
+def build_strategy(name: str, config: object | None = None) -> Strategy:
+    """The strategy registered under exactly `name`, built by `from_train_config(config)` (a TrainConfig)."""
+    import importlib
+
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    module_name, cls_name = STRATEGIES[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.from_train_config(config) if config is not None else cls()

@@ -1,0 +1,129 @@
+"""`vlm chat`: ask a trained model about images, interactively (streamed, multi-turn) or once (scriptable)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from vlm.chat_session import ChatError, ChatSession
+
+HELP_TEXT = "commands: /image PATH (attach an image to the next question), /reset (forget the conversation), /exit"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory (ours, or a HF Llava directory)")
+    parser.add_argument("--image", action="append", default=[], help="image to ask about (repeatable)")
+    parser.add_argument("--question", help="answer this one question and exit")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--json", action="store_true", help="with --question: print one JSON object")
+
+
+def load_model(path: str, device: str | None):
+    """Load our checkpoint or a HF Llava directory, or raise ChatError naming what is wrong."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would bury the one-line answer and errors
+    hf_logging.set_verbosity_error()
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ChatError(f"model directory not found: {directory}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if (directory / "vlm_config.json").is_file():
+        from vlm.model import VisionLanguageModel
+
+        try:
+            model = VisionLanguageModel.load(directory, device=device)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            raise ChatError(f"cannot load model from {directory}: {err}") from None
+    elif _is_hf_llava(directory):
+        from vlm.hf_llava import load_hf_llava_as_vlm
+
+        model = load_hf_llava_as_vlm(directory, device=device)
+    else:
+        raise ChatError(
+            f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
+            "or a config.json with model_type 'llava' (HF Llava)"
+        )
+    model.eval()
+    return model
+
+
+def _is_hf_llava(directory: Path) -> bool:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        return False
+    try:
+        return json.loads(config_path.read_text()).get("model_type") == "llava"
+    except json.JSONDecodeError:
+        return False
+
+
+def _streamer(tokenizer):
+    from transformers import TextStreamer
+
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def run_once(session: ChatSession, question: str, as_json: bool, out: TextIO) -> int:
+    answer, _ = session.ask(question)
+    out.write((json.dumps({"question": question, "answer": answer}) if as_json else answer) + "\n")
+    return 0
+
+
+def run_interactive(session: ChatSession, inp: TextIO, out: TextIO) -> int:
+    out.write(HELP_TEXT + "\n")
+    while True:
+        out.write(">>> ")
+        out.flush()
+        line = inp.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            session.reset()
+            out.write("[conversation reset]\n")
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                session.add_image(path)
+                out.write(f"[image attached: {path}]\n")
+            except ChatError as err:
+                out.write(f"error: {err}\n")
+            continue
+        if line.startswith("/"):
+            out.write(f"unknown command {line.split()[0]}; {HELP_TEXT}\n")
+            continue
+        try:
+            _, dropped = session.ask(line, streamer=_streamer(session.model.tokenizer))
+        except ChatError as err:
+            out.write(f"error: {err}\n")
+            continue
+        out.flush()
+        if dropped:
+            out.write(f"[{dropped} oldest turn(s) dropped to fit the context length]\n")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(args.model, args.device)
+        session = ChatSession(model, args.max_new_tokens, args.temperature, args.top_p)
+        for image in args.image:
+            session.add_image(image)
+        if args.question is not None:
+            return run_once(session, args.question, args.json, sys.stdout)
+    except ChatError as err:
+        print(f"vlm chat: error: {err}", file=sys.stderr)
+        return 2
+    return run_interactive(session, sys.stdin, sys.stdout)

@@ -1,0 +1,136 @@
+"""A multi-turn chat with a vision-language model: history, attached images, context-length trimming."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from instruct_data.images import ImageLoadError, load_image
+from instruct_data.records import Message
+from instruct_data.templates import stop_token_ids
+from instruct_data.tokenize import encode_prompt
+from vision_encoders.preprocess import to_rgb
+
+
+class ChatError(Exception):
+    """A user-facing problem (bad image, bad model directory): printed as one line, never a traceback."""
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    images: list[torch.Tensor] = field(default_factory=list)
+
+
+def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor:
+    """Decode one image file into model pixels, or raise ChatError saying why."""
+    path = Path(path)
+    if not path.exists():
+        raise ChatError(f"image not found: {path}")
+    if path.is_dir():
+        raise ChatError(f"not an image file (a directory): {path}")
+    try:
+        image = load_image(path)
+    except ImageLoadError as err:
+        raise ChatError(f"cannot read image {path}: {err.reason}") from None
+    return image_processor(to_rgb(image))
+
+
+class ChatSession:
+    """Holds the conversation; `ask` renders it with the checkpoint's template and generates a reply."""
+
+    def __init__(self, model, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0):
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.turns: list[Turn] = []
+        self.pending_images: list[torch.Tensor] = []
+        self.context_length = self._context_length()
+
+    def _context_length(self) -> int:
+        llm_config = self.model.llm.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(llm_config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+    def add_image(self, path: str | Path) -> None:
+        self.pending_images.append(load_chat_image(path, self.model.image_processor))
+
+    def reset(self) -> None:
+        self.turns.clear()
+        self.pending_images.clear()
+
+    def _messages(self, turns: list[Turn]) -> tuple[list[Message], list[torch.Tensor]]:
+        messages: list[Message] = []
+        images: list[torch.Tensor] = []
+        for turn in turns:
+            prefix = "<image>\n" * len(turn.images)
+            messages.append(Message(role="user", content=prefix + turn.question))
+            images.extend(turn.images)
+            if turn.answer is not None:
+                messages.append(Message(role="assistant", content=turn.answer))
+        return messages, images
+
+    def _encode(self, turns: list[Turn]) -> tuple[list[int], list[torch.Tensor]]:
+        messages, images = self._messages(turns)
+        config = self.model.config
+        ids = encode_prompt(
+            messages,
+            config.template,
+            self.model.tokenizer,
+            image_token_id=config.image_token_id,
+            num_image_tokens=config.num_image_tokens,
+        )
+        return ids, images
+
+    def prepare(self, question: str) -> tuple[list[int], list[torch.Tensor], int]:
+        """Encode history + question, dropping the oldest turns until the prompt fits. Returns dropped count."""
+        current = Turn(question=question, answer=None, images=list(self.pending_images))  # type: ignore[arg-type]
+        budget = self.context_length - self.max_new_tokens
+        history = list(self.turns)
+        dropped = 0
+        while True:
+            ids, images = self._encode(history + [current])
+            if len(ids) <= budget:
+                break
+            if not history:
+                raise ChatError(
+                    f"the question and its images need {len(ids)} tokens, more than the model's context "
+                    f"({self.context_length}) minus max_new_tokens ({self.max_new_tokens})"
+                )
+            history.pop(0)
+            dropped += 1
+        self.turns = history
+        return ids, images, dropped
+
+    @torch.no_grad()
+    def ask(self, question: str, streamer=None) -> tuple[str, int]:
+        """Answer `question` about the attached images; returns (answer, oldest turns dropped to fit)."""
+        ids, images, dropped = self.prepare(question)
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        pixel_values = torch.stack(images).to(device) if images else None
+        image_counts = torch.tensor([len(images)], device=device)
+        do_sample = self.temperature > 0
+        new_tokens = self.model.generate(
+            input_ids,
+            torch.ones_like(input_ids),
+            pixel_values=pixel_values,
+            image_counts=image_counts,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=do_sample,
+            temperature=self.temperature if do_sample else 1.0,
+            top_p=self.top_p,
+            streamer=streamer,
+            eos_token_id=stop_token_ids(self.model.config.template, self.model.tokenizer),
+        )
+        answer = self.model.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
+        self.turns.append(Turn(question=question, answer=answer, images=list(self.pending_images)))
+        self.pending_images.clear()
+        return answer, dropped

@@ -1,0 +1,162 @@
+"""Checkpoint save/load: full (llm/ + vision/) or projector-only (references to the frozen parts), safetensors only."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from projectors.registry import build_projector
+from vision_encoders.preprocess import ImageProcessor
+from vision_encoders.registry import load_vision_encoder, parse_spec, resolve_path
+from vlm.config import CONFIG_NAME, VLMConfig
+from vlm.io import atomic_directory
+from vlm.model import VisionLanguageModel, load_llm, resolve_dtype
+from vlm.tokens import embedding_rows
+
+PROJECTOR_FILE = "projector.safetensors"
+ADDED_EMBEDDINGS_FILE = "added_embeddings.safetensors"
+IMAGE_PROCESSOR_FILE = "image_processor.json"
+TOKENIZER_DIR = "tokenizer"
+LLM_DIR = "llm"
+VISION_DIR = "vision"
+
+
+def absolute_spec(spec: str, base_dir: Path) -> str:
+    """A vision spec with its `./` paths made absolute against `base_dir` (the checkpoint directory)."""
+    backend, name, checkpoint = parse_spec(spec)
+    name = resolve_path(name, base_dir) or name
+    checkpoint = resolve_path(checkpoint, base_dir)
+    return f"{backend}:{name}" + (f"@{checkpoint}" if checkpoint else "")
+
+
+def _is_relative(value: str) -> bool:
+    return value.startswith("./")
+
+
+def _spec_is_relative(spec: str) -> bool:
+    _, name, checkpoint = parse_spec(spec)
+    return _is_relative(name) or (checkpoint is not None and _is_relative(checkpoint))
+
+
+def _state_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+
+
+def save(model: VisionLanguageModel, directory: str | Path, projector_only: bool = False) -> Path:
+    """Write `model` to `directory` atomically; a projector-only checkpoint refers to the encoder and LLM by spec/path."""
+    config = copy.deepcopy(model.config)
+    if projector_only and (_is_relative(config.llm) or _spec_is_relative(config.vision.spec)):
+        raise ValueError(
+            f"projector-only save needs absolute references to the frozen parts, got llm={config.llm!r}, "
+            f"vision={config.vision.spec!r}"
+        )
+    if projector_only and config.vision.unfreeze_last_n > 0:
+        raise ValueError(
+            f"projector-only save would drop the {config.vision.unfreeze_last_n} trained vision blocks; save a full checkpoint"
+        )
+    with atomic_directory(directory) as tmp:
+        if projector_only:
+            _save_added_embeddings(model, tmp / ADDED_EMBEDDINGS_FILE)
+        else:
+            model.llm.save_pretrained(tmp / LLM_DIR, safe_serialization=True)
+            config.llm = f"./{LLM_DIR}"
+            config.vision.spec = model.vision_encoder.save(tmp / VISION_DIR)
+        save_file(_state_for_saving(model.projector), str(tmp / PROJECTOR_FILE))
+        model.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+        model.image_processor.save(tmp / IMAGE_PROCESSOR_FILE)
+        config.save(tmp)
+    return Path(directory)
+
+
+def _save_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
+    ids = torch.tensor(model.config.added_token_ids, dtype=torch.long)
+    input_weight = model.llm.get_input_embeddings().weight
+    tensors = {"token_ids": ids, "input_embeddings": input_weight[ids].detach().contiguous().cpu()}
+    output = model.llm.get_output_embeddings()
+    if output is not None and output.weight is not input_weight:
+        tensors["output_embeddings"] = output.weight[ids].detach().contiguous().cpu()
+    save_file(tensors, str(path))
+
+
+def _restore_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
+    tensors = load_file(str(path))
+    ids = tensors["token_ids"]
+    if ids.tolist() != model.config.added_token_ids:
+        raise ValueError(f"{path}: token ids {ids.tolist()} differ from the config's {model.config.added_token_ids}")
+    rows = len(model.tokenizer)
+    if embedding_rows(model.llm) < rows:
+        model.llm.resize_token_embeddings(rows, mean_resizing=False)
+    input_weight = model.llm.get_input_embeddings().weight
+    output = model.llm.get_output_embeddings()
+    with torch.no_grad():
+        input_weight[ids] = tensors["input_embeddings"].to(input_weight)
+        if "output_embeddings" in tensors:
+            if output is None or output.weight is input_weight:
+                raise ValueError(f"{path}: holds separate output embeddings but the LLM ties them to its inputs")
+            output.weight[ids] = tensors["output_embeddings"].to(output.weight)
+
+
+def expected_files(config: VLMConfig) -> list[str]:
+    files = [CONFIG_NAME, PROJECTOR_FILE, TOKENIZER_DIR, IMAGE_PROCESSOR_FILE]
+    if _is_relative(config.llm):
+        files.append(config.llm[2:])
+    else:
+        files.append(ADDED_EMBEDDINGS_FILE)
+    if _spec_is_relative(config.vision.spec):
+        files.append(VISION_DIR)
+    return files
+
+
+def check_files(directory: Path, config: VLMConfig | None) -> None:
+    """A clear error listing what is missing and what the directory holds."""
+    wanted = expected_files(config) if config is not None else [CONFIG_NAME]
+    missing = [name for name in wanted if not (directory / name).exists()]
+    if missing:
+        holds = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "(not a directory)"
+        raise FileNotFoundError(f"checkpoint {directory} is missing {missing}; it holds {holds}")
+
+
+def load(directory: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None) -> VisionLanguageModel:
+    """Rebuild the model saved in `directory` (full or projector-only) with no other argument needed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    check_files(directory, None)
+    config = VLMConfig.load(directory)
+    check_files(directory, config)
+    projector_only = not _is_relative(config.llm)
+    # In memory the references are absolute, so that a later projector-only save still points at them.
+    config.llm = str(directory / config.llm[2:]) if _is_relative(config.llm) else config.llm
+    config.vision.spec = absolute_spec(config.vision.spec, directory)
+    if torch_dtype is not None:
+        config.torch_dtype = torch_dtype
+    dtype = resolve_dtype(config.torch_dtype)
+    encoder = load_vision_encoder(config.vision)
+    llm = load_llm(config.llm, config, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, trust_remote_code=config.trust_remote_code)
+    image_id = tokenizer.convert_tokens_to_ids(config.image_token)
+    if image_id != config.image_token_id:
+        raise ValueError(f"{directory}: tokenizer maps {config.image_token!r} to {image_id}, config says {config.image_token_id}")
+    projector = build_projector(config.projector, encoder.hidden_size, llm.get_input_embeddings().weight.shape[1])
+    projector.load_state_dict(load_file(str(directory / PROJECTOR_FILE)), strict=True)
+    if encoder.num_tokens != config.vision_num_tokens or projector.output_tokens(encoder.num_tokens) != config.num_image_tokens:
+        raise ValueError(
+            f"{directory}: encoder gives T={encoder.num_tokens} and projector K={projector.output_tokens(encoder.num_tokens)}, "
+            f"config says T={config.vision_num_tokens}, K={config.num_image_tokens}"
+        )
+    processor = ImageProcessor.load(directory / IMAGE_PROCESSOR_FILE)
+    model = VisionLanguageModel(config, encoder, projector, llm, tokenizer, processor)
+    if projector_only:
+        _restore_added_embeddings(model, directory / ADDED_EMBEDDINGS_FILE)
+    elif embedding_rows(llm) < len(tokenizer):
+        raise ValueError(f"{directory}: LLM has {embedding_rows(llm)} embedding rows but the tokenizer {len(tokenizer)} tokens")
+    model.sync_llm_token_ids()
+    if dtype is not None:
+        model.vision_encoder.to(dtype)
+        model.projector.to(dtype)
+    if device is not None:
+        model.to(device)
+    return model.eval()  # as from_pretrained does; trainers call .train()

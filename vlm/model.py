@@ -1,0 +1,247 @@
+"""`VisionLanguageModel`: vision encoder -> projector -> image rows spliced into the LLM's input embeddings."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from projectors.base import Projector
+from projectors.registry import build_projector, known_projector_check
+from vision_encoders.base import VisionEncoder
+from vision_encoders.config import VisionEncoderConfig
+from vision_encoders.preprocess import ImageProcessor
+from vision_encoders.registry import load_vision_encoder
+from vlm.config import VLMConfig
+from vlm.tokens import add_special_tokens, resize_for_tokenizer
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype name to a torch dtype; half precision without a GPU degrades to float32 with a warning."""
+    if name is None:
+        return None
+    if isinstance(name, torch.dtype):
+        dtype = name
+    else:
+        key = name.removeprefix("torch.")
+        if key not in DTYPES:
+            raise ValueError(f"unknown torch_dtype {name!r}; known: {sorted(DTYPES)}")
+        dtype = DTYPES[key]
+    if dtype != torch.float32 and not torch.cuda.is_available():
+        warnings.warn(f"torch_dtype {dtype} needs a GPU (this CPU is far too slow at it); using float32", stacklevel=3)
+        return torch.float32
+    return dtype
+
+
+def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None) -> PreTrainedModel:
+    """Any `AutoModelForCausalLM`, with the config's attention implementation and remote-code policy."""
+    attn = config.attn_implementation
+    if attn.startswith("flash_attention") and not torch.cuda.is_available():
+        warnings.warn(f"attn_implementation {attn!r} needs a CUDA GPU; using 'sdpa' on this machine", stacklevel=3)
+        attn = "sdpa"
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        attn_implementation=attn,
+        trust_remote_code=config.trust_remote_code,
+        dtype=dtype if dtype is not None else torch.float32,
+    )
+
+
+class VisionLanguageModel(nn.Module):
+    """A vision encoder, a projector and a causal LM, plus the tokenizer and image processor that feed them."""
+
+    def __init__(
+        self,
+        config: VLMConfig,
+        vision_encoder: VisionEncoder,
+        projector: Projector,
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: ImageProcessor,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_encoder = vision_encoder
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def build(
+        cls,
+        vision: VisionEncoderConfig,
+        projector: str,
+        llm: str,
+        template: str,
+        *,
+        image_token: str = "<image>",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        torch_dtype: str | None = None,
+    ) -> "VisionLanguageModel":
+        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector."""
+        from instruct_data.templates import get_template
+
+        get_template(template)  # an unknown name fails here, before minutes of loading
+        known_projector_check(projector)
+        config = VLMConfig(
+            vision=vision, projector=projector, llm=llm, template=template, image_token=image_token,
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype,
+        )
+        dtype = resolve_dtype(torch_dtype)
+        encoder = load_vision_encoder(vision)
+        language_model = load_llm(llm, config, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=trust_remote_code)
+        added = add_special_tokens(tokenizer, image_token)
+        config.added_token_ids = resize_for_tokenizer(language_model, tokenizer, added)
+        llm_width = language_model.get_input_embeddings().weight.shape[1]
+        proj = build_projector(projector, encoder.hidden_size, llm_width)
+        config.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        config.pad_token_id = int(tokenizer.pad_token_id)
+        config.vision_num_tokens = encoder.num_tokens
+        config.num_image_tokens = proj.output_tokens(encoder.num_tokens)
+        model = cls(config, encoder, proj, language_model, tokenizer, encoder.image_processor())
+        model.sync_llm_token_ids()
+        if dtype is not None:
+            model.vision_encoder.to(dtype)
+            model.projector.to(dtype)
+        return model.eval()  # as from_pretrained does; trainers call .train()
+
+    def sync_llm_token_ids(self) -> None:
+        """Tell the LLM's configs our pad id, so `generate` pads with it and does not warn."""
+        self.llm.config.pad_token_id = self.config.pad_token_id
+        if self.llm.generation_config is not None:
+            self.llm.generation_config.pad_token_id = self.config.pad_token_id
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None) -> "VisionLanguageModel":
+        from vlm.checkpoint import load
+
+        return load(path, device=device, torch_dtype=torch_dtype)
+
+    def save(self, path: str | Path, projector_only: bool = False) -> Path:
+        from vlm.checkpoint import save
+
+        return save(self, path, projector_only=projector_only)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.llm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.config.num_image_tokens
+
+    def train(self, mode: bool = True) -> "VisionLanguageModel":
+        """Like nn.Module.train, but a fully frozen vision encoder stays in eval mode (no dropout, same features as a cache)."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.vision_encoder.parameters()):
+            self.vision_encoder.eval()
+        return self
+
+    # ----------------------------------------------------------------- vision path
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> [N, K, D_llm]. The encoder runs without autograd when none of it trains."""
+        trains = any(p.requires_grad for p in self.vision_encoder.parameters())
+        param = next(self.vision_encoder.parameters())
+        with contextlib.nullcontext() if trains else torch.no_grad():
+            features = self.vision_encoder(pixel_values.to(device=param.device, dtype=param.dtype))
+        return self.project(features)
+
+    def project(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """[N, T, D_v] (encoder output or cached features) -> [N, K, D_llm]."""
+        if vision_features.dim() != 3 or vision_features.shape[1] != self.config.vision_num_tokens:
+            raise ValueError(
+                f"vision features must be [N, T={self.config.vision_num_tokens}, D], got {tuple(vision_features.shape)}"
+            )
+        param = next(self.projector.parameters(), None)
+        if param is not None:
+            vision_features = vision_features.to(device=param.device, dtype=param.dtype)
+        return self.projector(vision_features)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        image_counts: torch.Tensor | list[int] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with the projected image rows scattered into the image-token positions."""
+        input_ids = input_ids.to(self.device)
+        is_image = input_ids == self.config.image_token_id
+        # The pad row stands in at image positions; those rows are overwritten below.
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, self.config.pad_token_id))
+        if pixel_values is not None and vision_features is not None:
+            raise ValueError("pass either pixel_values or vision_features, not both")
+        tokens_per_sample = is_image.sum(dim=1)
+        if pixel_values is None and vision_features is None:
+            if is_image.any():
+                samples = [i for i, n in enumerate(tokens_per_sample.tolist()) if n]
+                raise ValueError(
+                    f"samples {samples} hold image tokens ({tokens_per_sample[samples].tolist()}) but no images were given"
+                )
+            return embeds
+        n_images = (pixel_values if pixel_values is not None else vision_features).shape[0]
+        self._check_counts(tokens_per_sample.tolist(), n_images, image_counts)
+        if n_images == 0:
+            return embeds
+        image_rows = self.encode_images(pixel_values) if pixel_values is not None else self.project(vision_features)
+        mask = is_image.unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(mask, image_rows.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+
+    def _check_counts(self, tokens: list[int], n_images: int, image_counts: torch.Tensor | list[int] | None) -> None:
+        k = self.config.num_image_tokens
+        if image_counts is not None:
+            counts = [int(c) for c in (image_counts.tolist() if torch.is_tensor(image_counts) else image_counts)]
+            if len(counts) != len(tokens):
+                raise ValueError(f"image_counts has {len(counts)} entries for a batch of {len(tokens)} samples")
+            for index, (found, count) in enumerate(zip(tokens, counts)):
+                if found != count * k:
+                    raise ValueError(
+                        f"sample {index}: {found} image-token positions but {count} image(s) x K={k} = {count * k} expected"
+                    )
+            if sum(counts) != n_images:
+                raise ValueError(f"image_counts sum to {sum(counts)} but {n_images} images were given")
+        elif sum(tokens) != n_images * k:
+            raise ValueError(
+                f"batch holds {sum(tokens)} image-token positions (per sample {tokens}) but {n_images} image(s) "
+                f"x K={k} = {n_images * k} image features"
+            )
+
+    # ----------------------------------------------------------------- language path
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        image_counts: torch.Tensor | list[int] | None = None,
+        **llm_kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        embeds = self.embed(input_ids, pixel_values, vision_features, image_counts)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(embeds.device)
+        if labels is not None:
+            labels = labels.to(embeds.device)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """New tokens only, [B, new]; see `vlm.generation.generate` for the options."""
+        from vlm.generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
