@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
     peak = matmul_peak()
@@ -111,35 +111,34 @@ def main() -> None:
               f"(lengths {min(lengths)}-{max(lengths)}, mean {statistics.mean(lengths):.0f}): "
               f"length-grouped {padding_fraction(grouped, lengths):.3f}, random {padding_fraction(random_order, lengths):.3f}")
 
-        for name, trainer in (("length-grouped", grouped), ("random", random_order)):
+        rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for index, (name, trainer) in enumerate((("length-grouped", grouped), ("random", random_order))):
             it = trainer._loader(0, 0)
-            windows = [[next(it) for _ in range(trainer.accum)] for _ in range(args.steps + 1)]
-            trainer._step(windows[0])  # warm-up
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            cpu, wall, tokens, flops = [], [], 0, 0.0
-            for i, window in enumerate(windows[1:]):
-                counter = FlopCounterMode(display=False) if i == 0 else None
+            windows = [[next(it) for _ in range(trainer.accum)] for _ in range(args.steps + 2)]
+            trainer._step(windows[0])  # warm-up (allocates AdamW states)
+            rss_step = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            counter = FlopCounterMode(display=False)
+            with counter:
+                trainer._step(windows[1])
+            positions = sum(b["attention_mask"].numel() for b in windows[1] if b)
+            flops_per_position = counter.get_total_flops() / positions  # compute scales with padded positions
+            cpu, wall, tokens, padded = [], [], 0, 0
+            for window in windows[2:]:
                 start_cpu, start_wall = time.process_time(), time.perf_counter()
-                if counter is not None:
-                    with counter:
-                        metrics = trainer._step(window)
-                    flops = counter.get_total_flops()
-                else:
-                    metrics = trainer._step(window)
-                    cpu.append(time.process_time() - start_cpu)
-                    wall.append(time.perf_counter() - start_wall)
-                    tokens += metrics["tokens"]
-            rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            step_cpu = statistics.median(cpu)
-            tok_per_step = tokens / len(cpu)
-            # FLOPs of the first timed step scaled by tokens: steps differ in length, FLOPs ~ tokens.
-            first_tokens = sum(int(b["attention_mask"].sum()) for b in windows[1] if b)
-            flops_per_token = flops / first_tokens
-            achieved = flops_per_token * tok_per_step / step_cpu
-            print(f"{name}: {tok_per_step / step_cpu:.0f} train tokens/s CPU time ({tok_per_step / statistics.median(wall):.0f}"
-                  f" wall), {flops_per_token / 1e6:.2f} MFLOP/token (counted), {achieved / 1e9:.2f} GFLOP/s = MFU "
-                  f"{achieved / peak:.3f}; peak RSS {rss_after / 1024:.0f} MiB (+{(rss_after - rss_before) / 1024:.0f} MiB "
-                  f"over the warm-up step's high-water mark)")
+                metrics = trainer._step(window)
+                cpu.append(time.process_time() - start_cpu)
+                wall.append(time.perf_counter() - start_wall)
+                tokens += metrics["tokens"]
+                padded += sum(b["attention_mask"].numel() for b in window if b)
+            step_cpu = sum(cpu) / len(cpu)
+            achieved = flops_per_position * padded / sum(cpu)
+            print(f"{name}: {tokens / sum(cpu):.0f} train tokens/s ({tokens / sum(wall):.0f} by wall clock), "
+                  f"{flops_per_position / 1e6:.2f} MFLOP per position (counted), {achieved / 1e9:.2f} GFLOP/s "
+                  f"executed = MFU {achieved / peak:.3f}; {step_cpu:.2f} s/step over {len(cpu)} steps")
+            if index == 0:
+                print(f"peak memory of a step: high-water RSS {rss_step / 1024:.0f} MiB after the first step, "
+                      f"+{(rss_step - rss_loaded) / 1024:.0f} MiB over the loaded models and data "
+                      f"({rss_loaded / 1024:.0f} MiB; activations, gradients and AdamW states)")
 
 
 if __name__ == "__main__":

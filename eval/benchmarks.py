@@ -102,7 +102,8 @@ def _load_textvqa(p: BenchmarkPaths) -> list[EvalItem]:
     split = p.split or "val"
     file = p.pick(p.questions, p.data_root, f"TextVQA_0.5.1_{split}.json")
     image_root = p.image_root or p.pick(None, p.data_root, "train_images", "images")
-    return vqa_loaders.load_textvqa(file, image_root)
+    ocr = p.annotations or p.data_root / f"llava_textvqa_{split}_v051_ocr.jsonl"  # LLaVA's prompts, if present
+    return vqa_loaders.load_textvqa(file, image_root, ocr if ocr.is_file() else None)
 
 
 def _load_vizwiz(p: BenchmarkPaths) -> list[EvalItem]:

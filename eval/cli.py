@@ -33,6 +33,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-new-tokens", type=int, default=None)
     run.add_argument("--blank-images", action="store_true", help="replace every image by a black one (blind baseline)")
     run.add_argument("--device", default=None)
+    run.add_argument("--dtype", default=None, help="bfloat16 / float16 on GPUs (default: the checkpoint's)")
     run.add_argument("--hf-template", default="vicuna_v1", help="template for a HF Llava directory's prompts")
     run.add_argument("--model-name", default=None, help="name in tables (default: the model folder's name)")
     run.add_argument("--no-progress", action="store_true")
@@ -59,13 +60,16 @@ def _run(args: argparse.Namespace) -> int:
     from eval.runner import RunConfig, run
 
     bench = get_benchmark(args.benchmark)
+    if not Path(args.model).is_dir():  # fail before the benchmark loads, not after the first batch
+        raise RuntimeError(f"model directory not found: {args.model}")
     name = args.model_name or Path(args.model).resolve().name
     out = args.out or Path("eval_results") / name / (bench.name + ("_blank" if args.blank_images else ""))
     config = RunConfig(bench.name, _paths(args), out, name, args.limit, args.batch_size, args.num_chunks,
                        args.chunk_idx, args.blank_images, not args.no_progress, not args.no_meteor,
                        not args.no_finalize)
     generate = LazyGenerator(lambda: load_generator(args.model, args.max_new_tokens or bench.max_new_tokens,
-                                                    args.blank_images, args.device, args.hf_template))
+                                                    args.blank_images, args.device, args.hf_template,
+                                                    args.dtype))
     result = run(config, generate)
     if result.row is None and args.no_finalize:
         print(f"chunk {args.chunk_idx + 1}/{args.num_chunks} answered: {result.predictions}")

@@ -95,44 +95,20 @@ class ModelGenerator:
                 for row in new]
 
 
-def _is_hf_llava(directory: Path) -> bool:
-    import json
-
-    config = directory / "config.json"
-    try:
-        return config.is_file() and json.loads(config.read_text()).get("model_type") == "llava"
-    except json.JSONDecodeError:
-        return False
-
-
-def load_model(model_dir: str | Path, device: str | None = None, hf_template: str = "vicuna_v1") -> Any:
+def load_model(model_dir: str | Path, device: str | None = None, hf_template: str = "vicuna_v1",
+               torch_dtype: str | None = None) -> Any:
     """Our checkpoint, or a HF Llava directory imported (weights mapped by name, strict) into a temp checkpoint."""
-    from vlm.model import VisionLanguageModel
+    from vlm.loading import load_model_dir
 
-    directory = Path(model_dir)
-    if (directory / "vlm_config.json").is_file():
-        model = VisionLanguageModel.load(directory, device=device)
-    elif _is_hf_llava(directory):
-        import tempfile
-
-        from vlm.hf_llava import import_hf
-
-        # import_hf is the tested HF -> ours mapping; the copy lives only for this run
-        staging = Path(tempfile.mkdtemp(prefix="vlm-eval-hf-"))
-        model = import_hf(directory, staging / "ckpt", template=hf_template)
-        model = model.to(device) if device else model
-    else:
-        raise RuntimeError(f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
-                           "or a config.json with model_type 'llava' (HF Llava)")
-    return model.eval()
+    return load_model_dir(model_dir, device=device, torch_dtype=torch_dtype, hf_template=hf_template)
 
 
 def load_generator(model_dir: str, max_new_tokens: int, blank_images: bool = False, device: str | None = None,
-                   hf_template: str = "vicuna_v1") -> ModelGenerator:
+                   hf_template: str = "vicuna_v1", torch_dtype: str | None = None) -> ModelGenerator:
     """A batched generator over our checkpoint or a HF Llava directory."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return ModelGenerator(load_model(model_dir, device, hf_template), max_new_tokens, blank_images)
+    return ModelGenerator(load_model(model_dir, device, hf_template, torch_dtype), max_new_tokens, blank_images)
 
 
 class LazyGenerator:

@@ -103,7 +103,6 @@ class FeatureCache:
         identity: IdentityMode = "stat",
         dtype: str = "float32",
         shard_size: int = 1024,
-        refresh_interval_s: float = 30.0,
     ) -> None:
         if not fingerprint or any(c not in "0123456789abcdefABCDEF-_" for c in fingerprint):
             raise ValueError(f"fingerprint must be a non-empty hex string, got {fingerprint!r}")
@@ -125,15 +124,14 @@ class FeatureCache:
         self._pending: dict[str, np.ndarray] = {}
         self._row_shape: tuple[int, ...] | None = None
         self._exit_flush_registered = False
-        self.refresh_interval_s = refresh_interval_s
-        self._last_refresh = 0.0
+        self._dir_stamp = -1
         self.refresh()
 
     # ---- reading -------------------------------------------------------------------------------
     def refresh(self) -> int:
         """Pick up shards committed (by any process) since the last look; returns how many were new."""
         new = 0
-        self._last_refresh = time.monotonic()
+        self._dir_stamp = self.shard_dir.stat().st_mtime_ns
         for index_path in sorted(self.shard_dir.glob("*.json")):
             shard_id = index_path.stem
             if shard_id in self._loaded_shards:
@@ -154,10 +152,13 @@ class FeatureCache:
         return new
 
     def _maybe_refresh(self) -> None:
-        # Listing the shard directory on every miss would be quadratic over a first epoch (all misses, and
-        # ranks' images are disjoint within an epoch anyway): look at most every `refresh_interval_s`.
-        now = time.monotonic()
-        if now - self._last_refresh >= self.refresh_interval_s:
+        # Re-listing the shard directory on every miss would be quadratic over a first epoch (all misses);
+        # its mtime changes whenever a shard is committed (rename into it), so one stat tells.
+        try:
+            stamp = self.shard_dir.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp != self._dir_stamp:
             self.refresh()
 
     def _check_row_shape(self, row_shape: tuple[int, ...], where: str) -> None:
@@ -224,7 +225,7 @@ class FeatureCache:
             computed = encode(list(todo.values()))
             self.put(list(todo.values()), computed)
             if not self._exit_flush_registered:
-                atexit.register(self.flush)
+                atexit.register(self._flush_at_exit)
                 self._exit_flush_registered = True
         rows = [self._row(i) for i in idents]
         if any(r is None for r in rows):  # only if an image changed between identities() and put()
@@ -280,6 +281,12 @@ class FeatureCache:
         self._pending.clear()
         self.refresh()
         return shard_id
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except FileNotFoundError:
+            pass  # the cache directory was removed before exit: nothing left to write into
 
     def write_meta(self, description: dict[str, Any]) -> None:
         """Record what the fingerprint stands for (for people inspecting the cache); safe to call from any rank."""

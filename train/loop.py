@@ -79,6 +79,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory, or this process's peak resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def supervised_tokens(labels: torch.Tensor) -> int:
     """Positions that contribute to the next-token loss (labels shifted by one)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
@@ -204,6 +213,7 @@ class Trainer:
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
                    "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
                    "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed}
+        metrics["peak_mem_mb"] = peak_memory_mb(device)
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         self.state.samples_seen += int(samples)
         self.state.tokens_seen += int(total_tokens)

@@ -8,7 +8,7 @@ from torch import nn
 
 from train.config import LoraSettings
 
-ADAPTER_DIR = "lora_adapter"
+from vlm.checkpoint import LORA_ADAPTER_DIR as ADAPTER_DIR  # one name for the writer and the reader
 
 
 def check_qlora_available() -> None:
@@ -75,17 +75,12 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
 
 def load_lora_model(directory: str | Path, device: str | torch.device | None = None) -> nn.Module:
     """A LoRA run's output: `VisionLanguageModel.load` (base + trained projector) with the adapters attached."""
-    from peft import PeftModel
-
     from vlm.model import VisionLanguageModel
 
     directory = Path(directory)
-    model = VisionLanguageModel.load(directory, device=device)
-    adapter = directory / ADAPTER_DIR
-    if not adapter.is_dir():
+    if not (directory / ADAPTER_DIR).is_dir():
         raise FileNotFoundError(f"{directory} has no {ADAPTER_DIR}/: not the output of an llm_mode=lora run")
-    model.llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=False)
-    return model
+    return VisionLanguageModel.load(directory, device=device, lora="attach")
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from vlm.chat_session import ChatError, ChatSession
+from vlm.loading import NotAModelError, load_model_dir
 
 HELP_TEXT = "commands: /image PATH (attach an image to the next question), /reset (forget the conversation), /exit"
 
@@ -30,38 +30,13 @@ def load_model(path: str, device: str | None):
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the one-line answer and errors
     hf_logging.set_verbosity_error()
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ChatError(f"model directory not found: {directory}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if (directory / "vlm_config.json").is_file():
-        from vlm.model import VisionLanguageModel
-
-        try:
-            model = VisionLanguageModel.load(directory, device=device)
-        except (FileNotFoundError, ValueError, OSError) as err:
-            raise ChatError(f"cannot load model from {directory}: {err}") from None
-    elif _is_hf_llava(directory):
-        from vlm.hf_llava import load_hf_llava_as_vlm
-
-        model = load_hf_llava_as_vlm(directory, device=device)
-    else:
-        raise ChatError(
-            f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
-            "or a config.json with model_type 'llava' (HF Llava)"
-        )
-    model.eval()
-    return model
-
-
-def _is_hf_llava(directory: Path) -> bool:
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        return False
     try:
-        return json.loads(config_path.read_text()).get("model_type") == "llava"
-    except json.JSONDecodeError:
-        return False
+        return load_model_dir(path, device=device)
+    except NotAModelError as err:
+        raise ChatError(str(err)) from None
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise ChatError(f"cannot load model from {path}: {err}") from None
 
 
 def _streamer(tokenizer):

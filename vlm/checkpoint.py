@@ -119,8 +119,20 @@ def check_files(directory: Path, config: VLMConfig | None) -> None:
         raise FileNotFoundError(f"checkpoint {directory} is missing {missing}; it holds {holds}")
 
 
-def load(directory: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None) -> VisionLanguageModel:
-    """Rebuild the model saved in `directory` (full or projector-only) with no other argument needed."""
+LORA_ADAPTER_DIR = "lora_adapter"  # written by `train` for llm_mode lora / qlora (peft format, safetensors)
+
+
+def load(
+    directory: str | Path,
+    device: str | torch.device | None = None,
+    torch_dtype: str | None = None,
+    lora: str = "merge",
+) -> VisionLanguageModel:
+    """Rebuild the model saved in `directory` (full or projector-only) with no other argument needed.
+
+    A LoRA run's output (`lora_adapter/` beside the config) gets its adapters: merged into the LLM weights
+    (`lora="merge"`, for inference and export), attached as a peft model (`"attach"`), or left out (`"ignore"`).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
@@ -154,9 +166,22 @@ def load(directory: str | Path, device: str | torch.device | None = None, torch_
     elif embedding_rows(llm) < len(tokenizer):
         raise ValueError(f"{directory}: LLM has {embedding_rows(llm)} embedding rows but the tokenizer {len(tokenizer)} tokens")
     model.sync_llm_token_ids()
+    _apply_lora(model, directory / LORA_ADAPTER_DIR, lora)
     if dtype is not None:
         model.vision_encoder.to(dtype)
         model.projector.to(dtype)
     if device is not None:
         model.to(device)
     return model.eval()  # as from_pretrained does; trainers call .train()
+
+
+def _apply_lora(model: VisionLanguageModel, adapter: Path, mode: str) -> None:
+    if mode not in ("merge", "attach", "ignore"):
+        raise ValueError(f"lora={mode!r}: expected merge, attach or ignore")
+    if mode == "ignore" or not adapter.is_dir():
+        return
+    from peft import PeftModel
+
+    model.llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=False)
+    if mode == "merge":
+        model.llm = model.llm.merge_and_unload()

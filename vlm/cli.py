@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"vlm {name}", description=help_text)
     module.register(parser)
-    args = parser.parse_args(rest)
+    try:  # lets `vlm train CONFIG --resume auto key=value` mix options and overrides freely
+        args = parser.parse_intermixed_args(rest)
+    except TypeError:  # argparse cannot intermix with nested subcommands (vlm data ..., vlm eval ...)
+        args = parser.parse_args(rest)
     return int(module.main(args) or 0)
 
 

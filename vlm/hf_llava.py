@@ -136,7 +136,8 @@ def hf_image_processor(model: VisionLanguageModel):
     if ours.aspect_ratio == "crop":
         return CLIPImageProcessorPil(size={"shortest_edge": ours.size}, crop_size={"height": side, "width": side},
                                      do_center_crop=True, **common)
-    return CLIPImageProcessorPil(size={"height": side, "width": side}, do_center_crop=False, **common)
+    return CLIPImageProcessorPil(size={"height": side, "width": side}, crop_size={"height": side, "width": side},
+                                 do_center_crop=False, **common)
 
 
 def llava_processor(model: VisionLanguageModel) -> LlavaProcessor:

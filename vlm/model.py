@@ -123,10 +123,12 @@ class VisionLanguageModel(nn.Module):
             self.llm.generation_config.pad_token_id = self.config.pad_token_id
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None) -> "VisionLanguageModel":
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None, lora: str = "merge"
+    ) -> "VisionLanguageModel":
         from vlm.checkpoint import load
 
-        return load(path, device=device, torch_dtype=torch_dtype)
+        return load(path, device=device, torch_dtype=torch_dtype, lora=lora)
 
     def save(self, path: str | Path, projector_only: bool = False) -> Path:
         from vlm.checkpoint import save

@@ -12,6 +12,7 @@ from eval.types import (
     confined,
     first_existing,
     read_json,
+    read_jsonl,
     require,
 )
 
@@ -63,8 +64,17 @@ def load_vqav2(questions_file: Path, annotations_file: Path | None, image_root: 
     return items
 
 
-def load_textvqa(file: Path, image_root: Path) -> list[EvalItem]:
-    """TextVQA `TextVQA_0.5.1_{split}.json` (`data` list); images `{image_id}.jpg`; OCR tokens not added."""
+def load_textvqa(file: Path, image_root: Path, llava_prompts: Path | None = None) -> list[EvalItem]:
+    """TextVQA `TextVQA_0.5.1_{split}.json` (`data` list); images `{image_id}.jpg`.
+
+    With `llava_prompts` (LLaVA's `llava_textvqa_val_v051_ocr.jsonl`), each prompt is taken verbatim from it
+    (question + `Reference OCR token: ...` + suffix), as LLaVA-1.5's reported number used.
+    """
+    prompts: dict[str, str] = {}
+    if llava_prompts is not None:
+        for n, row in enumerate(read_jsonl(llava_prompts), start=1):
+            require(row, ("question_id", "text"), f"{llava_prompts} line {n}")
+            prompts[str(row["question_id"])] = row["text"]
     raw = read_json(file)
     rows = raw.get("data") if isinstance(raw, dict) else None
     if not isinstance(rows, list):
@@ -75,7 +85,10 @@ def load_textvqa(file: Path, image_root: Path) -> list[EvalItem]:
         require(r, ("question_id", "question", "image_id"), where)
         image = first_existing(image_root, [f"{r['image_id']}.jpg", f"{r['image_id']}.png"], where)
         meta = {"answers": r.get("answers"), "question": r["question"]}
-        items.append(EvalItem(r["question_id"], image, r["question"] + SHORT_ANSWER, meta))
+        prompt = prompts.get(str(r["question_id"]), r["question"] + SHORT_ANSWER)
+        if prompts and str(r["question_id"]) not in prompts:
+            raise BenchmarkFileError(f"{llava_prompts}: no prompt for question_id {r['question_id']}")
+        items.append(EvalItem(r["question_id"], image, prompt, meta))
     return items
 
 

@@ -38,6 +38,14 @@ class SynthConfig:
     facts_per_kind: int = 400
     vocab_size: int = 2048
 
+    def __post_init__(self) -> None:
+        if self.num_train < 1 or self.num_test < 1:
+            raise ValueError(f"num_train and num_test must be >= 1 (got {self.num_train}, {self.num_test})")
+        if self.image_size < 24:
+            raise ValueError(f"image_size {self.image_size} is too small to draw a 3x3 grid of shapes (min 24)")
+        if not 0.0 <= self.held_out_share <= 1.0:
+            raise ValueError(f"held_out_share must be in [0, 1], got {self.held_out_share}")
+
     def content_dict(self) -> dict:
         d = asdict(self)
         d.pop("out")

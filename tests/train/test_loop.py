@@ -78,7 +78,8 @@ def test_metrics_and_loss_curve_written(make_cfg) -> None:
     out = Path(cfg.output_dir)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
-    assert {"loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens"} <= set(lines[0])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens", "peak_mem_mb"} <= set(lines[0])
+    assert lines[0]["peak_mem_mb"] > 10 and lines[0]["tokens_per_s"] > 0
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 

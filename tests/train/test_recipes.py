@@ -48,6 +48,9 @@ def test_cli_runs_with_overrides(make_cfg, tmp_path, capsys) -> None:
     assert saved["max_steps"] == 1 and saved["optim"]["lr"] == pytest.approx(1e-4)
     assert main(["train", str(path), "optim.learnin_rate=1"]) == 2
     assert "valid keys" in capsys.readouterr().err
+    assert main(["train", str(path), "llm_mode=lora", "--print-config", "--resume", "auto"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["resume"], printed["llm_mode"]) == ("auto", "lora")
 
 
 def test_gradient_checkpointing_and_feature_cache_keep_losses(make_cfg, tmp_path) -> None:

@@ -59,12 +59,14 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     blocks = token_blocks(world / "text_corpus.txt", tokenizer, cfg.seq_len)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # Validation blocks drawn from the whole stream (the corpus is ordered: scenes first, then facts).
+    shuffled = blocks[torch.randperm(len(blocks), generator=gen)]
     n_val = max(1, int(len(blocks) * cfg.val_fraction))
-    train_blocks, val_blocks = blocks[:-n_val], blocks[-n_val:][:64]
+    train_blocks, val_blocks = shuffled[n_val:], shuffled[:n_val][:64]
     model = build_llm(cfg, tokenizer)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(optim, cfg.warmup_steps, cfg.steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
     initial_val = evaluate_loss(model, val_blocks, cfg.batch_size)
     start, train_losses = time.perf_counter(), []
     order = torch.randperm(len(train_blocks), generator=gen)

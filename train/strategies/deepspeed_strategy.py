@@ -203,18 +203,13 @@ class DeepSpeedStrategy(Strategy):
         for name, child in module.named_children():
             self._gather_into(child, f"{prefix}{name}.", out)
 
-    def load_trainable(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-        """Copy full trainable weights into the (possibly partitioned) model; rank 0's values win under ZeRO-3."""
-        params = dict(self.unwrap(model).named_parameters())
-        with torch.no_grad():
-            for name, value in weights.items():
-                param = params[name]
-                if self.zero_stage == 3:
-                    with self.deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-                        if self.is_main:
-                            param.copy_(value.to(param.dtype))
-                else:
-                    param.copy_(value.to(param.dtype))
+    def full_parameters(self, model: nn.Module, modify: bool = False):  # noqa: ANN201 - a context manager
+        """Under ZeRO-3 gather every parameter on every rank (collective: all ranks enter); with `modify`,
+        rank 0's writes are partitioned back on exit. A no-op for stages 0-2, whose parameters are whole."""
+        if self.zero_stage < 3:
+            return contextlib.nullcontext()
+        params = list(self.unwrap(model).parameters())
+        return self.deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
 
     def barrier(self) -> None:
         distributed.barrier()

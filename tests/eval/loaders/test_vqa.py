@@ -62,3 +62,17 @@ def test_gqa_questions_json(tmp_path: Path, save_image, write_json):
     (item,) = load_gqa(f, tmp_path / "images")
     assert item.question_id == "201" and item.meta == {"answer": "yes", "type": "verify"}
     json.dumps(item.meta)
+
+
+def test_textvqa_takes_llava_ocr_prompts_verbatim(tmp_path: Path, save_image, write_json):
+    save_image(tmp_path / "train_images" / "abc.jpg")
+    f = write_json(tmp_path / "TextVQA_0.5.1_val.json", {"data": [
+        {"question_id": 5, "question": "what brand?", "image_id": "abc", "answers": ["Nike"] * 10}]})
+    text = "what brand?\nReference OCR token: NIKE, Just\nAnswer the question using a single word or phrase."
+    ocr = tmp_path / "llava_textvqa_val_v051_ocr.jsonl"
+    ocr.write_text(json.dumps({"question_id": 5, "image": "abc.jpg", "text": text}) + "\n")
+    (item,) = load_textvqa(f, tmp_path / "train_images", ocr)
+    assert item.prompt == text
+    ocr.write_text(json.dumps({"question_id": 6, "text": "x"}) + "\n")
+    with pytest.raises(BenchmarkFileError, match="no prompt for question_id 5"):
+        load_textvqa(f, tmp_path / "train_images", ocr)

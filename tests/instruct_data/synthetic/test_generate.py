@@ -58,3 +58,9 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path: Path, make_config) -
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="holds no world.json"):
         generate_world(make_config(tmp_path))
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path, make_config) -> None:
+    cfg = make_config(tmp_path / "w")
+    with pytest.raises(ValueError, match="too small"):
+        type(cfg)(out=str(tmp_path / "w"), image_size=16)

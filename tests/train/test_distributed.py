@@ -1,0 +1,72 @@
+"""Process-group helpers: torchrun's environment read strictly, single-process no-ops, collectives over 2 gloo ranks."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import distributed
+
+
+def test_single_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    env = distributed.init_distributed()
+    assert (env.rank, env.world_size, env.is_main, env.distributed) == (0, 1, True, False)
+    assert env.device == torch.device("cpu")
+    assert distributed.all_reduce_mean({"loss": 2.5}) == {"loss": 2.5}
+    assert distributed.broadcast_json({"a": 1}) == {"a": 1}
+    distributed.barrier()  # nothing to wait for
+
+
+def test_bad_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
+        distributed.read_env()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK=2 WORLD_SIZE=2"):
+        distributed.read_env()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ValueError, match="torchrun"):
+        distributed.read_env()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="'nccl' needs CUDA"):
+            distributed.init_distributed("nccl")
+
+
+def _worker(out: str) -> None:
+    env = distributed.init_distributed()
+    assert env.backend == "gloo"
+    mean = distributed.all_reduce_mean({"loss": float(env.rank + 1), "tokens": 10.0 * (env.rank + 1)})
+    total = distributed.all_reduce_sum(torch.tensor([env.rank + 1.0]))
+    plan = distributed.broadcast_json({"checkpoint": "step-7", "rank": env.rank})
+    distributed.barrier()
+    Path(f"{out}.{env.rank}").write_text(json.dumps({"mean": mean, "sum": total.item(), "plan": plan}))
+    distributed.destroy()
+
+
+@pytest.mark.distributed
+def test_collectives_over_two_gloo_processes(tmp_path: Path) -> None:
+    out = tmp_path / "result"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           __file__, str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.{rank}").read_text())
+        assert got["mean"] == {"loss": 1.5, "tokens": 15.0}
+        assert got["sum"] == 3.0
+        assert got["plan"] == {"checkpoint": "step-7", "rank": 0}  # rank 0's object everywhere
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])

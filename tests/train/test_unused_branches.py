@@ -1,0 +1,39 @@
+"""The text-only hook: the image branch takes part in backward with exactly zero effect on the loss."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from train.strategies.unused_branches import touch_unused_branches
+
+
+def test_text_only_batch_gives_projector_zero_gradients_and_same_loss(tmp_path: Path) -> None:
+    from vlm.testing import make_tiny_vlm
+
+    model = make_tiny_vlm(tmp_path)
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    model.llm.requires_grad_(True)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain_loss, plain_grads = loss_and_grads()
+    assert all(g is None for n, g in plain_grads.items() if n.startswith("projector."))
+    handles = touch_unused_branches(model, run_encoder=True)
+    touched_loss, touched_grads = loss_and_grads()
+    assert torch.equal(touched_loss, plain_loss)
+    for name, grad in touched_grads.items():
+        if name.startswith("projector."):
+            assert grad is not None and torch.count_nonzero(grad) == 0, name
+        else:
+            assert torch.equal(grad, plain_grads[name]), name
+    with torch.no_grad():  # no graph being built (inference): the hook stays out of the way
+        assert torch.equal(model(input_ids=ids, labels=ids).loss, plain_loss)
+    for handle in handles:
+        handle.remove()

@@ -1,0 +1,46 @@
+"""Load whatever model directory a user points at: our checkpoint, or a HF Llava directory (imported on the fly)."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from vlm.model import VisionLanguageModel
+
+
+class NotAModelError(ValueError):
+    """The directory holds neither our checkpoint nor a HF Llava model."""
+
+
+def is_hf_llava(directory: Path) -> bool:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        return False
+    try:
+        return json.loads(config_path.read_text()).get("model_type") == "llava"
+    except json.JSONDecodeError:
+        return False
+
+
+def load_model_dir(
+    directory: str | Path, device: str | None = None, torch_dtype: str | None = None, hf_template: str = "vicuna_v1"
+) -> VisionLanguageModel:
+    """Our checkpoint (`vlm_config.json`), or a HF Llava directory imported into a temporary checkpoint."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NotAModelError(f"model directory not found: {directory}")
+    if (directory / "vlm_config.json").is_file():
+        model = VisionLanguageModel.load(directory, device=device, torch_dtype=torch_dtype)
+    elif is_hf_llava(directory):
+        from vlm.hf_llava import import_hf
+
+        # import_hf is the tested HF -> ours mapping (strict, by parameter name); the copy lives in a temp dir
+        staging = Path(tempfile.mkdtemp(prefix="vlm-hf-import-"))
+        model = import_hf(directory, staging / "ckpt", template=hf_template, torch_dtype=torch_dtype)
+        model = model.to(device) if device else model
+    else:
+        raise NotAModelError(
+            f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
+            "or a config.json with model_type 'llava' (HF Llava)"
+        )
+    return model.eval()
