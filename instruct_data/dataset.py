@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from instruct_data.collate import Skipped
 from instruct_data.errors import ImageLoadError, RecordError
-from instruct_data.records import RecordSource
+from instruct_data.sources import RecordSource
 from instruct_data.templates import Template, get_template
 from instruct_data.tokenize import tokenize_conversation
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from instruct_data.records import ConcatRecords, FileRecords, ParquetRecords, RecordSource
+from instruct_data.sources import ConcatRecords, FileRecords, ParquetRecords, RecordSource
 
 STRATEGIES = ("all", "first", "end", "random")
 _ENTRY_KEYS = {"json_path", "image_folder", "image_folders", "sampling_strategy", "weight", "name"}

@@ -11,6 +11,7 @@ from typing import Any
 METRICS_FILE = "metrics.jsonl"
 LOSS_PNG = "loss_curve.png"
 TB_DIR = "tensorboard"
+NON_TTY_INTERVAL_S = 10.0  # progress-bar refresh interval when stderr is a file or pipe
 
 
 def truncate_metrics(output_dir: str | Path, last_step: int) -> None:
@@ -60,7 +61,10 @@ class RunLogger:
         if progress_bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+            # Off a terminal every refresh is a new line in the log file: refresh rarely (the JSONL has each step).
+            interactive = sys.stderr.isatty()
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=interactive,
+                             file=sys.stderr, mininterval=0.1 if interactive else NON_TTY_INTERVAL_S)
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         """Record `metrics` for optimizer step `step` (1-based)."""

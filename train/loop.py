@@ -181,12 +181,18 @@ class Trainer:
         scale = self.strategy.world_size / total_sup if total_sup > 0 else 0.0
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         autocast = self.strategy.autocast(self.precision)
+        last = len(window) - 1
         for index, batch in enumerate(window):
-            if batch is None:
+            if batch is None and (index < last or total_sup == 0):
                 continue
-            last = index == len(window) - 1
-            sync = contextlib.nullcontext() if last else self.strategy.no_sync(self.model)
+            # Gradients are reduced across ranks only by the backward outside no_sync, which every rank must
+            # run: an empty last micro-batch (all its records skipped) still runs a zero-loss one. Not when
+            # the whole window is empty on every rank (total_sup is global): then no rank steps.
+            sync = contextlib.nullcontext() if index == last else self.strategy.no_sync(self.model)
             with sync:
+                if batch is None:
+                    self.strategy.backward(self._zero_loss(autocast))
+                    continue
                 with autocast:
                     features = self.features_fn(batch) if self.features_fn is not None else None
                     token_loss = summed_token_loss(self.model, batch, device, features)
@@ -219,6 +225,20 @@ class Trainer:
         self.state.tokens_seen += int(total_tokens)
         return metrics
 
+    def _zero_loss(self, autocast: Any) -> torch.Tensor:
+        """0 from a forward of the (wrapped) model on one unsupervised pad token, so that DDP/ZeRO see a real
+        forward + backward (their gradient hooks and unused-branch touches run as for any text-only batch)."""
+        config = getattr(self.strategy.unwrap(self.model), "config", None)
+        pad = int(getattr(config, "pad_token_id", 0) or 0)
+        one = torch.full((1, 1), pad, dtype=torch.long)
+        batch = {"input_ids": one, "attention_mask": torch.ones_like(one), "labels": torch.full_like(one, IGNORE_INDEX),
+                 "image_counts": torch.zeros(1, dtype=torch.long)}
+        with autocast:
+            loss = summed_token_loss(self.model, batch, self.strategy.device)  # a sum over no positions: 0
+        if not loss.requires_grad:
+            loss = loss + self._zero_link()
+        return loss * 0.0
+
     def _zero_link(self) -> torch.Tensor:
         """0 attached to every trainable parameter, so backward runs (and DDP syncs zeros) on every rank."""
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -241,6 +261,10 @@ class Trainer:
                            enabled=self.strategy.is_main, tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
         logger.message(self._banner())
         losses: list[float] = []
+        # Loaded models come in eval mode (as from_pretrained); dropout must be on while training. The VLM's
+        # train() keeps a fully frozen encoder in eval mode. The caller's mode is restored afterwards.
+        was_training = self.model.training
+        self.model.train()
         try:
             while self.state.step < self.total_steps:
                 it = self._loader(self.state.epoch, self.state.micro_batches_in_epoch)
@@ -266,6 +290,7 @@ class Trainer:
                     self._end_epoch(logger)
             self._save()
         finally:
+            self.model.train(was_training)
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)

@@ -105,11 +105,14 @@ def enable_gradient_checkpointing(llm: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- data
-def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> TrainData:
-    """InstructDataset over the configured records, this rank's deterministic micro-batches per epoch."""
+def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True) -> TrainData:
+    """InstructDataset over the configured records, this rank's deterministic micro-batches per epoch.
+
+    `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
+    cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
-    from instruct_data.records import load_records
+    from instruct_data.sources import load_records
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 
     d = cfg.data
@@ -126,7 +129,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> TrainD
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=model.config.num_image_tokens,
                               image_processor=model.image_processor, image_roots=roots,
-                              max_length=d.max_length, strict=d.strict)
+                              max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
     if d.group_by == "modality_length":
         sampler_cls, lengths = ModalityLengthGroupedSampler, dataset.modality_lengths()
@@ -180,12 +183,19 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
         pixels = batch.get("pixel_values")
 
         def pixel_values_fn(missing: list[str]) -> torch.Tensor:
+            from instruct_data.errors import ImageLoadError
             from instruct_data.images import load_image
 
             if pixels is not None:
                 index = {k: i for i, k in enumerate(keys)}
                 return pixels[[index[k] for k in missing]]
-            return torch.stack([model.image_processor(load_image(k)) for k in missing])
+            try:
+                return torch.stack([model.image_processor(load_image(k)) for k in missing])
+            except ImageLoadError as exc:
+                # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here.
+                raise ImageLoadError(exc.path, f"{exc.reason} (batch records {batch.get('ids')}; with the feature "
+                                     "cache on, images are decoded on first use: run `vlm data validate` "
+                                     "or set feature_cache=false to skip broken images)") from None
 
         def encode(missing: list[str]) -> torch.Tensor:
             with torch.no_grad():
@@ -252,8 +262,9 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     seed_everything(cfg.seed)
     model = build_model(cfg)
     counts = prepare_model(model, cfg)
-    data = build_data(cfg, model, strategy)
     hook = feature_hook(cfg, model)
+    # With the cache on, items carry image paths only: a warm cache never decodes an image.
+    data = build_data(cfg, model, strategy, load_pixels=hook is None)
     trainer = Trainer(cfg, model, data, strategy, features_fn=hook)
     if strategy.is_main:
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))

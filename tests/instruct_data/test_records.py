@@ -1,4 +1,4 @@
-"""Tests for instruct_data.records: parsing LLaVA/OpenAI records and lazy record files."""
+"""Tests for instruct_data.records (parsing LLaVA/OpenAI records) and instruct_data.sources (lazy record files)."""
 from __future__ import annotations
 
 import json
@@ -105,13 +105,13 @@ def test_json_list_and_jsonl_index_by_offsets(tmp_path):
 
 
 def test_json_list_small_chunks_cross_boundaries(tmp_path, monkeypatch):
-    import instruct_data.records as records
+    import instruct_data.sources as sources
 
     recs = _records(30)
     path = tmp_path / "a.json"
     path.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     whole = FileRecords(path)
-    monkeypatch.setattr(records, "JSON_CHUNK_CHARS", 7)  # every record and number straddles chunk ends
+    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 7)  # every record and number straddles chunk ends
     small = FileRecords(path)
     assert list(small.offsets) == list(whole.offsets) and len(small) == 30
     assert [small.raw(i) for i in range(30)] == recs
@@ -126,10 +126,10 @@ def test_json_list_with_bom(tmp_path):
 
 
 def test_malformed_json_list_does_not_read_the_whole_file(tmp_path, monkeypatch):
-    import instruct_data.records as records
+    import instruct_data.sources as sources
 
-    monkeypatch.setattr(records, "JSON_CHUNK_CHARS", 64)
-    monkeypatch.setattr(records, "MAX_RECORD_CHARS", 256)
+    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 64)
+    monkeypatch.setattr(sources, "MAX_RECORD_CHARS", 256)
     path = tmp_path / "bad.json"
     path.write_text('[{"id": 1}, {"id": oops}, ' + ", ".join(['{"id": 2}'] * 5000) + "]")
     with pytest.raises(ValueError, match="record #1"):
@@ -161,9 +161,9 @@ def _peak(fn):
 
 
 def test_index_memory_is_flat_in_records(tmp_path, monkeypatch):
-    import instruct_data.records as records
+    import instruct_data.sources as sources
 
-    monkeypatch.setattr(records, "JSON_CHUNK_CHARS", 1 << 16)
+    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 1 << 16)
     peaks = {}
     for n in (5000, 10000):
         path = tmp_path / f"big{n}.json"
@@ -205,3 +205,21 @@ def test_unsupported_suffix(tmp_path):
     (tmp_path / "a.csv").write_text("x")
     with pytest.raises(ValueError, match="unsupported"):
         load_records(tmp_path / "a.csv")
+
+
+def test_moved_source_names_still_import_from_records():
+    """The lazy sources live in instruct_data.sources; `from instruct_data.records import ...` keeps working."""
+    import subprocess
+    import sys
+
+    import instruct_data.records as records
+    import instruct_data.sources as sources
+
+    for name in ("RecordSource", "FileRecords", "ParquetRecords", "ConcatRecords", "load_records", "stream_records"):
+        assert getattr(records, name) is getattr(sources, name)
+    with pytest.raises(AttributeError):
+        records.no_such_name  # noqa: B018
+    # either import order works in a fresh interpreter (sources imports records)
+    for first in ("sources", "records"):
+        code = f"import instruct_data.{first}; from instruct_data.records import FileRecords, parse_record"
+        subprocess.run([sys.executable, "-c", code], check=True)

@@ -85,7 +85,7 @@ def test_explicit_matching_values_are_kept(tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload"])
 def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> None:
     """Instruct run, 2 ranks x micro 2 x accumulation 2 vs one process x micro 4 x 2 (same samples per step).
 

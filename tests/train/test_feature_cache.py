@@ -181,16 +181,33 @@ def test_get_or_compute_encodes_only_missing_images_once(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_align_losses_identical_with_and_without_cache(make_cfg, tmp_path: Path) -> None:
-    """Phase 1 through the real recipe: no cache, cold cache (fills it), warm cache (reads it): same losses."""
+def test_align_losses_identical_with_and_without_cache(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """Phase 1 through the real recipe: no cache, cold cache (fills it), warm cache (reads it): same losses.
+    With the cache on the dataset only resolves paths: a cold run decodes each image once (in the feature
+    hook), a warm run decodes none."""
+    import instruct_data.images as images
     from train.recipes import run
 
     cache_dir = str(tmp_path / "features")
     common = dict(recipe="align", model={"template": "plain"}, max_steps=3, feature_cache_dir=cache_dir)
     plain = run(make_cfg(output_dir=str(tmp_path / "off"), feature_cache=False, **common))
+    decoded: list[str] = []
+    real_load = images.load_image
+
+    def counting_load(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        decoded.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "load_image", counting_load)
     cold = run(make_cfg(output_dir=str(tmp_path / "cold"), feature_cache=True, **common))
+    assert decoded and len(decoded) == len(set(decoded)), decoded  # only misses, once each
     shards = sorted(Path(cache_dir).glob("*/shards/*.npy"))
     assert shards, "the cold run must have written features"
+
+    def no_decoding(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise AssertionError(f"a warm feature cache must not decode images, but {path} was loaded")
+
+    monkeypatch.setattr(images, "load_image", no_decoding)
     warm = run(make_cfg(output_dir=str(tmp_path / "warm"), feature_cache=True, **common))
     assert plain.losses == pytest.approx(cold.losses, rel=1e-6, abs=0)
     assert plain.losses == pytest.approx(warm.losses, rel=1e-6, abs=0)

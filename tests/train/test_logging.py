@@ -1,7 +1,10 @@
-"""Tests for train.logging: JSONL records, truncation before resume, the loss-curve PNG."""
+"""Tests for train.logging: JSONL records, truncation before resume, the loss-curve PNG, the progress bar."""
 from __future__ import annotations
 
+import io
 import json
+import sys
+import time
 
 from PIL import Image
 
@@ -30,3 +33,31 @@ def test_disabled_logger_writes_nothing(tmp_path) -> None:
     assert not (tmp_path / "x").exists()
     assert plot_loss_curve(tmp_path / "x") is None
     assert json.dumps(read_metrics(tmp_path / "x")) == "[]"
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_bar_refreshes_rarely_off_a_terminal(tmp_path, monkeypatch) -> None:
+    """Under nohup / a job scheduler every refresh is a new log line: off a TTY refresh at most every 10 s."""
+    for tty in (False, True):
+        stream = _Stream(tty)
+        monkeypatch.setattr(sys, "stderr", stream)
+        logger = RunLogger(tmp_path / str(tty), total_steps=200, tensorboard=False, progress_bar=True)
+        for step in range(1, 201):
+            logger.log_step(step, {"loss": 1.0, "lr": 1e-3})
+            time.sleep(0.001)
+        assert logger._bar is not None
+        interval = logger._bar.mininterval
+        logger.close()
+        refreshes = stream.getvalue().count("\r")
+        if tty:
+            assert interval < 1
+        else:
+            assert interval >= 10 and refreshes <= 3, (interval, refreshes)  # first draw, close

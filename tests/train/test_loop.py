@@ -1,6 +1,7 @@
 """Tests for train.loop: accumulation, token-weighted loss, non-finite stop, skipped records, precision."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -117,3 +118,76 @@ def test_worker_processes_and_epochs_keep_the_numbers(make_cfg, tmp_path) -> Non
     workers = run(make_cfg(max_steps=-1, epochs=1.5, data={"num_workers": 2}, output_dir=str(tmp_path / "b")))
     assert inline.steps == workers.steps == 9
     assert workers.losses == inline.losses
+
+
+def _trainer(cfg, batches, strategy=None):
+    """A Trainer over the recipe's model and dataset, with the micro-batches (index lists) fixed by the test."""
+    from train.loop import Trainer
+    from train.recipes import build_data, build_model, prepare_model
+    from train.strategy import SingleProcessStrategy
+
+    strategy = strategy or SingleProcessStrategy()
+    model = build_model(cfg)
+    prepare_model(model, cfg)
+    data = build_data(cfg, model, strategy)
+    data.epoch_batches = lambda epoch: [list(b) for b in batches]
+    return Trainer(cfg, model, data, strategy), model
+
+
+def test_fit_trains_in_training_mode_and_restores_eval(make_cfg) -> None:
+    """`VisionLanguageModel.load` returns eval mode; without model.train() dropout (and LoRA dropout) is off."""
+    trainer, model = _trainer(make_cfg(max_steps=1), [[0, 1], [2, 3]])
+    assert not model.training  # as loaded
+    seen: list[tuple[bool, bool, bool]] = []
+    model.llm.register_forward_pre_hook(lambda module, args: seen.append(
+        (module.training, all(m.training for m in module.modules()), model.vision_encoder.training)))
+    trainer.fit()
+    assert seen and all(llm and every_llm_module and not encoder for llm, every_llm_module, encoder in seen), seen
+    assert not any(m.training for m in model.modules()), "fit() must leave the caller's (eval) mode"
+
+
+def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg, tiny_world, tmp_path) -> None:
+    """A window whose last micro-batch is all skipped must still run its last backward outside no_sync
+    (DDP/ZeRO reduce gradients only there); the update equals a run where the bad records are absent."""
+    from train.strategy import SingleProcessStrategy
+
+    class Recording(SingleProcessStrategy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_no_sync = False
+            self.backwards: list[bool] = []  # per backward: was it synchronised (outside no_sync)?
+
+        @contextlib.contextmanager
+        def no_sync(self, model):  # noqa: ANN001, ANN201
+            self.in_no_sync = True
+            try:
+                yield
+            finally:
+                self.in_no_sync = False
+
+        def backward(self, loss: torch.Tensor) -> None:
+            self.backwards.append(not self.in_no_sync)
+            super().backward(loss)
+
+    good = json.loads(tiny_world["data"].read_text())[:2]
+    bad = [{"id": f"gone{i}", "image": "nope.png",
+            "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
+           for i in range(2)]
+    with_bad, without = tmp_path / "with_bad.json", tmp_path / "without.json"
+    with_bad.write_text(json.dumps(good + bad))
+    without.write_text(json.dumps(good))
+    common = dict(max_steps=1, global_batch_size=4, micro_batch_size=2)
+    strategy = Recording()
+    trainer, skipped_model = _trainer(make_cfg(data={"data_path": [str(with_bad)]}, output_dir=str(tmp_path / "a"),
+                                               **common), [[0, 1], [2, 3]], strategy)
+    result = trainer.fit()
+    assert result.steps == 1 and result.skipped == {"image": 2}
+    assert strategy.backwards == [False, True], "the window's last backward must synchronise"
+    # Same samples, one micro-batch each (token-weighted loss: the split does not change the update).
+    reference, absent_model = _trainer(make_cfg(data={"data_path": [str(without)]}, output_dir=str(tmp_path / "b"),
+                                                **{**common, "global_batch_size": 2, "micro_batch_size": 1}),
+                                       [[0], [1]])
+    expected = reference.fit()
+    assert result.losses == pytest.approx(expected.losses, rel=1e-5)
+    for (name, a), (_, b) in zip(skipped_model.named_parameters(), absent_model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
