@@ -17,6 +17,7 @@ from torch import nn
 
 from vision_encoders.base import VisionEncoder
 from vision_encoders.config import AspectRatio, VisionEncoderConfig
+from vision_encoders.sidecar import read_sidecar
 from vision_encoders.preprocess import ImageProcessor
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -81,21 +82,8 @@ def _load_weights(model: nn.Module, checkpoint: str) -> None:
                          f"unexpected {unexpected[:8]}")
 
 
-def _sidecar(arch: str, checkpoint: str | None) -> dict[str, Any]:
-    if checkpoint is None:
-        return {}
-    path = Path(checkpoint).parent / CONFIG_NAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
-    return data if data.get("architecture") == arch else {}
-
-
 def _build(arch: str, checkpoint: str | None, image_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
-    sidecar = _sidecar(arch, checkpoint)
+    sidecar = read_sidecar(checkpoint, CONFIG_NAME, arch)
     if sidecar:
         model = create_open_clip_model(sidecar["model_cfg"], checkpoint, image_size, sidecar.get("preprocess_cfg"))
         return model, sidecar["model_cfg"]

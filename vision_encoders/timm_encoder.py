@@ -15,6 +15,7 @@ from torch import nn
 
 from vision_encoders.base import VisionEncoder
 from vision_encoders.config import AspectRatio, VisionEncoderConfig
+from vision_encoders.sidecar import read_sidecar
 from vision_encoders.preprocess import ImageProcessor
 
 WEIGHTS_NAME = "model.safetensors"
@@ -49,21 +50,6 @@ def save_timm_model(model: VisionTransformer, name: str, model_args: dict[str, A
     return f"timm:{name}@{where}"
 
 
-def _read_sidecar(name: str, checkpoint: str | None) -> dict[str, Any]:
-    if checkpoint is None:
-        return {}
-    path = Path(checkpoint).parent / CONFIG_NAME
-    if not path.is_file():
-        return {}
-    try:
-        sidecar = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
-    if sidecar.get("architecture") != name:
-        return {}  # a config.json for some other model; ignore it
-    return sidecar
-
-
 def _check_checkpoint(checkpoint: str) -> None:
     path = Path(checkpoint)
     if path.suffix != ".safetensors":
@@ -93,7 +79,7 @@ class TimmVisionEncoder(VisionEncoder):
         self.name = name
         if checkpoint is not None:
             _check_checkpoint(checkpoint)
-        sidecar = _read_sidecar(name, checkpoint)
+        sidecar = read_sidecar(checkpoint, CONFIG_NAME, name)
         self.model_args: dict[str, Any] = dict(sidecar.get("model_args", {}))
         if config.image_size is not None:
             self.model_args["img_size"] = config.image_size

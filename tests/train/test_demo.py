@@ -46,4 +46,4 @@ def test_reduced_demo_learns_from_the_image(demo_out: Path):
     # Learning that cannot happen by chance: looking at the image must beat the same model on blank images,
     # and yes/no object questions must be answered far better than a coin (F1 0.5).
     assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 10, report
-    assert report["pope_f1"] >= 0.65, report
+    assert report["pope_f1"] >= 0.75, report  # answering "yes" to everything already scores F1 0.667

@@ -1,7 +1,6 @@
 """Stage 0a: pretrain a tiny Llama on the world's text corpus and save it the way a Vicuna checkpoint is laid out."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from instruct_data.synthetic.corpus import DOC_SEPARATOR
 
+from .steps import log_progress, optimizer_step
 from .config import LLMPretrainConfig, cache_key, cached_metrics, write_cache
 
 
@@ -77,16 +77,8 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
         batch = train_blocks[order[cursor: cursor + cfg.batch_size]]
         cursor += cfg.batch_size
         loss = model(input_ids=batch, labels=batch).loss
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"stage-0 LLM: non-finite loss at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        sched.step()
-        optim.zero_grad(set_to_none=True)
-        train_losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"[stage0 llm] step {step + 1}/{cfg.steps} loss {sum(train_losses[-log_every:]) / log_every:.3f}", flush=True)
+        train_losses.append(optimizer_step(loss, model, optim, sched, "LLM", step))
+        log_progress("llm", step, cfg.steps, train_losses, log_every)
     wall = time.perf_counter() - start
     window = max(1, min(10, cfg.steps // 5))
     metrics = {

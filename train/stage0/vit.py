@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from transformers import (AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPMod
 from instruct_data.synthetic.text import clip_caption
 from instruct_data.synthetic.world import Scene
 
+from .steps import log_progress, optimizer_step
 from .config import ViTPretrainConfig, cache_key, cached_metrics, write_cache
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -126,16 +126,8 @@ def pretrain_vit(world: Path, out: Path, cfg: ViTPretrainConfig, force: bool = F
         idx = order[cursor: cursor + batch_size]
         cursor += batch_size
         loss = model(input_ids=train_ids[idx], pixel_values=normalize(train_images[idx]), return_loss=True).loss
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"stage-0 ViT: non-finite contrastive loss at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        sched.step()
-        optim.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"[stage0 vit] step {step + 1}/{cfg.steps} loss {sum(losses[-log_every:]) / log_every:.3f}", flush=True)
+        losses.append(optimizer_step(loss, model, optim, sched, "ViT (contrastive)", step))
+        log_progress("vit", step, cfg.steps, losses, log_every)
     wall = time.perf_counter() - start
     window = max(1, min(10, cfg.steps // 5))
     final = retrieval_accuracy(model, test_images, test_captions, test_ids)
