@@ -60,8 +60,9 @@ def _run(args: argparse.Namespace) -> int:
     from eval.runner import RunConfig, run
 
     bench = get_benchmark(args.benchmark)
-    if not Path(args.model).is_dir():  # fail before the benchmark loads, not after the first batch
-        raise RuntimeError(f"model directory not found: {args.model}")
+    from vlm.loading import check_model_dir
+
+    check_model_dir(args.model)  # fail before anything is written or loaded, not after the first batch
     name = args.model_name or Path(args.model).resolve().name
     out = args.out or Path("eval_results") / name / (bench.name + ("_blank" if args.blank_images else ""))
     config = RunConfig(bench.name, _paths(args), out, name, args.limit, args.batch_size, args.num_chunks,

@@ -22,13 +22,24 @@ def is_hf_llava(directory: Path) -> bool:
         return False
 
 
+def check_model_dir(directory: str | Path) -> None:
+    """Raise NotAModelError unless `directory` holds our checkpoint or a HF Llava model (cheap: reads configs only)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NotAModelError(f"model directory not found: {directory}")
+    if not (directory / "vlm_config.json").is_file() and not is_hf_llava(directory):
+        raise NotAModelError(
+            f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
+            "or a config.json with model_type 'llava' (HF Llava)"
+        )
+
+
 def load_model_dir(
     directory: str | Path, device: str | None = None, torch_dtype: str | None = None, hf_template: str = "vicuna_v1"
 ) -> VisionLanguageModel:
     """Our checkpoint (`vlm_config.json`), or a HF Llava directory imported into a temporary checkpoint."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise NotAModelError(f"model directory not found: {directory}")
+    check_model_dir(directory)
     if (directory / "vlm_config.json").is_file():
         model = VisionLanguageModel.load(directory, device=device, torch_dtype=torch_dtype)
     elif is_hf_llava(directory):
@@ -38,9 +49,4 @@ def load_model_dir(
         staging = Path(tempfile.mkdtemp(prefix="vlm-hf-import-"))
         model = import_hf(directory, staging / "ckpt", template=hf_template, torch_dtype=torch_dtype)
         model = model.to(device) if device else model
-    else:
-        raise NotAModelError(
-            f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
-            "or a config.json with model_type 'llava' (HF Llava)"
-        )
     return model.eval()

@@ -62,9 +62,13 @@ def test_cli_run_with_real_model(tiny_ckpt: Path, vqav2_root: Path, tmp_path: Pa
     assert (chunked / "predictions.jsonl").read_text() == whole
 
 
-def test_cli_run_bad_model_dir_is_one_line(tmp_path: Path, vqav2_root: Path, capsys):
-    code = main(["eval", "run", "--model", str(tmp_path), "--benchmark", "vqav2", "--data-root", str(vqav2_root)])
+def test_cli_run_bad_model_dir_is_one_line(tmp_path: Path, vqav2_root: Path, capsys, monkeypatch):
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: nothing may be written there
+    code = main(["eval", "run", "--model", str(not_a_model), "--benchmark", "vqav2", "--data-root", str(vqav2_root)])
     assert code == 2 and "not a model directory" in capsys.readouterr().err
+    assert not (tmp_path / "eval_results").exists()
 
 
 @pytest.mark.slow
