@@ -151,13 +151,7 @@ class SingleProcessStrategy(Strategy):
 
     def clip_and_step(self, max_norm: float) -> float:
         assert self.optimizer is not None, "setup() first"
-        params = list(self._trainable())
-        if max_norm and max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
-        self.optimizer.step()
-        return float(norm)
+        return clip_and_step(list(self._trainable()), self.optimizer, max_norm)
 
     def zero_grad(self) -> None:
         assert self.optimizer is not None, "setup() first"
@@ -209,3 +203,13 @@ def build_strategy(name: str, config: object | None = None) -> Strategy:
     module_name, cls_name = STRATEGIES[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls.from_train_config(config) if config is not None else cls()
+
+
+def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the gradients of `params` to `max_norm` (0: no clipping), step, and return the pre-clip norm."""
+    if max_norm and max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+    optimizer.step()
+    return float(norm)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from train import distributed
-from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy
+from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step
 
 
 class DDPStrategy(Strategy):
@@ -70,12 +70,7 @@ class DDPStrategy(Strategy):
     def clip_and_step(self, max_norm: float) -> float:
         assert self.model is not None and self.optimizer is not None, "setup() first"
         params = [p for p in self.unwrap(self.model).parameters() if p.requires_grad and p.grad is not None]
-        if max_norm and max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
-        self.optimizer.step()
-        return float(norm)
+        return clip_and_step(params, self.optimizer, max_norm)
 
     def zero_grad(self) -> None:
         assert self.optimizer is not None, "setup() first"
