@@ -175,14 +175,11 @@ class SingleProcessStrategy(Strategy):
 
     def load_optimizer(self, directory: str) -> None:
         assert self.optimizer is not None, "setup() first"
-        path = os.path.join(directory, OPTIMIZER_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no optimizer state in checkpoint {directory!r} (expected {OPTIMIZER_FILE})")
-        self.optimizer.load_state_dict(torch.load(path, map_location=self._device, weights_only=True))
+        load_optimizer_state(self.optimizer, directory, self._device)
 
 
-# Strategy name -> "module:Class" (exact names). `ddp` and `deepspeed` live in their own modules
-# (another engineer's; fix the paths here if they land elsewhere) and are imported only when asked for.
+# Strategy name -> "module:Class" (exact names). `ddp` and `deepspeed` live in their own modules and are
+# imported only when asked for.
 #
 # Loss contract: the loop scales each micro-batch's summed token loss by world_size / (supervised tokens
 # of the whole accumulation window over all ranks), so a strategy that averages gradients over ranks
@@ -213,3 +210,11 @@ def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optim
         norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
     optimizer.step()
     return float(norm)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: str, device: torch.device | str) -> None:
+    """Load `OPTIMIZER_FILE` from a checkpoint (tensors only: weights_only=True), or say it is missing."""
+    path = os.path.join(directory, OPTIMIZER_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no optimizer state in checkpoint {directory!r} (expected {OPTIMIZER_FILE})")
+    optimizer.load_state_dict(torch.load(path, map_location=device, weights_only=True))

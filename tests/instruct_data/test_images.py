@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from instruct_data.testing import noise_image, png_with_declared_size
 from instruct_data.images import (
     ImageLoadError,
     extension_mismatch,
@@ -21,18 +20,7 @@ from instruct_data.images import (
 
 
 def _noise(size: tuple[int, int] = (32, 24)) -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _png_with_declared_size(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height while carrying almost no data (a decompression bomb shape)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return noise_image(size, seed=0)
 
 
 @pytest.fixture()
@@ -152,12 +140,12 @@ def test_zero_byte_non_image_missing(tmp_path: Path) -> None:
 
 
 def test_bomb_by_header_before_decoding(tmp_path: Path) -> None:
-    (tmp_path / "bomb.png").write_bytes(_png_with_declared_size(200_000, 200_000))
+    (tmp_path / "bomb.png").write_bytes(png_with_declared_size(200_000, 200_000))
     with pytest.raises(ImageLoadError) as exc:
         load_image(tmp_path / "bomb.png")
     assert _reason(exc) == "decompression bomb"
     # Below PIL's own limit but above ours.
-    (tmp_path / "big.png").write_bytes(_png_with_declared_size(5000, 4000))
+    (tmp_path / "big.png").write_bytes(png_with_declared_size(5000, 4000))
     with pytest.raises(ImageLoadError, match="5000x4000 = 20000000 pixels > limit 1000000") as exc2:
         load_image(tmp_path / "big.png", max_pixels=1_000_000)
     assert _reason(exc2) == "decompression bomb"

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from instruct_data.testing import noise_image, png_with_declared_size
 from instruct_data.validate import (
     RawItem,
     RecordValidator,
@@ -22,16 +21,7 @@ from instruct_data.validate import (
 
 
 def _noise(size: tuple[int, int] = (32, 24)) -> Image.Image:
-    rng = np.random.default_rng(1)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _png_with_declared_size(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return noise_image(size, seed=1)
 
 
 def _rec(rid: str, image: Any = None, turns: list[tuple[str, str]] | None = None) -> dict[str, Any]:
@@ -54,7 +44,7 @@ def build_bad_world(tmp_path: Path) -> tuple[Path, Path, dict[str, set[str]]]:
     _noise().save(root / "png_named.jpg", format="PNG")
     Image.new("CMYK", (16, 16), (0, 128, 255, 10)).save(root / "cmyk.jpg")
     Image.fromarray(np.full((16, 16), 50000, dtype=np.uint16)).save(root / "sixteen.png")
-    (root / "bomb.png").write_bytes(_png_with_declared_size(200_000, 200_000))
+    (root / "bomb.png").write_bytes(png_with_declared_size(200_000, 200_000))
     (root / "notes.jpg").write_text("not an image")
     _noise().save(tmp_path / "secret.jpg")
 

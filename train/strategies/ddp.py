@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from train import distributed
-from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step
+from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step, load_optimizer_state
 
 
 class DDPStrategy(Strategy):
@@ -96,10 +96,7 @@ class DDPStrategy(Strategy):
 
     def load_optimizer(self, directory: str) -> None:
         assert self.optimizer is not None, "setup() first"
-        path = os.path.join(directory, OPTIMIZER_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no optimizer state in checkpoint {directory!r} (expected {OPTIMIZER_FILE})")
-        self.optimizer.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        load_optimizer_state(self.optimizer, directory, self.device)
 
     def close(self) -> None:
         if dist.is_initialized():
