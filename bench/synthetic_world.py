@@ -68,6 +68,9 @@ def main() -> None:
     print(f"  test retrieval among N={r['num_candidates']} (chance {r['chance']:.4f}): image->text top-1 "
           f"{r0['image_to_text_top1']:.3f} -> {r['image_to_text_top1']:.3f}, text->image top-1 "
           f"{r0['text_to_image_top1']:.3f} -> {r['text_to_image_top1']:.3f}")
+    if vit.get("cell_caption_top1") is not None:
+        print(f"  patch token -> its cell's caption among all distinct cell captions: top-1 "
+              f"{vit['cell_caption_top1']:.3f} (chance {vit['cell_caption_chance']:.4f})")
     print(f"load_avg_after={os.getloadavg()}  world: {out}")
 
 

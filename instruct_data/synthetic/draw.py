@@ -15,7 +15,7 @@ NOISE_STD = 4.0
 SIZE_RADIUS = {"small": 0.27, "large": 0.43}  # radius as a fraction of the grid cell
 
 
-def render_scene(scene: Scene, image_size: int = 64, seed: int = 0) -> Image.Image:
+def render_scene(scene: Scene, image_size: int = 72, seed: int = 0) -> Image.Image:
     """Draw `scene` at `image_size` x `image_size`; deterministic for (scene, seed)."""
     big = image_size * SUPERSAMPLE
     rng = scene_rng(seed, scene.split, scene.id, "draw")

@@ -24,7 +24,7 @@ class SynthConfig:
     seed: int = 0
     num_train: int = 10000
     num_test: int = 500
-    image_size: int = 64
+    image_size: int = 72  # a multiple of 3: the stage-0 ViT's patches are the 24-pixel grid cells
     num_workers: int = 2
     held_out_share: float = 0.5  # share of test scenes forced to contain a held-out colour-shape pair
     detail_share: float = 0.25

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from .world import SHAPE_PLURALS, Scene, SceneObject
+from .world import SHAPE_PLURALS, Scene, SceneObject, position_phrase
 
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -114,3 +114,9 @@ def detailed_description(scene: Scene) -> str:
 def clip_caption(scene: Scene) -> str:
     """Terse, complete, canonical caption for contrastive ViT pretraining: every attribute of every object."""
     return "; ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in scene.objects)
+
+
+def cell_caption(obj: SceneObject | None, row: int, col: int) -> str:
+    """Caption of one grid cell for the dense contrastive objective: `small red circle top left`, `empty center`."""
+    where = position_phrase(row, col)
+    return f"{obj.size} {obj.colour} {obj.shape} {where}" if obj is not None else f"empty {where}"

@@ -39,8 +39,8 @@ def test_reduced_demo_writes_the_report_and_reuses_finished_stages(demo_out: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 7 open: the tiny synthetic backbones do not yet let the model read "
-                                       "shapes from the image (see the issue's closing note for measurements)")
+@pytest.mark.xfail(strict=True, reason="issue 7 open: in this budget the tiny LLM does not learn to look up a "
+                                       "question's object among the image tokens (measurements in the README)")
 def test_reduced_demo_learns_from_the_image(demo_out: Path):
     report = json.loads((demo_out / "report.json").read_text())
     # Learning that cannot happen by chance: looking at the image must beat the same model on blank images,

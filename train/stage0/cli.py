@@ -35,6 +35,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit-steps", type=int, default=ViTPretrainConfig.steps)
     parser.add_argument("--llm-batch-size", type=int, default=LLMPretrainConfig.batch_size)
     parser.add_argument("--vit-batch-size", type=int, default=ViTPretrainConfig.batch_size)
+    parser.add_argument("--vit-patch-size", type=int, default=None,
+                        help="ViT patch side in pixels (default: one patch per grid cell, image side / 3)")
     parser.add_argument("--only", choices=("both", "llm", "vit"), default="both")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--force", action="store_true", help="retrain even when a cached run matches")
@@ -45,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = args.out or args.world / "backbones"
     llm = LLMPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch_size)
-    vit = ViTPretrainConfig(steps=args.vit_steps, batch_size=args.vit_batch_size)
+    vit = ViTPretrainConfig(steps=args.vit_steps, batch_size=args.vit_batch_size, patch_size=args.vit_patch_size)
     results = pretrain_backbones(args.world, out, llm, vit, force=args.force, only=args.only)
     print(json.dumps(results, indent=2))
     print(f"backbones in {out}: LLM at {out / 'llm'} (AutoModelForCausalLM), ViT at {out / 'vit'} (spec hf:{out / 'vit'})")

@@ -19,8 +19,8 @@ class LLMPretrainConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
     seq_len: int = 128
-    batch_size: int = 16
-    steps: int = 300
+    batch_size: int = 32
+    steps: int = 600
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
@@ -30,13 +30,18 @@ class LLMPretrainConfig:
 
 @dataclass
 class ViTPretrainConfig:
-    """A tiny CLIP (ViT + text tower) trained contrastively on image/caption pairs; only the ViT is reused."""
+    """A tiny CLIP (ViT + text tower) trained contrastively on image/caption pairs; only the ViT is reused.
+
+    `patch_size` None makes one patch per grid cell (image side / 3: 24 pixels on the default 72-pixel world). `dense_weight` scales the
+    per-cell caption term (0 turns it off: whole-image CLIP only); `dense_layer` is the hidden state it trains,
+    the one the VLM configs select (`select_layer: -2`).
+    """
 
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 256
-    patch_size: int = 8
+    patch_size: int | None = None
     text_hidden_size: int = 64
     text_layers: int = 2
     projection_dim: int = 64
@@ -46,6 +51,9 @@ class ViTPretrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 30
     weight_decay: float = 0.1
+    dense_weight: float = 1.0
+    position_init_std: float = 0.5
+    dense_layer: int = -2
     seed: int = 0
 
 

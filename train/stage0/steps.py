@@ -13,7 +13,7 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optim: torch.optim.Opti
     if not math.isfinite(value):
         raise FloatingPointError(f"stage-0 {what}: non-finite loss at step {step}")
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_([p for group in optim.param_groups for p in group["params"]], 1.0)
     optim.step()
     sched.step()
     optim.zero_grad(set_to_none=True)

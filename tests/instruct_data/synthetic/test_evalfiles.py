@@ -67,7 +67,7 @@ def test_scienceqa_problems_and_splits(world: Path) -> None:
         assert 0 <= p["answer"] < len(p["choices"]) and p["split"] == "test"
         if p["image"]:
             with Image.open(sqa / "images" / "test" / pid / p["image"]) as img:
-                assert img.size == (64, 64)
+                assert img.size == (72, 72)  # the default image size
             with_image += 1
     assert with_image == 10 and len(problems) == 13
 

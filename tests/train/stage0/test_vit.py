@@ -1,11 +1,39 @@
-"""Stage-0 ViT: CLIP's own contrastive loss falls, retrieval beats chance, and `hf:` loads the vision half."""
+"""Stage-0 ViT: the contrastive losses fall, retrieval and per-cell captioning beat chance, `hf:` loads the vision half."""
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
-from train.stage0.vit import encode_captions, load_split, normalize, pretrain_vit
+from instruct_data.synthetic.text import cell_caption
+from instruct_data.synthetic.world import SceneObject
+from train.stage0.config import ViTPretrainConfig
+from train.stage0.vit import CellCaptions, encode_captions, load_scenes, load_split, normalize, patch_size, pretrain_vit
+
+
+def test_cell_captions_name_each_patch_s_own_cell(world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    scenes = load_scenes(world, "test")
+    for grid in (3, 6):
+        cells = CellCaptions({"test": scenes}, grid, tok, 16)
+        assert cells.targets["test"].shape == (len(scenes), grid * grid)
+        for scene, row in zip(scenes[:8], cells.targets["test"]):
+            by_cell = {o.row * 3 + o.col: o for o in scene.objects}
+            for patch, index in enumerate(row.tolist()):
+                r, c = patch // grid * 3 // grid, patch % grid * 3 // grid
+                assert cells.texts[index] == cell_caption(by_cell.get(r * 3 + c), r, c)
+        assert len(set(cells.texts)) == len(cells.texts)  # each distinct caption once
+    obj = SceneObject(shape="star", colour="red", size="small", row=0, col=2)
+    assert cell_caption(obj, 0, 2) == "small red star top right" and cell_caption(None, 1, 1) == "empty center"
+
+
+def test_patch_size_defaults_to_one_patch_per_grid_cell() -> None:
+    assert patch_size(ViTPretrainConfig(), 72) == 24
+    assert patch_size(ViTPretrainConfig(patch_size=8), 32) == 8
+    with pytest.raises(ValueError, match="multiple of 3"):
+        patch_size(ViTPretrainConfig(), 64)
+    with pytest.raises(ValueError, match="divisor of 30"):
+        patch_size(ViTPretrainConfig(patch_size=8), 30)
 
 
 def test_captions_end_with_the_pooling_marker(world: Path) -> None:
@@ -25,6 +53,8 @@ def test_short_run_lowers_contrastive_loss_and_saves_a_loadable_vit(world: Path,
     assert m["retrieval"]["num_candidates"] == 32
     r = m["retrieval"]
     assert max(r["image_to_text_top1"], r["text_to_image_top1"]) >= 2 * r["chance"], r  # untrained: about chance
+    # 16 patches of 8 px on 32-px images: each patch names its cell among every distinct cell caption
+    assert m["cell_caption_top1"] >= 5 * m["cell_caption_chance"], m
     vision = CLIPVisionModel.from_pretrained(str(out))
     assert vision.config.image_size == 32 and vision.config.patch_size == 8
     processor = CLIPImageProcessor.from_pretrained(str(out))
