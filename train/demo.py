@@ -38,7 +38,7 @@ PROFILES: dict[str, DemoProfile] = {
         synth=["--num-train", "6000", "--num-test", "400"],
         backbones=[],
         align=["epochs=1"],
-        instruct=["epochs=2"],
+        instruct=["epochs=3"],
         notes="the README's demo: about 15 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
@@ -46,7 +46,7 @@ PROFILES: dict[str, DemoProfile] = {
                "--text-eval", "40"],
         backbones=["--llm-steps", "150", "--vit-steps", "200"],
         align=["max_steps=40"],
-        instruct=["max_steps=300"],
+        instruct=["max_steps=600"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
     ),
@@ -66,6 +66,7 @@ class Demo:
     def __init__(self, out: Path, profile: DemoProfile, repo: Path, log: Callable[[str], None] = print):
         self.out, self.profile, self.repo, self.log = out, profile, repo, log
         self.world = out / "world"
+        self.feature_cache = self.world / "feature_cache"  # the frozen ViT's features, shared by all three runs
         self.stages_file = out / "stages.json"
         self.stages: dict[str, float] = json.loads(self.stages_file.read_text()) if self.stages_file.is_file() else {}
 
@@ -90,7 +91,7 @@ class Demo:
     def world_overrides(self) -> list[str]:
         backbones = self.world / "backbones"
         return [f"data.image_folder={self.world / 'images'}", f"model.vision.spec=hf:{backbones / 'vit'}",
-                f"model.llm={backbones / 'llm'}"]
+                f"model.llm={backbones / 'llm'}", f"feature_cache_dir={self.feature_cache}"]
 
     # --- stages --------------------------------------------------------------------------------------
     def run_training(self) -> None:
@@ -115,7 +116,7 @@ class Demo:
         w = self.world
         return ["train", self.config(INSTRUCT_CONFIG), f"model.init_from={init_from}",
                 f"data.data_path=[{w / 'instruct.json'}]", f"data.image_folder={w / 'images'}",
-                f"output_dir={out}", *self.profile.instruct]
+                f"feature_cache_dir={self.feature_cache}", f"output_dir={out}", *self.profile.instruct]
 
     def eval_argv(self, model: Path, benchmark: str, name: str, *extra: str) -> list[str]:
         argv = ["eval", "run", "--model", str(model), "--benchmark", benchmark, "--data-root", str(self.world),

@@ -107,3 +107,11 @@ def test_shipped_configs_load() -> None:
     assert (pre.recipe, pre.global_batch_size, pre.optim.lr, pre.model.template) == ("align", 256, 1e-3, "plain")
     ft = load_config(root / "llava15_finetune.yaml")
     assert (ft.recipe, ft.global_batch_size, ft.optim.lr, ft.data.max_length) == ("instruct", 128, 2e-5, 2048)
+
+
+def test_synthetic_phases_share_one_feature_cache() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    align, instruct = (load_config(root / f"synthetic_{name}.yaml") for name in ("align", "instruct"))
+    # Both phases keep the ViT frozen: phase 2 reads the features phase 1 computed instead of re-encoding.
+    assert instruct.feature_cache is True and align.feature_cache is None  # None: auto, on for a frozen encoder
+    assert align.feature_cache_dir == instruct.feature_cache_dir is not None

@@ -38,12 +38,27 @@ def test_reduced_demo_writes_the_report_and_reuses_finished_stages(demo_out: Pat
     assert again["vqa_accuracy_seen"] == report["vqa_accuracy_seen"]
 
 
+def question_type_accuracy(demo_out: Path, evaluation: str) -> dict[str, float]:
+    return json.loads((demo_out / "eval" / evaluation / "scores.json").read_text())["scores"]["per_question_type"]
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 7 open: in this budget the tiny LLM does not learn to look up a "
-                                       "question's object among the image tokens (measurements in the README)")
-def test_reduced_demo_learns_from_the_image(demo_out: Path):
+def test_reduced_demo_answers_from_the_image(demo_out: Path):
     report = json.loads((demo_out / "report.json").read_text())
-    # Learning that cannot happen by chance: looking at the image must beat the same model on blank images,
-    # and yes/no object questions must be answered far better than a coin (F1 0.5).
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 10, report
+    # Learning that cannot happen by chance: looking at the image must beat both the same model on blank images
+    # and the best image-free guess (the most frequent answer per question type) by far more than the noise of
+    # the few hundred questions asked (a standard error of about 2.5 points).
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 8, report
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 8, report
+    # "Where is the <colour> <shape>?" has nine answers and cannot be guessed from the question: the model must
+    # find the object among the image tokens.
+    where, where_blind = (question_type_accuracy(demo_out, name)["where is the"] for name in ("vqa", "vqa_blind"))
+    assert where >= 30 and where >= 2.5 * where_blind, (where, where_blind)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 7 open: in this budget the tiny LLM does not learn to check a "
+                                       "colour-shape pair against the image tokens (measurements in the README)")
+def test_reduced_demo_answers_object_questions_far_better_than_a_coin(demo_out: Path):
+    report = json.loads((demo_out / "report.json").read_text())
     assert report["pope_f1"] >= 0.75, report  # answering "yes" to everything already scores F1 0.667
