@@ -17,14 +17,14 @@ import torch
 from transformers import CLIPVisionModel
 
 from instruct_data.synthetic.world import COLOUR_NAMES, SHAPES, SIZES
-from train.stage0.vit import load_scenes, load_split, normalize
+from train.stage0.vit import load_split, normalize
 
 
 def cell_tokens(world: Path, vit: Path, layer: int, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Tokens of the cells holding an object, and each attribute's class index per token."""
     model = CLIPVisionModel.from_pretrained(str(vit)).eval()
-    images, _ = load_split(world, "train")
-    scenes = load_scenes(world, "train")[:n]
+    images, scenes = load_split(world, "train")
+    scenes = scenes[:n]
     with torch.no_grad():
         hidden = torch.cat([model(pixel_values=normalize(images[i: i + 250]), output_hidden_states=True)
                             .hidden_states[layer] for i in range(0, len(scenes), 250)])

@@ -39,7 +39,7 @@ PROFILES: dict[str, DemoProfile] = {
         backbones=[],
         align=["epochs=1"],
         instruct=["epochs=3"],
-        notes="the README's demo: about 15 minutes on 2 CPU cores",
+        notes="the README's demo: about 13 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
         synth=["--num-train", "1500", "--num-test", "120", "--pope-images", "60", "--scienceqa-images", "40",

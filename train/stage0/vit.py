@@ -30,8 +30,8 @@ def load_scenes(world: Path, split: str) -> list[Scene]:
     return [Scene.from_dict(raw) for raw in json.loads(scenes_file.read_text())]
 
 
-def load_split(world: Path, split: str) -> tuple[torch.Tensor, list[str]]:
-    """uint8 images `[n, 3, S, S]` and their captions, in scene order."""
+def load_split(world: Path, split: str) -> tuple[torch.Tensor, list[Scene]]:
+    """uint8 images `[n, 3, S, S]` and their scenes, in scene order."""
     scenes = load_scenes(world, split)
     images_root = (world / "images").resolve()
     arrays = []
@@ -42,7 +42,7 @@ def load_split(world: Path, split: str) -> tuple[torch.Tensor, list[str]]:
         with Image.open(path) as img:
             arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, [clip_caption(s) for s in scenes]
+    return images, scenes
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -150,8 +150,9 @@ def build_clip(cfg: ViTPretrainConfig, tokenizer: PreTrainedTokenizerBase, image
 def param_groups(model: CLIPModel, dense: DenseHead | None, weight_decay: float) -> list[dict]:
     """Decay matrices only: embeddings (the position table above all), norms, biases and scales are not decayed."""
     named = list(model.named_parameters()) + (list(dense.named_parameters(prefix="dense")) if dense else [])
-    decay = [p for n, p in named if p.ndim == 2 and "embedding" not in n]
-    rest = [p for n, p in named if not (p.ndim == 2 and "embedding" not in n)]
+    decays = {n: p.ndim == 2 and "embedding" not in n for n, p in named}
+    decay = [p for n, p in named if decays[n]]
+    rest = [p for n, p in named if not decays[n]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
@@ -204,13 +205,14 @@ def pretrain_vit(world: Path, out: Path, cfg: ViTPretrainConfig, force: bool = F
         return {**metrics, "cached": True}
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    train_images, train_captions = load_split(world, "train")
-    test_images, test_captions = load_split(world, "test")
+    train_images, train_scenes = load_split(world, "train")
+    test_images, test_scenes = load_split(world, "test")
+    train_captions, test_captions = ([clip_caption(s) for s in scenes] for scenes in (train_scenes, test_scenes))
     train_ids = encode_captions(train_captions, tokenizer, cfg.max_caption_tokens)
     test_ids = encode_captions(test_captions, tokenizer, cfg.max_caption_tokens)
     image_size = int(train_images.shape[-1])
     patch = patch_size(cfg, image_size)
-    cells = CellCaptions({s: load_scenes(world, s) for s in ("train", "test")}, image_size // patch,
+    cells = CellCaptions({"train": train_scenes, "test": test_scenes}, image_size // patch,
                          tokenizer, cfg.max_caption_tokens)
     model = build_clip(cfg, tokenizer, image_size, patch)
     dense = DenseHead(cfg.text_hidden_size, cfg.hidden_size)

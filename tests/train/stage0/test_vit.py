@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
-from instruct_data.synthetic.text import cell_caption
+from instruct_data.synthetic.text import cell_caption, clip_caption
 from instruct_data.synthetic.world import SceneObject
 from train.stage0.config import ViTPretrainConfig
 from train.stage0.vit import CellCaptions, encode_captions, load_scenes, load_split, normalize, patch_size, pretrain_vit
@@ -38,9 +38,9 @@ def test_patch_size_defaults_to_one_patch_per_grid_cell() -> None:
 
 def test_captions_end_with_the_pooling_marker(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    images, captions = load_split(world, "test")
-    assert images.dtype == torch.uint8 and images.shape == (32, 3, 32, 32)
-    ids = encode_captions(captions, tok, 48)
+    images, scenes = load_split(world, "test")
+    assert images.dtype == torch.uint8 and images.shape == (32, 3, 32, 32) and len(scenes) == 32
+    ids = encode_captions([clip_caption(s) for s in scenes], tok, 48)
     assert (ids == tok.pad_token_id).any(dim=1).all()  # every caption has its end marker
 
 
