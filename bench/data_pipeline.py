@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from instruct_data.collate import Collator
 from instruct_data.dataset import InstructDataset, SkipLog
-from instruct_data.records import load_records
+from instruct_data.sources import load_records
 from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 from instruct_data.tokenize import tokenize_conversation
 
@@ -95,7 +95,7 @@ def run_loader(ds: InstructDataset, batch_size: int, workers: int, pad_id: int, 
 # VmHWM, not ru_maxrss: a child's ru_maxrss starts from the parent's RSS at fork time.
 _RSS_PROBE = (
     "import re, sys, time\n"
-    "from instruct_data.records import load_records\n"
+    "from instruct_data.sources import load_records\n"
     "import json\n"
     "load = (lambda p: json.load(open(p[5:]))) if sys.argv[1].startswith('json:') else load_records\n"
     "t = time.perf_counter(); src = load(sys.argv[1]) if sys.argv[1] != '-' else None\n"

@@ -73,3 +73,23 @@ class Collator:
 
     def __call__(self, items: Sequence[dict[str, Any] | Skipped | None]) -> dict[str, Any]:
         return collate(items, self.pad_token_id)
+
+
+def select_samples(batch: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
+    """The collated `batch` restricted to the samples at `keep` (images follow their samples; padding is kept)."""
+    counts = batch["image_counts"].tolist()
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    images = [j for i in keep for j in range(starts[i], starts[i] + counts[i])]
+    rows = torch.as_tensor(list(keep), dtype=torch.long)
+    pixels = batch.get("pixel_values")
+    keys = batch.get("image_keys") or []
+    return {
+        **batch,
+        "input_ids": batch["input_ids"][rows],
+        "attention_mask": batch["attention_mask"][rows],
+        "labels": batch["labels"][rows],
+        "pixel_values": pixels[images] if pixels is not None and images else None,
+        "image_counts": batch["image_counts"][rows],
+        "image_keys": [keys[j] for j in images] if keys else [],
+        "ids": [batch["ids"][i] for i in keep],
+    }

@@ -163,17 +163,3 @@ def parse_record(raw: dict, index: int) -> Conversation:
         images = inline_refs
     _check_order(messages, rid)
     return Conversation(rid, _place_images(messages, len(images), rid), images)
-
-
-# Record sources moved to instruct_data.sources; still importable from here. Resolved on first access, since
-# sources imports this module (a plain import at the bottom would fail when sources is imported first).
-_MOVED_TO_SOURCES = frozenset({"RecordSource", "FileRecords", "ParquetRecords", "ConcatRecords", "load_records",
-                               "stream_records", "JSON_CHUNK_CHARS", "MAX_RECORD_CHARS"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_SOURCES:
-        from instruct_data import sources
-
-        return getattr(sources, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

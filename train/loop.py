@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from instruct_data.collate import select_samples
+from instruct_data.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
@@ -161,14 +163,44 @@ class Trainer:
         return iter(loader)
 
     # ------------------------------------------------------------------ one optimizer step
+    def _count_skip(self, record_id: Any, reason: Any) -> None:
+        kind = str(reason).split(":", 1)[0]  # the data layer's reasons start with their kind
+        self.state.skipped[kind] = self.state.skipped.get(kind, 0) + 1
+        self.skip_log.append((str(record_id), str(reason)))
+
+    def _cached_features(self, batch: dict[str, Any] | None) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
+        """The feature-cache hook's features for `batch`, before any token is counted: with the cache on, images
+        are decoded on first use, so a record whose image cannot be decoded is dropped here (skipped and counted
+        like the data layer's skips), or stops the run when `data.strict` is set."""
+        if self.features_fn is None or batch is None or len(batch["input_ids"]) == 0:
+            return batch, None
+        while True:
+            try:
+                return batch, self.features_fn(batch)
+            except ImageLoadError as err:
+                counts, keys = batch["image_counts"].tolist(), batch.get("image_keys") or []
+                owners = [i for i, n in enumerate(counts) for _ in range(n)]  # image j belongs to sample owners[j]
+                bad = sorted({owners[j] for j, key in enumerate(keys) if key == err.path})
+                if self.cfg.data.strict or not bad:
+                    raise ImageLoadError(err.path, f"{err.reason} (records {[batch['ids'][i] for i in bad]}; "
+                                         "data.strict stops on a bad image)" if bad else err.reason) from None
+                for i in bad:
+                    self._count_skip(batch["ids"][i], f"image: {err}")
+                batch = select_samples(batch, [i for i in range(len(counts)) if i not in bad])
+                if len(batch["input_ids"]) == 0:
+                    return batch, None
+
     def _step(self, window: list[dict[str, Any] | None]) -> dict[str, float]:
         device = self.strategy.device
         t0 = time.perf_counter()
         for batch in window:
             for record_id, reason in (batch or {}).get("skipped", []):
-                kind = str(reason).split(":", 1)[0]  # the data layer's reasons start with their kind
-                self.state.skipped[kind] = self.state.skipped.get(kind, 0) + 1
-                self.skip_log.append((str(record_id), str(reason)))
+                self._count_skip(record_id, reason)
+        features: list[torch.Tensor | None] = []
+        with self.strategy.autocast(self.precision):
+            for index, batch in enumerate(window):
+                window[index], batch_features = self._cached_features(batch)
+                features.append(batch_features)
         window = [b if b is not None and len(b["input_ids"]) > 0 else None for b in window]
         counts = torch.tensor([float(sum(supervised_tokens(b["labels"]) for b in window if b)),
                                float(sum(int(b["attention_mask"].sum()) for b in window if b)),
@@ -194,8 +226,7 @@ class Trainer:
                     self.strategy.backward(self._zero_loss(autocast))
                     continue
                 with autocast:
-                    features = self.features_fn(batch) if self.features_fn is not None else None
-                    token_loss = summed_token_loss(self.model, batch, device, features)
+                    token_loss = summed_token_loss(self.model, batch, device, features[index])
                 if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
                     token_loss = token_loss + self._zero_link()
                 self.strategy.backward(token_loss * scale)

@@ -183,19 +183,14 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
         pixels = batch.get("pixel_values")
 
         def pixel_values_fn(missing: list[str]) -> torch.Tensor:
-            from instruct_data.errors import ImageLoadError
             from instruct_data.images import load_image
 
             if pixels is not None:
                 index = {k: i for i, k in enumerate(keys)}
                 return pixels[[index[k] for k in missing]]
-            try:
-                return torch.stack([model.image_processor(load_image(k)) for k in missing])
-            except ImageLoadError as exc:
-                # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here.
-                raise ImageLoadError(exc.path, f"{exc.reason} (batch records {batch.get('ids')}; with the feature "
-                                     "cache on, images are decoded on first use: run `vlm data validate` "
-                                     "or set feature_cache=false to skip broken images)") from None
+            # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
+            # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
+            return torch.stack([model.image_processor(load_image(k)) for k in missing])
 
         def encode(missing: list[str]) -> torch.Tensor:
             with torch.no_grad():

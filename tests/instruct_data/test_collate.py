@@ -61,3 +61,18 @@ def test_mixed_image_sizes_are_an_error_naming_ids():
 def test_collator_pickles_for_workers():
     c = pickle.loads(pickle.dumps(Collator(3)))
     assert c([item("a", 1), item("b", 2)])["input_ids"].tolist() == [[1, 3], [1, 2]]
+
+
+def test_select_samples_keeps_rows_with_their_images() -> None:
+    from instruct_data.collate import select_samples
+
+    batch = collate([item("a", 3, 1), item("b", 5, 0), item("c", 2, 2)], pad_token_id=0)
+    kept = select_samples(batch, [0, 2])
+    assert kept["ids"] == ["a", "c"]
+    assert kept["image_counts"].tolist() == [1, 2] and kept["image_keys"] == ["a/0.png", "c/0.png", "c/1.png"]
+    assert torch.equal(kept["pixel_values"], batch["pixel_values"])  # b had no image
+    assert torch.equal(kept["input_ids"], batch["input_ids"][[0, 2]])
+    only_b = select_samples(batch, [1])
+    assert only_b["pixel_values"] is None and only_b["image_keys"] == [] and only_b["ids"] == ["b"]
+    c_only = select_samples(batch, [2])
+    assert torch.equal(c_only["pixel_values"], batch["pixel_values"][1:])

@@ -7,15 +7,8 @@ import tracemalloc
 import pytest
 
 from instruct_data.errors import RecordError
-from instruct_data.records import (
-    ConcatRecords,
-    Conversation,
-    FileRecords,
-    Message,
-    load_records,
-    parse_record,
-    stream_records,
-)
+from instruct_data.records import Conversation, Message, parse_record
+from instruct_data.sources import ConcatRecords, FileRecords, load_records, stream_records
 
 
 def llava(conv, image=None, rid="r1"):
@@ -205,21 +198,3 @@ def test_unsupported_suffix(tmp_path):
     (tmp_path / "a.csv").write_text("x")
     with pytest.raises(ValueError, match="unsupported"):
         load_records(tmp_path / "a.csv")
-
-
-def test_moved_source_names_still_import_from_records():
-    """The lazy sources live in instruct_data.sources; `from instruct_data.records import ...` keeps working."""
-    import subprocess
-    import sys
-
-    import instruct_data.records as records
-    import instruct_data.sources as sources
-
-    for name in ("RecordSource", "FileRecords", "ParquetRecords", "ConcatRecords", "load_records", "stream_records"):
-        assert getattr(records, name) is getattr(sources, name)
-    with pytest.raises(AttributeError):
-        records.no_such_name  # noqa: B018
-    # either import order works in a fresh interpreter (sources imports records)
-    for first in ("sources", "records"):
-        code = f"import instruct_data.{first}; from instruct_data.records import FileRecords, parse_record"
-        subprocess.run([sys.executable, "-c", code], check=True)

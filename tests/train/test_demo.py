@@ -57,7 +57,7 @@ def test_reduced_demo_answers_from_the_image(demo_out: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 7 open: in this budget the tiny LLM does not learn to check a "
+@pytest.mark.xfail(strict=True, reason="not reached (issue 7's targets): in this budget the tiny LLM does not learn to check a "
                                        "colour-shape pair against the image tokens (measurements in the README)")
 def test_reduced_demo_answers_object_questions_far_better_than_a_coin(demo_out: Path):
     report = json.loads((demo_out / "report.json").read_text())

@@ -212,3 +212,42 @@ def test_align_losses_identical_with_and_without_cache(make_cfg, tmp_path: Path,
     assert plain.losses == pytest.approx(cold.losses, rel=1e-6, abs=0)
     assert plain.losses == pytest.approx(warm.losses, rel=1e-6, abs=0)
     assert sorted(Path(cache_dir).glob("*/shards/*.npy")) == shards  # warm run computed nothing new
+
+
+def _records_with_corrupt_image(tiny_world: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the tiny world's images plus one undecodable PNG, and 8 records of which one uses it."""
+    import json
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_world["images"], images)
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    records = json.loads(tiny_world["data"].read_text())[:8]
+    records[2] = {"id": "corrupt-img", "image": "corrupt.png",
+                  "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    return data, images
+
+
+def test_cold_cache_skips_a_record_whose_image_cannot_be_decoded(make_cfg, tiny_world, tmp_path: Path) -> None:
+    """With the cache on, images are decoded on first use (in the feature hook, not the dataset): a corrupt one
+    drops its record from the batch, counted like the data layer's skips, and the run goes on."""
+    from train.recipes import run
+
+    data, images = _records_with_corrupt_image(tiny_world, tmp_path)
+    result = run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images)}, feature_cache=True,
+                          feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))
+    assert result.steps == 2
+    assert result.skipped == {"image": 1}, result.skipped
+    assert all(loss == loss for loss in result.losses)
+
+
+def test_cold_cache_stops_on_a_corrupt_image_when_strict(make_cfg, tiny_world, tmp_path: Path) -> None:
+    from instruct_data.errors import ImageLoadError
+    from train.recipes import run
+
+    data, images = _records_with_corrupt_image(tiny_world, tmp_path)
+    with pytest.raises(ImageLoadError, match=r"corrupt\.png.*corrupt-img.*data\.strict"):
+        run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images), "strict": True},
+                     feature_cache=True, feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))
