@@ -65,7 +65,7 @@ def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path) -> None:
     assert resumed_at < STEPS
     done = subprocess.run(_cmd(tmp_path / "b.yaml"), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"resumed from" in done.stderr
+    assert "resumed from" in done.stderr
     after = {r["step"]: r["loss"] for r in read_metrics(killed)}
     assert sorted(after) == list(range(1, STEPS + 1))  # the lost steps' lines were dropped, then redone
     for step in range(resumed_at + 1, STEPS + 1):
