@@ -42,7 +42,7 @@ PROFILES: dict[str, DemoProfile] = {
         notes="the README's demo: about 13 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
-        synth=["--num-train", "1500", "--num-test", "120", "--pope-images", "60", "--scienceqa-images", "40",
+        synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",
                "--text-eval", "40"],
         backbones=["--llm-steps", "150", "--vit-steps", "200"],
         align=["max_steps=40"],

@@ -46,14 +46,17 @@ def question_type_accuracy(demo_out: Path, evaluation: str) -> dict[str, float]:
 def test_reduced_demo_answers_from_the_image(demo_out: Path):
     report = json.loads((demo_out / "report.json").read_text())
     # Learning that cannot happen by chance: looking at the image must beat both the same model on blank images
-    # and the best image-free guess (the most frequent answer per question type) by far more than the noise of
-    # the few hundred questions asked (a standard error of about 2.5 points).
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 8, report
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 8, report
+    # and the best image-free guess (the most frequent answer per question type) by several standard errors of
+    # the ~800 seen questions (about 1.8 points). The margins sit under the worst of five phase-2 seeds of this
+    # profile (over blind 8.4-14.8, over the baseline 10.4-16.4), since another CPU's rounding can move the run
+    # to another trajectory as a seed does.
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 6, report
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 7, report
     # "Where is the <colour> <shape>?" has nine answers and cannot be guessed from the question: the model must
-    # find the object among the image tokens.
+    # find the object among the image tokens. ~140 such questions: a guesser scores 11 +- 2.7; the five seeds
+    # scored 23-45 with the image and 8-14 without.
     where, where_blind = (question_type_accuracy(demo_out, name)["where is the"] for name in ("vqa", "vqa_blind"))
-    assert where >= 30 and where >= 2.5 * where_blind, (where, where_blind)
+    assert where >= 20 and where >= where_blind + 10, (where, where_blind)
 
 
 @pytest.mark.slow
