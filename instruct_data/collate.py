@@ -75,11 +75,15 @@ class Collator:
         return collate(items, self.pad_token_id)
 
 
+def image_owners(batch: dict[str, Any]) -> list[int]:
+    """For each image of a collated `batch`, in order, the index of the sample it belongs to."""
+    return [i for i, n in enumerate(batch["image_counts"].tolist()) for _ in range(n)]
+
+
 def select_samples(batch: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
     """The collated `batch` restricted to the samples at `keep` (images follow their samples; padding is kept)."""
-    counts = batch["image_counts"].tolist()
-    starts = [sum(counts[:i]) for i in range(len(counts))]
-    images = [j for i in keep for j in range(starts[i], starts[i] + counts[i])]
+    owners = image_owners(batch)
+    images = [j for i in keep for j, owner in enumerate(owners) if owner == i]
     rows = torch.as_tensor(list(keep), dtype=torch.long)
     pixels = batch.get("pixel_values")
     keys = batch.get("image_keys") or []

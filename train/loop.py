@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from instruct_data.collate import select_samples
+from instruct_data.collate import image_owners, select_samples
 from instruct_data.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
@@ -178,15 +178,16 @@ class Trainer:
             try:
                 return batch, self.features_fn(batch)
             except ImageLoadError as err:
-                counts, keys = batch["image_counts"].tolist(), batch.get("image_keys") or []
-                owners = [i for i, n in enumerate(counts) for _ in range(n)]  # image j belongs to sample owners[j]
-                bad = sorted({owners[j] for j, key in enumerate(keys) if key == err.path})
-                if self.cfg.data.strict or not bad:
+                keys = batch.get("image_keys") or []
+                bad = sorted({owner for owner, key in zip(image_owners(batch), keys) if key == err.path})
+                if not bad:
+                    raise
+                if self.cfg.data.strict:
                     raise ImageLoadError(err.path, f"{err.reason} (records {[batch['ids'][i] for i in bad]}; "
-                                         "data.strict stops on a bad image)" if bad else err.reason) from None
+                                         "data.strict stops on a bad image)") from None
                 for i in bad:
                     self._count_skip(batch["ids"][i], f"image: {err}")
-                batch = select_samples(batch, [i for i in range(len(counts)) if i not in bad])
+                batch = select_samples(batch, [i for i in range(len(batch["ids"])) if i not in bad])
                 if len(batch["input_ids"]) == 0:
                     return batch, None
 
