@@ -20,7 +20,7 @@ from instruct_data.collate import Collator
 from instruct_data.dataset import InstructDataset, SkipLog
 from instruct_data.sources import load_records
 from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
-from instruct_data.tokenize import tokenize_conversation
+from conversation.tokenize import tokenize_conversation
 
 WORDS = ("the a red blue green square circle triangle small large left right top bottom of in on is are there "
          "what how many color shape image picture shows object near next to behind describe detail one two three").split()
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rng = random.Random(0)
-    from instruct_data.synthetic.tokenizer import train_tokenizer
+    from synthetic.tokenizer import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t
         print(f"parse+template+tokenize only: {len(src) / dt:,.0f} records/s")
         process = image_processor(args.image_size)
-        from instruct_data.images import load_image
+        from conversation.images import load_image
 
         t = time.perf_counter()
         for i in range(args.images):

@@ -69,7 +69,7 @@ def write_align_data(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
 
 def make_trainer(root: Path, base: Path, data: Path, images: Path, *, cache: bool, skip_decode: bool,
                  global_batch: int, micro_batch: int) -> Any:
-    from instruct_data.images import resolve_image_path
+    from conversation.images import resolve_image_path
     from train.config import config_from_dict
     from train.loop import Trainer, seed_everything
     from train.recipes import build_data, build_model, feature_hook, prepare_model
@@ -115,7 +115,7 @@ def time_epoch(trainer: Any, epoch: int) -> list[float]:
 
 def image_share(trainer: Any, epoch: int) -> tuple[float, float]:
     """CPU seconds per step spent (decoding + preprocessing, running the frozen encoder) on the step's images."""
-    from instruct_data.images import load_image
+    from conversation.images import load_image
 
     model = trainer.model
     decode = encode = 0.0

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from instruct_data.synthetic.generate import SynthConfig, generate_world
-from train.stage0.cli import pretrain_backbones
-from train.stage0.config import LLMPretrainConfig, ViTPretrainConfig
+from synthetic.generate import SynthConfig, generate_world
+from synthetic.stage0.cli import pretrain_backbones
+from synthetic.stage0.config import LLMPretrainConfig, ViTPretrainConfig
 
 
 def cpu_seconds() -> float:

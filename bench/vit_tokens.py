@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionModel
 
-from instruct_data.synthetic.world import COLOUR_NAMES, SHAPES, SIZES
-from train.stage0.vit import load_split, normalize
+from synthetic.world import COLOUR_NAMES, SHAPES, SIZES
+from synthetic.stage0.vit import load_split, normalize
 
 
 def cell_tokens(world: Path, vit: Path, layer: int, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

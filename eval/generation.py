@@ -19,7 +19,7 @@ class GenerateFn(Protocol):
 
 def open_image(item: EvalItem, blank: bool = False) -> Image.Image:
     """The item's image as RGB; with `blank`, a black image of the same size (the 'blind' baseline)."""
-    from instruct_data.images import load_image  # confined, bomb-checked decoding (other package)
+    from conversation.images import load_image  # confined, bomb-checked decoding (other package)
 
     image = item.image if isinstance(item.image, Image.Image) else load_image(Path(str(item.image)))
     image = image.convert("RGB")
@@ -49,7 +49,7 @@ def cut_at_stop(tokens: list[int], stops: set[int], pad_id: int) -> list[int]:
 
 def _stop_ids(model: Any) -> set[int]:
     try:
-        from instruct_data.tokenize import stop_token_ids
+        from conversation.tokenize import stop_token_ids
     except ImportError:  # older instruct_data without it: the tokenizer's eos is the only stop
         eos = model.tokenizer.eos_token_id
         return {eos} if eos is not None else set()
@@ -61,7 +61,7 @@ class ModelGenerator:
     """Answers batches with a `VisionLanguageModel` (ours, or a HF Llava directory loaded as one)."""
 
     def __init__(self, model: Any, max_new_tokens: int = 16, blank_images: bool = False) -> None:
-        from instruct_data.tokenize import encode_prompt
+        from conversation.tokenize import encode_prompt
 
         self.model = model
         self.max_new_tokens = max_new_tokens
@@ -71,7 +71,7 @@ class ModelGenerator:
 
     def encode(self, item: EvalItem) -> list[int]:
         """The item's prompt rendered by the checkpoint's template, ending with the assistant prefix."""
-        from instruct_data.records import Message
+        from conversation.records import Message
 
         cfg = self.model.config
         content = (cfg.image_token + "\n" if item.image is not None else "") + item.prompt

@@ -9,7 +9,7 @@ from typing import Any
 
 from instruct_data.converters.common import ConversionError, write_records
 from instruct_data.converters.registry import CONVERTERS, get_converter
-from instruct_data.images import DEFAULT_MAX_PIXELS
+from conversation.images import DEFAULT_MAX_PIXELS
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +74,7 @@ def _validate(args: argparse.Namespace) -> int:
             print("vlm data validate: token checks need --tokenizer, --template and --num-image-tokens together",
                   file=sys.stderr)
             return 2
-        from instruct_data.templates import get_template
+        from conversation.templates import get_template
 
         try:
             config.template = get_template(args.template)

@@ -5,7 +5,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from instruct_data.tokenize import IGNORE_INDEX
+from conversation.tokenize import IGNORE_INDEX
 
 
 class Skipped(NamedTuple):

@@ -13,10 +13,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from instruct_data.collate import Skipped
-from instruct_data.errors import ImageLoadError, RecordError
+from conversation.errors import ImageLoadError, RecordError
 from instruct_data.sources import RecordSource
-from instruct_data.templates import Template, get_template
-from instruct_data.tokenize import tokenize_conversation
+from conversation.templates import Template, get_template
+from conversation.tokenize import tokenize_conversation
 
 ImageProcessorFn = Callable[[Image.Image], torch.Tensor]
 TOKENS_PER_WORD = 1.5  # fallback for length estimates before a record is tokenized (calibrated when possible)
@@ -67,7 +67,7 @@ def _skip_reason(exc: RecordError | ImageLoadError) -> str:
 
 
 def _default_image_fns() -> tuple[Callable, Callable]:
-    from instruct_data.images import load_image, resolve_image_path
+    from conversation.images import load_image, resolve_image_path
 
     return resolve_image_path, load_image
 

@@ -7,8 +7,8 @@ from array import array
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from instruct_data.errors import RecordError
-from instruct_data.records import Conversation, parse_record
+from conversation.errors import RecordError
+from conversation.records import Conversation, parse_record
 
 JSON_CHUNK_CHARS = 1 << 20  # characters read at a time while indexing a JSON list
 MAX_RECORD_CHARS = 1 << 26  # a JSON-list element longer than this is reported as malformed

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from instruct_data.errors import RecordError
-from instruct_data.images import (
+from conversation.errors import RecordError
+from conversation.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     extension_mismatch,
@@ -18,7 +18,7 @@ from instruct_data.images import (
     reason_code,
     resolve_image_path,
 )
-from instruct_data.records import IMAGE_TOKEN, Conversation, parse_record
+from conversation.records import IMAGE_TOKEN, Conversation, parse_record
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
@@ -325,7 +325,7 @@ class RecordValidator:
         return verdict
 
     def _check_tokens(self, conv: Conversation) -> list[tuple[str, str, str, str]]:
-        from instruct_data.tokenize import tokenize_conversation  # loaded only for token checks
+        from conversation.tokenize import tokenize_conversation  # loaded only for token checks
 
         cfg = self.config
         try:

@@ -328,7 +328,7 @@ def fill_feature_cache(
 
 def image_file_encoder(encoder: nn.Module, image_processor: Any) -> Callable[[list[str]], torch.Tensor]:
     """`encode(paths)` for `fill_feature_cache`: decode each file, preprocess, run the frozen encoder."""
-    from instruct_data.images import load_image
+    from conversation.images import load_image
 
     def encode(paths: list[str]) -> torch.Tensor:
         param = next(encoder.parameters())

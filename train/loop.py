@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from instruct_data.collate import image_owners, select_samples
-from instruct_data.errors import ImageLoadError
+from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config

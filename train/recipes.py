@@ -183,7 +183,7 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
         pixels = batch.get("pixel_values")
 
         def pixel_values_fn(missing: list[str]) -> torch.Tensor:
-            from instruct_data.images import load_image
+            from conversation.images import load_image
 
             if pixels is not None:
                 index = {k: i for i, k in enumerate(keys)}

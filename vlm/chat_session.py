@@ -7,10 +7,10 @@ from typing import Callable
 
 import torch
 
-from instruct_data.images import ImageLoadError, load_image
-from instruct_data.records import Message
-from instruct_data.templates import stop_token_ids
-from instruct_data.tokenize import encode_prompt
+from conversation.images import ImageLoadError, load_image
+from conversation.records import Message
+from conversation.templates import stop_token_ids
+from conversation.tokenize import encode_prompt
 from vision_encoders.preprocess import to_rgb
 
 

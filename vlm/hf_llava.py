@@ -141,7 +141,7 @@ def hf_image_processor(model: VisionLanguageModel):
 
 
 def llava_processor(model: VisionLanguageModel) -> LlavaProcessor:
-    from instruct_data.templates import chat_template_jinja
+    from conversation.templates import chat_template_jinja
 
     config = llava_config(model)
     return LlavaProcessor(

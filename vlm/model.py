@@ -89,7 +89,7 @@ class VisionLanguageModel(nn.Module):
         torch_dtype: str | None = None,
     ) -> "VisionLanguageModel":
         """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector."""
-        from instruct_data.templates import get_template
+        from conversation.templates import get_template
 
         get_template(template)  # an unknown name fails here, before minutes of loading
         known_projector_check(projector)

@@ -9,7 +9,7 @@ from eval.types import BenchmarkFileError
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from instruct_data.synthetic.generate import SynthConfig, generate_world
+    from synthetic.generate import SynthConfig, generate_world
 
     root = tmp_path_factory.mktemp("world")
     generate_world(SynthConfig(out=str(root), num_train=10, num_test=8, num_workers=1, pope_images=4,

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from vlm.cli import main
+from app.cli import main
 
 
 def test_score_vqav2_results_file(vqav2_root: Path, tmp_path: Path, capsys):

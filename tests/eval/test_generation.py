@@ -7,7 +7,7 @@ from PIL import Image
 
 from eval.generation import ModelGenerator, cut_at_stop, left_pad, load_generator, open_image
 from eval.types import EvalItem
-from vlm.cli import main
+from app.cli import main
 
 
 @pytest.fixture(scope="module")

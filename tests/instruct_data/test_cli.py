@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm.cli import main as vlm_main
+from app.cli import main as vlm_main
 
 
 def _noise(path: Path) -> None:

@@ -19,7 +19,7 @@ from instruct_data.converters import (
     get_converter,
     write_records,
 )
-from instruct_data.records import parse_record
+from conversation.records import parse_record
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from instruct_data.collate import Collator, Skipped
 from instruct_data.dataset import InstructDataset, SkipLog
-from instruct_data.errors import RecordError
+from conversation.errors import RecordError
 from instruct_data.sources import load_records
-from instruct_data.tokenize import IGNORE_INDEX
+from conversation.tokenize import IGNORE_INDEX
 
 K = 3
 SIDE = 8

@@ -235,7 +235,7 @@ def test_needs_a_root_and_complete_token_settings(tmp_path: Path) -> None:
         RecordValidator(ValidationConfig(image_roots=[tmp_path], tokenizer=object()))
 
 
-# ---- token lengths (tiny byte-level BPE from tests/instruct_data/conftest.py) ----
+# ---- token lengths (tiny byte-level BPE from tests/conftest.py) ----
 
 K = 8
 
@@ -248,8 +248,8 @@ def _token_validator(tokenizer: Any, root: Path, max_length: int | None) -> Reco
 
 def _length(tokenizer: Any, raw: dict[str, Any]) -> tuple[int, int]:
     """(total tokens, end of the image block) of a record under vicuna_v1 with K image tokens."""
-    from instruct_data.records import parse_record
-    from instruct_data.tokenize import tokenize_conversation
+    from conversation.records import parse_record
+    from conversation.tokenize import tokenize_conversation
 
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     ids = tokenize_conversation(parse_record(raw, 0), "vicuna_v1", tokenizer, image_token_id=image_id,

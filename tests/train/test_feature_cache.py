@@ -185,7 +185,7 @@ def test_align_losses_identical_with_and_without_cache(make_cfg, tmp_path: Path,
     """Phase 1 through the real recipe: no cache, cold cache (fills it), warm cache (reads it): same losses.
     With the cache on the dataset only resolves paths: a cold run decodes each image once (in the feature
     hook), a warm run decodes none."""
-    import instruct_data.images as images
+    import conversation.images as images
     from train.recipes import run
 
     cache_dir = str(tmp_path / "features")
@@ -244,7 +244,7 @@ def test_cold_cache_skips_a_record_whose_image_cannot_be_decoded(make_cfg, tiny_
 
 
 def test_cold_cache_stops_on_a_corrupt_image_when_strict(make_cfg, tiny_world, tmp_path: Path) -> None:
-    from instruct_data.errors import ImageLoadError
+    from conversation.errors import ImageLoadError
     from train.recipes import run
 
     data, images = _records_with_corrupt_image(tiny_world, tmp_path)

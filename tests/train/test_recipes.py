@@ -37,7 +37,7 @@ def test_align_builds_from_parts_with_plain_template(make_cfg, tiny_world, monke
 
 
 def test_cli_runs_with_overrides(make_cfg, tmp_path, capsys) -> None:
-    from vlm.cli import main
+    from app.cli import main
 
     cfg = make_cfg(output_dir=str(tmp_path / "cli"))
     path = tmp_path / "c.yaml"

@@ -29,7 +29,7 @@ def _write_config(make_cfg, out: Path, path: Path) -> None:
 
 
 def _cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "vlm.cli", "train", str(config)]
+    return [sys.executable, "-m", "app.cli", "train", str(config)]
 
 
 def _env() -> dict[str, str]:

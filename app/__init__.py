@@ -1,0 +1,1 @@
+"""The command-line application: the `vlm` entry point and its subcommands."""

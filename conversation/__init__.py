@@ -1,0 +1,1 @@
+"""The conversation format: records, templates, tokenization with label spans, image loading."""

@@ -1,0 +1,244 @@
+"""`vlm demo`: the main job — synthetic world, stage-0 backbones, both phases, benchmarks, chat, report.json.
+
+Every stage is an ordinary `vlm` command (the same ones a user runs by hand); this module only sequences
+them, times them, skips stages whose outputs are complete, and gathers the figures into one report. The
+command runner is handed in by the application (`app.cli`), which sits above this package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """Sizes of one demo run: the world, the backbones' steps and the two phases' overrides."""
+
+    synth: list[str]
+    backbones: list[str]
+    align: list[str]
+    instruct: list[str]
+    eval_limit: int | None = None
+    eval_batch_size: int = 32
+    chat_tokens: int = 24
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PROFILES: dict[str, DemoProfile] = {
+    "default": DemoProfile(
+        synth=["--num-train", "6000", "--num-test", "400"],
+        backbones=[],
+        align=["epochs=1"],
+        instruct=["epochs=3"],
+        notes="the README's demo: about 13 minutes on 2 CPU cores",
+    ),
+    "ci": DemoProfile(
+        synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",
+               "--text-eval", "40"],
+        backbones=["--llm-steps", "150", "--vit-steps", "200"],
+        align=["max_steps=40"],
+        instruct=["max_steps=600"],
+        eval_limit=None,
+        notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
+    ),
+}
+
+ALIGN_CONFIG = "configs/synthetic_align.yaml"
+INSTRUCT_CONFIG = "configs/synthetic_instruct.yaml"
+
+
+CommandRunner = Callable[[list[str]], int]  # `vlm` argv (without the program name) -> exit code
+
+
+class DemoError(RuntimeError):
+    """A stage failed: the message names the stage and the command to re-run it by hand."""
+
+
+class Demo:
+    """Runs the stages in order under `out`, recording wall seconds per stage in `out/stages.json`."""
+
+    def __init__(self, out: Path, profile: DemoProfile, repo: Path, run_command: CommandRunner,
+                 log: Callable[[str], None] = print):
+        self.out, self.profile, self.repo, self.log = out, profile, repo, log
+        self.vlm = run_command
+        self.world = out / "world"
+        self.feature_cache = self.world / "feature_cache"  # the frozen ViT's features, shared by all three runs
+        self.stages_file = out / "stages.json"
+        self.stages: dict[str, float] = json.loads(self.stages_file.read_text()) if self.stages_file.is_file() else {}
+
+    # --- plumbing ------------------------------------------------------------------------------------
+    def stage(self, name: str, done: Callable[[], bool], argv_list: list[list[str]]) -> None:
+        if name in self.stages and done():
+            self.log(f"[demo] {name}: done before ({self.stages[name]:.0f} s), reused")
+            return
+        self.log(f"[demo] {name}: running")
+        start = time.perf_counter()
+        for argv in argv_list:
+            code = self.vlm(argv)
+            if code:
+                raise DemoError(f"stage {name!r} failed (exit {code}); re-run by hand: vlm {' '.join(argv)}")
+        self.stages[name] = round(time.perf_counter() - start, 1)
+        self.stages_file.write_text(json.dumps(self.stages, indent=1))
+        self.log(f"[demo] {name}: {self.stages[name]:.0f} s")
+
+    def config(self, name: str) -> str:
+        return str(self.repo / name)
+
+    def world_overrides(self) -> list[str]:
+        backbones = self.world / "backbones"
+        return [f"data.image_folder={self.world / 'images'}", f"model.vision.spec=hf:{backbones / 'vit'}",
+                f"model.llm={backbones / 'llm'}", f"feature_cache_dir={self.feature_cache}"]
+
+    # --- stages --------------------------------------------------------------------------------------
+    def run_training(self) -> None:
+        p, w = self.profile, self.world
+        self.stage("world", lambda: (w / "instruct.json").is_file(),
+                   [["synth", "--out", str(w), "--seed", "0", *p.synth]])
+        self.stage("backbones", lambda: (w / "backbones" / "llm" / "config.json").is_file(),
+                   [["pretrain-backbones", "--world", str(w), *p.backbones]])
+        align_out = self.out / "align"
+        self.stage("align", lambda: (align_out / "vlm_config.json").is_file(),
+                   [["train", self.config(ALIGN_CONFIG), *self.world_overrides(),
+                     f"data.data_path=[{w / 'align.json'}]", f"output_dir={align_out}", *p.align]])
+        self.stage("instruct", lambda: (self.out / "instruct" / "vlm_config.json").is_file(),
+                   [self.instruct_argv(align_out, self.out / "instruct")])
+        scratch = self.out / "noalign_init"
+        self.stage("instruct_without_alignment", lambda: (self.out / "noalign" / "vlm_config.json").is_file(),
+                   [["build", "--vision", f"hf:{w / 'backbones' / 'vit'}", "--projector", "mlp2x_gelu",
+                     "--llm", str(w / "backbones" / "llm"), "--template", "vicuna_v1", "--out", str(scratch)],
+                    self.instruct_argv(scratch, self.out / "noalign")])
+
+    def instruct_argv(self, init_from: Path, out: Path) -> list[str]:
+        w = self.world
+        return ["train", self.config(INSTRUCT_CONFIG), f"model.init_from={init_from}",
+                f"data.data_path=[{w / 'instruct.json'}]", f"data.image_folder={w / 'images'}",
+                f"feature_cache_dir={self.feature_cache}", f"output_dir={out}", *self.profile.instruct]
+
+    def eval_argv(self, model: Path, benchmark: str, name: str, *extra: str) -> list[str]:
+        argv = ["eval", "run", "--model", str(model), "--benchmark", benchmark, "--data-root", str(self.world),
+                "--out", str(self.out / "eval" / name), "--batch-size", str(self.profile.eval_batch_size),
+                "--no-progress", *extra]
+        if self.profile.eval_limit:
+            argv += ["--limit", str(self.profile.eval_limit)]
+        return argv
+
+    def evaluations(self) -> dict[str, list[str]]:
+        model, noalign = self.out / "instruct", self.out / "noalign"
+        return {
+            "vqa": self.eval_argv(model, "vqav2", "vqa"),
+            "vqa_blind": self.eval_argv(model, "vqav2", "vqa_blind", "--blank-images"),
+            "vqa_noalign": self.eval_argv(noalign, "vqav2", "vqa_noalign"),
+            "pope": self.eval_argv(model, "pope", "pope"),
+            "captions": self.eval_argv(model, "coco_captions", "captions", "--no-meteor"),
+            "mcq": self.eval_argv(model, "scienceqa_img", "mcq"),
+            "text": self.eval_argv(model, "text_qa", "text"),
+        }
+
+    def run_evaluations(self) -> None:
+        for name, argv in self.evaluations().items():
+            scores = self.out / "eval" / name / "scores.json"
+            self.stage(f"eval_{name}", scores.is_file, [argv])
+
+    def scores(self, name: str) -> dict[str, Any]:
+        return json.loads((self.out / "eval" / name / "scores.json").read_text())["scores"]
+
+    def prior_baseline(self) -> float:
+        """VQA accuracy of answering the most frequent answer of each question type (no image, no model)."""
+        from eval.metrics.vqa import VQAGroundTruth, score_vqa
+
+        annotations = json.loads((self.world / "eval" / "vqav2" / "annotations.json").read_text())["annotations"]
+        by_type: dict[str, Counter] = defaultdict(Counter)
+        for ann in annotations:
+            by_type[ann["question_type"]][ann["multiple_choice_answer"]] += 1
+        preds = {str(a["question_id"]): by_type[a["question_type"]].most_common(1)[0][0] for a in annotations}
+        gt = {str(a["question_id"]): VQAGroundTruth(tuple(x["answer"] for x in a["answers"]), a["question_type"],
+                                                    a["answer_type"]) for a in annotations}
+        return score_vqa(preds, gt)["accuracy"]
+
+    def chat(self) -> dict[str, str]:
+        from skimage import data as skimage_data
+        from PIL import Image
+
+        photo = self.out / "astronaut.png"
+        if not photo.is_file():
+            Image.fromarray(skimage_data.astronaut()).save(photo)
+        scene = sorted((self.world / "images" / "test").glob("*.png"))[0]
+        answers = {}
+        for label, image, question in [
+            ("synthetic", scene, "Describe the image briefly."),
+            ("photograph", photo, "What colour is the large object?"),
+        ]:
+            self.log(f"[demo] chat about {image.name}: {question}")
+            start = time.perf_counter()
+            code = self.vlm(["chat", "--model", str(self.out / "instruct"), "--image", str(image), "--question", question,
+                        "--max-new-tokens", str(self.profile.chat_tokens)])
+            if code:
+                raise DemoError(f"chat on {image} failed (exit {code})")
+            answers[label] = str(image)
+            self.stages[f"chat_{label}"] = round(time.perf_counter() - start, 1)
+        return answers
+
+    def report(self, total: float) -> dict[str, Any]:
+        vqa = self.scores("vqa")
+        pope = self.scores("pope")
+        pope_f1 = [v["f1"] for v in pope["per_split"].values()]
+        report = {
+            "vqa_accuracy_seen": vqa["per_group"].get("seen"),
+            "vqa_accuracy_heldout": vqa["per_group"].get("heldout"),
+            "vqa_accuracy": vqa["accuracy"],
+            "vqa_accuracy_blind": self.scores("vqa_blind")["accuracy"],
+            "vqa_accuracy_prior_baseline": self.prior_baseline(),
+            "pope_f1": round(sum(pope_f1) / len(pope_f1), 4),
+            "caption_cider": self.scores("captions")["CIDEr"],
+            "mcq_accuracy": self.scores("mcq")["accuracy"],
+            "text_only_accuracy": self.scores("text")["accuracy"],
+            "no_alignment_vqa_accuracy_seen": self.scores("vqa_noalign")["per_group"].get("seen"),
+            "wall_seconds": {**self.stages, "total": round(total, 1)},
+        }
+        (self.out / "report.json").write_text(json.dumps(report, indent=2))
+        return report
+
+
+def print_table(report: dict[str, Any], log: Callable[[str], None] = print) -> None:
+    log("\n| metric | value |\n|---|---|")
+    for key, value in report.items():
+        if key != "wall_seconds":
+            log(f"| {key} | {value} |")
+    log(f"| wall seconds (total) | {report['wall_seconds']['total']} |")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="where every stage writes (default runs/demo)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
+    parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+
+
+def main(args: argparse.Namespace, run_command: CommandRunner) -> int:
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    demo = Demo(out, PROFILES[args.profile], repo, run_command)
+    start = time.perf_counter()
+    try:
+        demo.run_training()
+        demo.run_evaluations()
+        demo.chat()
+    except DemoError as err:
+        print(f"vlm demo: error: {err}", file=sys.stderr)
+        return 1
+    total = sum(v for k, v in demo.stages.items())
+    report = demo.report(total)
+    print_table(report)
+    print(f"[demo] report: {out / 'report.json'} (this call: {time.perf_counter() - start:.0f} s)")
+    return 0

@@ -1,0 +1,54 @@
+"""`vlm pretrain-backbones`: stage 0, the tiny LLM and ViT of the synthetic world (cached by config + world hash)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from synthetic.stage0.config import LLMPretrainConfig, ViTPretrainConfig
+from synthetic.stage0.llm import pretrain_llm
+from synthetic.stage0.vit import pretrain_vit
+
+
+def pretrain_backbones(world: Path, out: Path, llm: LLMPretrainConfig, vit: ViTPretrainConfig,
+                       force: bool = False, only: str = "both") -> dict:
+    """Run (or reuse) both stages; returns their metrics plus wall times. `out/llm` and `out/vit` are written."""
+    if only not in ("both", "llm", "vit"):
+        raise ValueError(f"only must be both, llm or vit, not {only!r}")
+    results: dict[str, dict] = {}
+    if only in ("both", "llm"):
+        t0 = time.perf_counter()
+        results["llm"] = {**pretrain_llm(world, out / "llm", llm, force=force), "wall_seconds": time.perf_counter() - t0}
+    if only in ("both", "vit"):
+        t0 = time.perf_counter()
+        results["vit"] = {**pretrain_vit(world, out / "vit", vit, force=force), "wall_seconds": time.perf_counter() - t0}
+    return results
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--world", required=True, type=Path, help="a directory written by `vlm synth`")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default WORLD/backbones)")
+    parser.add_argument("--llm-steps", type=int, default=LLMPretrainConfig.steps)
+    parser.add_argument("--vit-steps", type=int, default=ViTPretrainConfig.steps)
+    parser.add_argument("--llm-batch-size", type=int, default=LLMPretrainConfig.batch_size)
+    parser.add_argument("--vit-batch-size", type=int, default=ViTPretrainConfig.batch_size)
+    parser.add_argument("--vit-patch-size", type=int, default=None,
+                        help="ViT patch side in pixels (default: one patch per grid cell, image side / 3)")
+    parser.add_argument("--only", choices=("both", "llm", "vit"), default="both")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--force", action="store_true", help="retrain even when a cached run matches")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or args.world / "backbones"
+    llm = LLMPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch_size)
+    vit = ViTPretrainConfig(steps=args.vit_steps, batch_size=args.vit_batch_size, patch_size=args.vit_patch_size)
+    results = pretrain_backbones(args.world, out, llm, vit, force=args.force, only=args.only)
+    print(json.dumps(results, indent=2))
+    print(f"backbones in {out}: LLM at {out / 'llm'} (AutoModelForCausalLM), ViT at {out / 'vit'} (spec hf:{out / 'vit'})")
+    return 0

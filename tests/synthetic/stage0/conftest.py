@@ -1,0 +1,31 @@
+"""A tiny synthetic world shared by the stage-0 tests, plus tiny backbone configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthetic.generate import SynthConfig, generate_world
+from synthetic.stage0.config import LLMPretrainConfig, ViTPretrainConfig
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stage0") / "w"
+    generate_world(SynthConfig(out=str(out), seed=0, num_train=96, num_test=32, image_size=32, num_workers=1,
+                               pope_images=4, scienceqa_images=2, scienceqa_text=1, text_eval=4,
+                               facts_per_kind=20, vocab_size=600))
+    return out
+
+
+@pytest.fixture
+def tiny_llm() -> LLMPretrainConfig:
+    return LLMPretrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64,
+                             seq_len=32, batch_size=8, steps=40, lr=1e-2, warmup_steps=4)
+
+
+@pytest.fixture
+def tiny_vit() -> ViTPretrainConfig:
+    return ViTPretrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=8,
+                             text_hidden_size=32, text_layers=1, projection_dim=32, batch_size=32, steps=100,
+                             lr=3e-3, warmup_steps=4)

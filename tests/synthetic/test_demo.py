@@ -1,0 +1,67 @@
+"""The reduced main job end to end: world, backbones, both phases, benchmarks, chat, report — and re-runs reuse stages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cli import main as vlm
+
+REPORT_KEYS = {
+    "vqa_accuracy_seen", "vqa_accuracy_heldout", "vqa_accuracy_blind", "vqa_accuracy_prior_baseline", "pope_f1",
+    "caption_cider", "mcq_accuracy", "text_only_accuracy", "no_alignment_vqa_accuracy_seen", "wall_seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert vlm(["demo", "--profile", "ci", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_reduced_demo_writes_the_report_and_reuses_finished_stages(demo_out: Path):
+    report = json.loads((demo_out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    for key in REPORT_KEYS - {"wall_seconds"}:
+        assert isinstance(report[key], (int, float)), key
+    stages = report["wall_seconds"]
+    for stage in ("world", "backbones", "align", "instruct", "instruct_without_alignment", "eval_vqa", "total"):
+        assert stages[stage] > 0, stage
+    assert (demo_out / "instruct" / "vlm_config.json").is_file()
+
+    assert vlm(["demo", "--profile", "ci", "--out", str(demo_out)]) == 0
+    again = json.loads((demo_out / "report.json").read_text())
+    assert again["wall_seconds"]["align"] == stages["align"]  # not retrained
+    assert again["vqa_accuracy_seen"] == report["vqa_accuracy_seen"]
+
+
+def question_type_accuracy(demo_out: Path, evaluation: str) -> dict[str, float]:
+    return json.loads((demo_out / "eval" / evaluation / "scores.json").read_text())["scores"]["per_question_type"]
+
+
+@pytest.mark.slow
+def test_reduced_demo_answers_from_the_image(demo_out: Path):
+    report = json.loads((demo_out / "report.json").read_text())
+    # Learning that cannot happen by chance: looking at the image must beat both the same model on blank images
+    # and the best image-free guess (the most frequent answer per question type) by several standard errors of
+    # the ~800 seen questions (about 1.8 points). The margins sit under the worst of five phase-2 seeds of this
+    # profile (over blind 8.4-14.8, over the baseline 10.4-16.4), since another CPU's rounding can move the run
+    # to another trajectory as a seed does.
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 6, report
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 7, report
+    # "Where is the <colour> <shape>?" has nine answers and cannot be guessed from the question: the model must
+    # find the object among the image tokens. ~140 such questions: a guesser scores 11 +- 2.7; the five seeds
+    # scored 23-45 with the image and 8-14 without.
+    where, where_blind = (question_type_accuracy(demo_out, name)["where is the"] for name in ("vqa", "vqa_blind"))
+    assert where >= 20 and where >= where_blind + 10, (where, where_blind)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reached (issue 7's targets): in this budget the tiny LLM does not learn to check a "
+                                       "colour-shape pair against the image tokens (measurements in the README)")
+def test_reduced_demo_answers_object_questions_far_better_than_a_coin(demo_out: Path):
+    report = json.loads((demo_out / "report.json").read_text())
+    assert report["pope_f1"] >= 0.75, report  # answering "yes" to everything already scores F1 0.667
