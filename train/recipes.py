@@ -45,8 +45,16 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
     recipe = get_recipe(cfg.recipe)
     m = cfg.model
+    llm_kwargs = None
+    if cfg.llm_mode == "qlora" and recipe.llm_trains:
+        from train.lora import qlora_llm_kwargs
+
+        llm_kwargs = qlora_llm_kwargs(m.init_from)  # the LLM goes straight from disk into 4-bit: no fp32 copy
     if m.init_from:
-        model = VisionLanguageModel.load(m.init_from)
+        # The config's attention implementation, remote-code policy and dtype take effect over the checkpoint's.
+        model = VisionLanguageModel.load(m.init_from, torch_dtype=m.torch_dtype,
+                                         attn_implementation=m.attn_implementation,
+                                         trust_remote_code=m.trust_remote_code, llm_kwargs=llm_kwargs)
         inherited = model.config.template
         model.config.template = m.template or recipe.default_template or inherited
         if cfg.recipe == "instruct" and model.config.template == "plain" and not m.template:
@@ -59,8 +67,9 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             raise ConfigError("model.template is required when building a new model for recipe=instruct")
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
-                                          attn_implementation=m.attn_implementation,
-                                          trust_remote_code=m.trust_remote_code)
+                                          attn_implementation=m.attn_implementation or "sdpa",
+                                          trust_remote_code=bool(m.trust_remote_code), torch_dtype=m.torch_dtype,
+                                          llm_kwargs=llm_kwargs)
     return model
 
 
@@ -253,6 +262,10 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
 def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     """Everything `vlm train CONFIG` does."""
     cfg.validate()
+    if cfg.llm_mode == "qlora":
+        from train.lora import check_qlora_strategy
+
+        check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg)

@@ -40,18 +40,25 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return dtype
 
 
-def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None) -> PreTrainedModel:
-    """Any `AutoModelForCausalLM`, with the config's attention implementation and remote-code policy."""
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None, **load_kwargs: Any) -> PreTrainedModel:
+    """Any `AutoModelForCausalLM`, with the config's attention implementation and remote-code policy.
+
+    `load_kwargs` go to `from_pretrained` as they are (e.g. QLoRA's `quantization_config` and `device_map`).
+    `config.attn_implementation` is set to what the loaded LLM actually runs, so a saved config records it."""
     attn = config.attn_implementation
     if attn.startswith("flash_attention") and not torch.cuda.is_available():
         warnings.warn(f"attn_implementation {attn!r} needs a CUDA GPU; using 'sdpa' on this machine", stacklevel=3)
         attn = "sdpa"
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        attn_implementation=attn,
-        trust_remote_code=config.trust_remote_code,
-        dtype=dtype if dtype is not None else torch.float32,
-    )
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": config.trust_remote_code,
+                              "dtype": dtype if dtype is not None else torch.float32, **load_kwargs}
+    llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    used = getattr(llm.config, "_attn_implementation", None)
+    config.attn_implementation = used if isinstance(used, str) else attn
+    return llm
 
 
 class VisionLanguageModel(nn.Module):
@@ -87,8 +94,11 @@ class VisionLanguageModel(nn.Module):
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         torch_dtype: str | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
     ) -> "VisionLanguageModel":
-        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector."""
+        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector.
+
+        `llm_kwargs` go to the LLM's `from_pretrained` (e.g. QLoRA's 4-bit `quantization_config`)."""
         from conversation.templates import get_template
 
         get_template(template)  # an unknown name fails here, before minutes of loading
@@ -98,8 +108,10 @@ class VisionLanguageModel(nn.Module):
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype,
         )
         dtype = resolve_dtype(torch_dtype)
+        if dtype is not None:
+            config.torch_dtype = dtype_name(dtype)  # what was used (half precision degrades on a CPU)
         encoder = load_vision_encoder(vision)
-        language_model = load_llm(llm, config, dtype)
+        language_model = load_llm(llm, config, dtype, **(llm_kwargs or {}))
         tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=trust_remote_code)
         added = add_special_tokens(tokenizer, image_token)
         config.added_token_ids = resize_for_tokenizer(language_model, tokenizer, added)
@@ -124,11 +136,13 @@ class VisionLanguageModel(nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None, lora: str = "merge"
+        cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None,
+        lora: str = "merge", **overrides: Any,
     ) -> "VisionLanguageModel":
+        """See `vlm.checkpoint.load` (overrides: attn_implementation, trust_remote_code, llm_kwargs)."""
         from vlm.checkpoint import load
 
-        return load(path, device=device, torch_dtype=torch_dtype, lora=lora)
+        return load(path, device=device, torch_dtype=torch_dtype, lora=lora, **overrides)
 
     def save(self, path: str | Path, projector_only: bool = False) -> Path:
         from vlm.checkpoint import save
