@@ -57,7 +57,7 @@ def _worker(out: str) -> None:
 @pytest.mark.distributed
 def test_collectives_over_two_gloo_processes(tmp_path: Path) -> None:
     out = tmp_path / "result"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # gloo on CPU, also on a GPU machine
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            __file__, str(out)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
