@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from conversation.errors import ImageLoadError
 from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
@@ -167,8 +168,12 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
 
 # ---------------------------------------------------------------------------- feature cache hook
-def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]], torch.Tensor | None] | None:
-    """batch -> cached vision features, when the feature cache is on (align with a frozen encoder)."""
+def feature_hook(cfg: TrainConfig, model: nn.Module,
+                 encode_on_miss: bool = True) -> Callable[[dict[str, Any]], torch.Tensor | None] | None:
+    """batch -> cached vision features, when the feature cache is on (align with a frozen encoder).
+
+    `encode_on_miss=False` (ZeRO-3, cache filled before training by `prefill`): the hook never runs the
+    encoder; an image the fill could not decode raises ImageLoadError (its records are skipped)."""
     wanted = cfg.feature_cache
     if wanted is None:  # auto
         wanted = cfg.recipe == "align" and vision_is_frozen(model)
@@ -177,46 +182,68 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
     if not vision_is_frozen(model):
         raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
     try:
-        from train.feature_cache import FeatureCache, encoder_fingerprint
+        from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
     except ImportError as err:
         if cfg.feature_cache is None:
             return None  # auto and not available: encode images as usual
         raise ConfigError(f"feature_cache=true but train.feature_cache cannot be imported: {err}") from None
     directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
+    bad: dict[str, str] = {}  # image key -> why the fill could not decode it
 
     def features(batch: dict[str, Any]) -> torch.Tensor | None:
         keys = batch.get("image_keys") or []
         if not keys:
             return None
+        if not encode_on_miss:
+            for key in keys:
+                if key in bad:
+                    raise ImageLoadError(key, bad[key])
+            cached = cache.get(keys)
+            if cached is None:
+                raise FeatureCacheError(
+                    f"images {cache.missing(keys)[:3]} are not in the feature cache filled before training; under "
+                    "ZeRO-3 no rank may run the partitioned encoder alone. Did an image change on disk during the run?")
+            return cached
         pixels = batch.get("pixel_values")
 
-        def pixel_values_fn(missing: list[str]) -> torch.Tensor:
+        def encode(missing: list[str]) -> torch.Tensor:
             from conversation.images import load_image
 
             if pixels is not None:
                 index = {k: i for i, k in enumerate(keys)}
-                return pixels[[index[k] for k in missing]]
-            # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
-            # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
-            return torch.stack([model.image_processor(load_image(k)) for k in missing])
-
-        def encode(missing: list[str]) -> torch.Tensor:
+                values = pixels[[index[k] for k in missing]]
+            else:
+                # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
+                # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
+                values = torch.stack([model.image_processor(load_image(k)) for k in missing])
             with torch.no_grad():
                 param = next(model.vision_encoder.parameters())
-                return model.vision_encoder(pixel_values_fn(missing).to(param.device, param.dtype))
+                return model.vision_encoder(values.to(param.device, param.dtype))
 
-        if hasattr(cache, "get_or_compute"):
-            return cache.get_or_compute(keys, encode)
-        cached = cache.get(keys)  # all-or-nothing per batch
-        if cached is None:
-            cached = encode(list(keys))
-            cache.put(keys, cached)
-            cache.flush()
-        return cached
+        return cache.get_or_compute(keys, encode)
 
     features.flush = cache.flush  # type: ignore[attr-defined]  # rows buffered by get_or_compute reach disk
+    features.cache = cache  # type: ignore[attr-defined]
+    features.bad = bad  # type: ignore[attr-defined]
     return features
+
+
+def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy,
+            hook: Callable[[dict[str, Any]], torch.Tensor | None]) -> None:
+    """Before the engine starts: every rank encodes the images of its own micro-batches (the encoder still whole
+    on each rank), then all wait at a barrier; the hook then only reads (see `train.feature_prefill`)."""
+    from train.feature_prefill import planned_micro_batches, prefill_features
+
+    model.vision_encoder.to(strategy.device)
+    report = prefill_features(hook.cache, data.dataset, planned_micro_batches(cfg, data, strategy.world_size),  # type: ignore[attr-defined]
+                              model.vision_encoder, model.image_processor,
+                              batch_size=max(cfg.micro_batch_size, 32))
+    hook.bad.update(report.bad)  # type: ignore[attr-defined]
+    strategy.barrier()
+    if strategy.is_main:
+        print(f"feature cache filled before training (parameters partitioned): rank 0 encoded {report.encoded} "
+              f"image(s), found {report.cached} cached, {len(report.bad)} undecodable", flush=True)
 
 
 # ---------------------------------------------------------------------------- final output
@@ -270,9 +297,15 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     seed_everything(cfg.seed)
     model = build_model(cfg)
     counts = prepare_model(model, cfg)
-    hook = feature_hook(cfg, model)
+    # ZeRO-3 partitions even the frozen encoder: the cache is then filled before the engine starts and no rank
+    # runs the encoder during training (one rank alone would hang the others' collectives).
+    partitioned = bool(getattr(strategy, "partitions_parameters", False))
+    hook = feature_hook(cfg, model, encode_on_miss=not partitioned)
     # With the cache on, items carry image paths only: a warm cache never decodes an image.
     data = build_data(cfg, model, strategy, load_pixels=hook is None)
+    if hook is not None and partitioned:
+        prefill(cfg, model, data, strategy, hook)
+        strategy.encoder_in_forward = False  # type: ignore[attr-defined]  # its text-only touch skips the encoder
     trainer = Trainer(cfg, model, data, strategy, features_fn=hook)
     if strategy.is_main:
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))

@@ -84,6 +84,8 @@ class DeepSpeedStrategy(Strategy):
         self.optimizer: torch.optim.Optimizer | None = None
         self.resolved_config: dict[str, Any] | None = None
         self._boundary = True
+        # False when the vision features come from a cache filled before training (no rank runs the encoder)
+        self.encoder_in_forward = True
 
     @classmethod
     def from_train_config(cls, config: Any) -> "DeepSpeedStrategy":
@@ -108,6 +110,11 @@ class DeepSpeedStrategy(Strategy):
     @property
     def device(self) -> torch.device:
         return self.env.device
+
+    @property
+    def partitions_parameters(self) -> bool:
+        """ZeRO-3: every parameter (frozen ones too) is partitioned; known from the JSON before `setup`."""
+        return self.user_config.get("zero_optimization", {}).get("stage", 0) == 3
 
     @property
     def zero_stage(self) -> int:
@@ -137,7 +144,7 @@ class DeepSpeedStrategy(Strategy):
         self.engine = engine
         # After initialize: ZeRO-3's own module hooks must run first, so that on text-only batches the
         # parameters are gathered (forward and backward) in the same order as with images.
-        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3)
+        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3 and self.encoder_in_forward)
         # The torch optimizer's param_groups are the ones DeepSpeed steps (it swaps in its flat fp32
         # partitions but keeps the group dicts), so an lr scheduler built on it drives DeepSpeed's lr.
         self.optimizer = optimizer
