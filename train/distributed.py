@@ -57,6 +57,16 @@ def read_env() -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
+def cuda_unavailable_reason() -> str:
+    """Why torch sees no GPU, for error messages: hidden, a CPU-only build, or (likely) a driver too old for its CUDA."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return "CUDA_VISIBLE_DEVICES is empty (every GPU hidden)"
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build"
+    return (f"this torch is built for CUDA {torch.version.cuda} but finds no usable GPU: none installed, or an NVIDIA "
+            "driver older than that CUDA needs (compare `nvidia-smi`'s 'CUDA Version')")
+
+
 def default_backend() -> str:
     """nccl when CUDA is usable, gloo otherwise (CPU)."""
     return "nccl" if torch.cuda.is_available() else "gloo"

@@ -76,7 +76,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if gpu_bf16 else "fp32"
     if precision == "bf16" and not gpu_bf16:
-        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device} "
+        from train.distributed import cuda_unavailable_reason
+
+        why = f" ({cuda_unavailable_reason()})" if not torch.cuda.is_available() else ""
+        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device}{why} "
                          "(bf16 on this CPU runs at under 1 GFLOP/s): use precision=fp32 or precision=auto")
     return precision
 

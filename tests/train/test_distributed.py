@@ -70,3 +70,18 @@ def test_collectives_over_two_gloo_processes(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
+
+
+def test_a_missing_gpu_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    from train.loop import resolve_precision
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert "CUDA_VISIBLE_DEVICES is empty" in distributed.cuda_unavailable_reason()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert "built for CUDA 13.0" in distributed.cuda_unavailable_reason()
+    assert "driver older" in distributed.cuda_unavailable_reason()
+    with pytest.raises(ValueError, match=r"precision=bf16 needs a GPU.*built for CUDA 13\.0.*nvidia-smi"):
+        resolve_precision("bf16", torch.device("cpu"))
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert distributed.cuda_unavailable_reason() == "this torch is a CPU-only build"
