@@ -14,6 +14,7 @@ from torch import nn
 from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
+from train.preflight import load_train_records, run_preflight, training_template
 from train.strategy import Strategy, build_strategy
 
 
@@ -47,11 +48,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     m = cfg.model
     if m.init_from:
         model = VisionLanguageModel.load(m.init_from)
-        inherited = model.config.template
-        model.config.template = m.template or recipe.default_template or inherited
-        if cfg.recipe == "instruct" and model.config.template == "plain" and not m.template:
-            raise ConfigError(f"recipe=instruct from {m.init_from} would inherit its template 'plain' (phase 1's); "
-                              "set model.template (e.g. vicuna_v1)")
+        model.config.template = training_template(cfg, model.config.template)
     else:
         assert m.vision is not None and m.llm is not None  # validate() checked
         template = m.template or recipe.default_template
@@ -105,26 +102,19 @@ def enable_gradient_checkpointing(llm: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- data
-def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True) -> TrainData:
+def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True,
+               records: Any = None) -> TrainData:
     """InstructDataset over the configured records, this rank's deterministic micro-batches per epoch.
 
     `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
     cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
-    from instruct_data.sources import load_records
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
-    if d.mixture:
-        try:
-            from instruct_data.mixture import load_mixture  # type: ignore[import-not-found]
-        except ImportError as err:
-            raise ConfigError(f"data.mixture needs instruct_data.mixture, which is not available: {err}") from None
-        records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
-    else:
-        records = load_records(d.data_path, image_roots=roots)
+    records = records if records is not None else load_train_records(cfg)
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=model.config.num_image_tokens,
@@ -255,11 +245,17 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     cfg.validate()
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     seed_everything(cfg.seed)
+    records = load_train_records(cfg)
+    early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
+    if early:
+        run_preflight(cfg, records, strategy)
     model = build_model(cfg)
+    if not early:
+        run_preflight(cfg, records, strategy, model=model)
     counts = prepare_model(model, cfg)
     hook = feature_hook(cfg, model)
     # With the cache on, items carry image paths only: a warm cache never decodes an image.
-    data = build_data(cfg, model, strategy, load_pixels=hook is None)
+    data = build_data(cfg, model, strategy, load_pixels=hook is None, records=records)
     trainer = Trainer(cfg, model, data, strategy, features_fn=hook)
     if strategy.is_main:
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
