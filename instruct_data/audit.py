@@ -53,6 +53,7 @@ class AuditReport:
     image_records_fitting: int = 0  # image records kept (their image blocks fit in max_length)
     image_records_unfit: int = 0  # image records skipped because their image blocks exceed max_length
     min_image_tokens: int = 0  # fewest image tokens of an image record (K x its images)
+    min_image_record_length: int = 0  # tokens of the shortest image record, untruncated
     lengths: list[int] = field(default_factory=list)  # untruncated token length per audited, tokenizable record
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # skip kind -> first (id, reason)
     errors: list[str] = field(default_factory=list)
@@ -91,7 +92,7 @@ class AuditReport:
             "supervised_tokens_per_template": {self.template: self.total("supervised_tokens")},
             "image_records": self.image_records, "image_records_fitting": self.image_records_fitting,
             "image_records_unfit": self.image_records_unfit,
-            "min_image_tokens": self.min_image_tokens,
+            "min_image_tokens": self.min_image_tokens, "min_image_record_length": self.min_image_record_length,
             "tokens_per_record": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
                                   "p99": float(np.percentile(lengths, 99)), "max": int(lengths.max()),
                                   "histogram": self.histogram()},
@@ -188,6 +189,9 @@ def audit_records(
             full = tokenize_conversation(conv, template, tokenizer, image_token_id=image_token_id,
                                          num_image_tokens=num_image_tokens)
             report.lengths.append(len(full.input_ids))
+            if conv.images:
+                shortest = report.min_image_record_length
+                report.min_image_record_length = min(shortest, len(full.input_ids)) if shortest else len(full.input_ids)
             sample_ = full
             if max_length is not None and len(full.input_ids) > max_length:
                 sample_ = tokenize_conversation(conv, template, tokenizer, image_token_id=image_token_id,
@@ -228,7 +232,8 @@ def _judge(report: AuditReport, max_skip_ratio: float) -> None:
         report.errors.append(
             f"images do not fit max_length: K={k} image tokens per image, the smallest image record needs "
             f"{report.min_image_tokens} image tokens vs max_length={max_length}; no record with an image fits "
-            f"(raise data.max_length above {report.min_image_tokens}, e.g. {report.min_image_tokens + 256})")
+            f"(the shortest image record has {report.min_image_record_length} tokens: raise data.max_length "
+            "to at least that)")
     if report.audited == 0:
         report.errors.append("no records: the data files hold no record")
     for name, s in report.sources.items():
