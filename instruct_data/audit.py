@@ -78,7 +78,10 @@ class AuditReport:
         if edges[-1] < top:
             edges.append(2 * edges[-1])
         counts, _ = np.histogram(self.lengths, bins=edges)
-        return [{"from": int(lo), "to": int(hi), "records": int(c)} for lo, hi, c in zip(edges, edges[1:], counts)]
+        rows = [{"from": int(lo), "to": int(hi), "records": int(c)} for lo, hi, c in zip(edges, edges[1:], counts)]
+        while rows and rows[0]["records"] == 0:  # from the shortest record's bin on
+            rows.pop(0)
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         lengths = np.asarray(self.lengths) if self.lengths else np.zeros(1)

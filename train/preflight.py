@@ -97,16 +97,26 @@ def run_preflight(cfg: TrainConfig, records: RecordSource, strategy: Any, model:
 
 
 # ---------------------------------------------------------------------------- `vlm data audit`
-def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a training YAML config (its data, model and max_length are audited)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for `vlm train`")
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="warnings are errors too")
     parser.add_argument("--sample", type=int, default=-1, help="records drawn evenly (default -1: all)")
     parser.add_argument("--out", type=Path, help="where audit.json and the data manifest go (default: output_dir)")
 
 
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    _options(parser)
+    parser.add_argument("config", help="a training YAML config (its data, model and max_length are audited)")
+    # Under nested subcommands argparse cannot mix options and positionals: what follows CONFIG is re-parsed.
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="key.sub=value",
+                        help="overrides, as for `vlm train` (options may follow them)")
+
+
 def audit_main(args: argparse.Namespace) -> int:
     """Exit 0 when the data can train, 1 when the audit found errors (or warnings with --strict), 2 for bad input."""
+    again = argparse.ArgumentParser(prog="vlm data audit CONFIG")
+    _options(again)
+    again.add_argument("overrides", nargs="*")
+    again.parse_intermixed_args(list(getattr(args, "rest", []) or []), namespace=args)
     try:
         cfg = load_config(args.config, list(args.overrides))
         cfg.validate()
