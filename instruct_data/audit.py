@@ -133,7 +133,8 @@ class AuditReport:
             for kind, items in self.examples.items():
                 lines += [f"    {kind} e.g. {rid!r}: {reason}" for rid, reason in items]
         if self.image_records:
-            lines.append(f"  records with images: {self.image_records}, fitting max_length: {self.image_records_fitting}")
+            lines.append(f"  records with images: {self.image_records}, "
+                         f"fitting max_length: {self.image_records_fitting}")
         hist = self.histogram()
         if hist:
             total = max(sum(h["records"] for h in hist), 1)

@@ -67,7 +67,8 @@ def build_manifest(records: RecordSource, *, seed: int | None = None, mixture: s
             "records": len(src),
             "strategy": entry.sampling_strategy if entry else "all", "weight": entry.weight if entry else 1.0,
         })
-    manifest: dict[str, Any] = {"format": FORMAT, "seed": seed, "mixture": str(Path(mixture).resolve()) if mixture else None,
+    manifest: dict[str, Any] = {"format": FORMAT, "seed": seed,
+                                "mixture": str(Path(mixture).resolve()) if mixture else None,
                                 "num_records": len(items), "sources": out_sources, "runs": _runs(items)}
     if with_ids:
         manifest["ids"] = [_record_id(sources[s], j) for s, j in items]

@@ -27,8 +27,8 @@ def _train(cfg: TrainConfig, tmp_path: Path, capsys: pytest.CaptureFixture, *ove
 def _bad_image_records(tiny_world: dict[str, Path], n_bad: int) -> list[dict[str, Any]]:
     records = json.loads(tiny_world["data"].read_text())
     for k in range(n_bad):
-        records[3 * k + 1] = {"id": f"gone{k}", "image": "nope.png",
-                              "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
+        records[3 * k + 1] = {"id": f"gone{k}", "image": "nope.png", "conversations": [
+            {"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
     return records
 
 
