@@ -169,6 +169,7 @@ def audit_records(
     max_length: int | None,
     sample: int | None = None,
     max_skip_ratio: float = 0.01,
+    where: str = "the data files",
 ) -> AuditReport:
     """Tokenize every record (or `sample` evenly drawn ones) as the dataset will, without loading images."""
     template = get_template(template)
@@ -217,7 +218,7 @@ def audit_records(
         stats.supervised_tokens += supervised
         stats.unsupervised += supervised == 0
     report.min_image_tokens = min_image_tokens or 0
-    _judge(report, max_skip_ratio)
+    _judge(report, max_skip_ratio, where)
     return report
 
 
@@ -229,7 +230,7 @@ def _skip(report: AuditReport, stats: SourceStats, rid: str, reason: str) -> Non
         examples.append((rid, reason))
 
 
-def _judge(report: AuditReport, max_skip_ratio: float) -> None:
+def _judge(report: AuditReport, max_skip_ratio: float, where: str) -> None:
     """Errors: data that cannot train. Warnings: data that trains worse than the user probably expects."""
     k, max_length = report.num_image_tokens, report.max_length
     if report.image_records_unfit and not report.image_records_fitting:
@@ -239,7 +240,7 @@ def _judge(report: AuditReport, max_skip_ratio: float) -> None:
             f"(the shortest image record has {report.min_image_record_length} tokens: raise data.max_length "
             "to at least that)")
     if report.audited == 0:
-        report.errors.append("no records: the data files hold no record")
+        report.errors.append(f"no records: {where} hold(s) no record")
     for name, s in report.sources.items():
         if s.audited and s.supervised_tokens == 0:
             why = ", ".join(f"{n} {kind}" for kind, n in s.skipped.most_common()) or "none skipped"

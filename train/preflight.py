@@ -66,7 +66,8 @@ def audit_config(cfg: TrainConfig, records: RecordSource, model: Any = None,
                  sample: int | None = None) -> AuditReport:
     tokenizer, template, image_token_id, k = audit_inputs(cfg, model)
     return audit_records(records, template, tokenizer, image_token_id=image_token_id, num_image_tokens=k,
-                         max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.max_skip_ratio)
+                         max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.max_skip_ratio,
+                         where=cfg.data.mixture or ", ".join(cfg.data.data_path))
 
 
 def write_outputs(cfg: TrainConfig, records: RecordSource, report: AuditReport | None, out_dir: str | Path) -> None:
@@ -83,6 +84,8 @@ def run_preflight(cfg: TrainConfig, records: RecordSource, strategy: Any, model:
 
     Every process audits (the same records, the same verdict); only the main one prints and writes."""
     d = cfg.data
+    if len(records) == 0:
+        raise DataFailure(f"no records to train on: {d.mixture or ', '.join(d.data_path)} hold(s) no record")
     report = None
     if d.audit_sample != 0:
         t0 = time.perf_counter()

@@ -131,6 +131,14 @@ def test_a_malformed_record_file_stops_with_its_name(make_cfg, tiny_world, tmp_p
     assert str(bad) in err and "malformed JSON" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("audit", ["2000", "0"])
+def test_an_empty_record_file_stops_with_its_name(make_cfg, tmp_path, capsys, audit) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    rc, _, err = _train(make_cfg(data={"data_path": [str(empty)]}), tmp_path, capsys, f"data.audit_sample={audit}")
+    assert rc == 4 and f"no records to train on: {empty} hold(s) no record" in err, err
+
+
 def test_audit_command_writes_report_and_manifest(make_cfg, tiny_world, tmp_path, capsys) -> None:
     path = _write(make_cfg(), tmp_path / "c.yaml")
     assert main(["data", "audit", path, "--out", str(tmp_path / "a")]) == 0
