@@ -51,6 +51,15 @@ class DataConfig:
     group_by: GroupBy = "none"
     num_workers: int = 0
     strict: bool = False  # True: a bad record stops the run; False: skipped and counted
+    # Fail loud: the run stops (non-zero exit, naming the cause and the first records) when more than this
+    # share of the records seen is skipped, checked once `skip_warmup` records were seen and at the end...
+    max_skip_ratio: float = 0.01
+    skip_warmup: int = 200
+    # ... or when its first N micro-batches (per process) carried no supervised token.
+    fail_no_supervised_after: int = 20
+    # Pre-flight audit before training: records drawn evenly (-1: all, 0: no audit); strict: warnings stop too.
+    audit_sample: int = 2000
+    audit_strict: bool = False
 
 
 @dataclass
@@ -122,6 +131,10 @@ class TrainConfig:
             raise ConfigError("give epochs > 0 or max_steps > 0")
         if self.keep_last < 1:
             raise ConfigError("keep_last must be >= 1")
+        if not 0.0 <= self.data.max_skip_ratio <= 1.0:
+            raise ConfigError(f"data.max_skip_ratio must be within [0, 1], got {self.data.max_skip_ratio}")
+        if self.data.skip_warmup < 1 or self.data.fail_no_supervised_after < 1:
+            raise ConfigError("data.skip_warmup and data.fail_no_supervised_after must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
+from train.guards import DataGuard
 from train.logging import RunLogger, plot_loss_curve, truncate_metrics
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.strategy import Strategy, build_strategy
@@ -53,6 +54,7 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     resumed_from: Path | None = None
+    trained: int = 0  # records that reached the model (all processes, whole run)
 
 
 def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -138,6 +140,7 @@ class Trainer:
                                   global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
         self.resumed_from: Path | None = None
         self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
+        self.guard = DataGuard(cfg.data, getattr(getattr(model, "config", None), "num_image_tokens", None))
 
     # ------------------------------------------------------------------ setup
     def _resume(self) -> None:
@@ -197,6 +200,7 @@ class Trainer:
     def _step(self, window: list[dict[str, Any] | None]) -> dict[str, float]:
         device = self.strategy.device
         t0 = time.perf_counter()
+        skips_before = len(self.skip_log)
         for batch in window:
             for record_id, reason in (batch or {}).get("skipped", []):
                 self._count_skip(record_id, reason)
@@ -212,6 +216,8 @@ class Trainer:
                               device=device)
         self.strategy.all_reduce_sum(counts)
         total_sup, total_tokens, samples = (float(x) for x in counts.tolist())
+        self.guard.after_step(self.strategy, len(window), samples, total_sup, len(self.skip_log) - skips_before,
+                              self.skip_log)  # fail loud (same verdict on every rank) before any forward
         # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
         # x world_size because DDP/DeepSpeed average gradients over ranks.
         scale = self.strategy.world_size / total_sup if total_sup > 0 else 0.0
@@ -323,13 +329,15 @@ class Trainer:
                     exhausted = self.state.micro_batches_in_epoch >= self.steps_per_epoch * self.accum
                 if exhausted:
                     self._end_epoch(logger)
+            self.guard.at_end(self.skip_log)  # a run that trained nothing keeps no "final" checkpoint
             self._save()
         finally:
             self.model.train(was_training)
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
-        return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from)
+        return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from,
+                         self.state.samples_seen)
 
     def _skipped_totals(self) -> dict[str, int]:
         totals = dict(self.state.skipped)

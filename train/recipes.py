@@ -15,6 +15,7 @@ from conversation.errors import ImageLoadError
 from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
+from train.preflight import load_train_records, run_preflight, training_template
 from train.strategy import Strategy, build_strategy
 
 
@@ -56,11 +57,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model = VisionLanguageModel.load(m.init_from, torch_dtype=m.torch_dtype,
                                          attn_implementation=m.attn_implementation,
                                          trust_remote_code=m.trust_remote_code, llm_kwargs=llm_kwargs)
-        inherited = model.config.template
-        model.config.template = m.template or recipe.default_template or inherited
-        if cfg.recipe == "instruct" and model.config.template == "plain" and not m.template:
-            raise ConfigError(f"recipe=instruct from {m.init_from} would inherit its template 'plain' (phase 1's); "
-                              "set model.template (e.g. vicuna_v1)")
+        model.config.template = training_template(cfg, model.config.template)
     else:
         assert m.vision is not None and m.llm is not None  # validate() checked
         template = m.template or recipe.default_template
@@ -115,26 +112,19 @@ def enable_gradient_checkpointing(llm: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- data
-def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True) -> TrainData:
+def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True,
+               records: Any = None) -> TrainData:
     """InstructDataset over the configured records, this rank's deterministic micro-batches per epoch.
 
     `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
     cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
-    from instruct_data.sources import load_records
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
-    if d.mixture:
-        try:
-            from instruct_data.mixture import load_mixture  # type: ignore[import-not-found]
-        except ImportError as err:
-            raise ConfigError(f"data.mixture needs instruct_data.mixture, which is not available: {err}") from None
-        records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
-    else:
-        records = load_records(d.data_path, image_roots=roots)
+    records = records if records is not None else load_train_records(cfg)
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=model.config.num_image_tokens,
@@ -295,14 +285,20 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
         check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     seed_everything(cfg.seed)
+    records = load_train_records(cfg)
+    early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
+    if early:
+        run_preflight(cfg, records, strategy)
     model = build_model(cfg)
+    if not early:
+        run_preflight(cfg, records, strategy, model=model)
     counts = prepare_model(model, cfg)
     # ZeRO-3 partitions even the frozen encoder: the cache is then filled before the engine starts and no rank
     # runs the encoder during training (one rank alone would hang the others' collectives).
     partitioned = bool(getattr(strategy, "partitions_parameters", False))
     hook = feature_hook(cfg, model, encode_on_miss=not partitioned)
     # With the cache on, items carry image paths only: a warm cache never decodes an image.
-    data = build_data(cfg, model, strategy, load_pixels=hook is None)
+    data = build_data(cfg, model, strategy, load_pixels=hook is None, records=records)
     if hook is not None and partitioned:
         prefill(cfg, model, data, strategy, hook)
         strategy.encoder_in_forward = False  # type: ignore[attr-defined]  # its text-only touch skips the encoder

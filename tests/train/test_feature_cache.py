@@ -236,8 +236,8 @@ def test_cold_cache_skips_a_record_whose_image_cannot_be_decoded(make_cfg, tiny_
     from train.recipes import run
 
     data, images = _records_with_corrupt_image(tiny_world, tmp_path)
-    result = run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images)}, feature_cache=True,
-                          feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))
+    result = run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images), "max_skip_ratio": 1.0},
+                          feature_cache=True, feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))
     assert result.steps == 2
     assert result.skipped == {"image": 1}, result.skipped
     assert all(loss == loss for loss in result.losses)

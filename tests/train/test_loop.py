@@ -64,7 +64,8 @@ def test_bad_records_are_skipped_and_counted(make_cfg, tiny_world, tmp_path) -> 
                   "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(records))
-    result = run(make_cfg(data={"data_path": [str(path)]}, global_batch_size=4, micro_batch_size=2, max_steps=-1,
+    result = run(make_cfg(data={"data_path": [str(path)], "max_skip_ratio": 1.0}, global_batch_size=4,
+                          micro_batch_size=2, max_steps=-1,
                           epochs=1))
     assert result.steps == 2
     assert result.skipped == {"image": 2, "record": 1}, result.skipped
@@ -178,7 +179,8 @@ def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg,
     without.write_text(json.dumps(good))
     common = dict(max_steps=1, global_batch_size=4, micro_batch_size=2)
     strategy = Recording()
-    trainer, skipped_model = _trainer(make_cfg(data={"data_path": [str(with_bad)]}, output_dir=str(tmp_path / "a"),
+    trainer, skipped_model = _trainer(make_cfg(data={"data_path": [str(with_bad)], "max_skip_ratio": 1.0},
+                                               output_dir=str(tmp_path / "a"),
                                                **common), [[0, 1], [2, 3]], strategy)
     result = trainer.fit()
     assert result.steps == 1 and result.skipped == {"image": 2}
