@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
 from train.strategy import Strategy, build_strategy
+from vlm.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
 
 # ---------------------------------------------------------------------------- feature cache hook
-def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]], torch.Tensor | None] | None:
+def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[Batch], torch.Tensor | None] | None:
     """batch -> cached vision features, when the feature cache is on (align with a frozen encoder)."""
     wanted = cfg.feature_cache
     if wanted is None:  # auto
@@ -176,11 +177,10 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
     directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
 
-    def features(batch: dict[str, Any]) -> torch.Tensor | None:
-        keys = batch.get("image_keys") or []
+    def features(batch: Batch) -> torch.Tensor | None:
+        keys, pixels = batch.image_keys, batch.pixel_values
         if not keys:
             return None
-        pixels = batch.get("pixel_values")
 
         def pixel_values_fn(missing: list[str]) -> torch.Tensor:
             from conversation.images import load_image

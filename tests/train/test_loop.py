@@ -139,7 +139,7 @@ def test_fit_trains_in_training_mode_and_restores_eval(make_cfg) -> None:
     trainer, model = _trainer(make_cfg(max_steps=1), [[0, 1], [2, 3]])
     assert not model.training  # as loaded
     seen: list[tuple[bool, bool, bool]] = []
-    model.llm.register_forward_pre_hook(lambda module, args: seen.append(
+    model.llm.model.register_forward_pre_hook(lambda module, args: seen.append(
         (module.training, all(m.training for m in module.modules()), model.vision_encoder.training)))
     trainer.fit()
     assert seen and all(llm and every_llm_module and not encoder for llm, every_llm_module, encoder in seen), seen
