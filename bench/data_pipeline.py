@@ -87,7 +87,7 @@ def run_loader(ds: InstructDataset, batch_size: int, workers: int, pad_id: int, 
     n = 0
     start = time.perf_counter()
     for batch in loader:
-        n += len(batch["ids"])
+        n += len(batch.ids)
         log.add_batch(batch)
     return time.perf_counter() - start, n, log
 

@@ -17,6 +17,7 @@ from conversation.errors import ImageLoadError, RecordError
 from instruct_data.sources import RecordSource
 from conversation.templates import Template, get_template
 from conversation.tokenize import tokenize_conversation
+from vlm.batch import Batch
 
 ImageProcessorFn = Callable[[Image.Image], torch.Tensor]
 TOKENS_PER_WORD = 1.5  # fallback for length estimates before a record is tokenized (calibrated when possible)
@@ -47,8 +48,8 @@ class SkipLog:
             log.debug("skipping record %r: %s", record_id, reason)
         self.entries.append((record_id, reason))
 
-    def add_batch(self, batch: dict[str, Any]) -> None:
-        self.entries.extend(tuple(x) for x in batch.get("skipped", []))
+    def add_batch(self, batch: Batch) -> None:
+        self.entries.extend(tuple(x) for x in batch.skipped)
 
     def merge(self, other: "SkipLog") -> None:
         self.entries.extend(other.entries)

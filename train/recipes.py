@@ -6,7 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
 from train.preflight import load_train_records, run_preflight, training_template
 from train.strategy import Strategy, build_strategy
+from vlm.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
 # ---------------------------------------------------------------------------- feature cache hook
 def feature_hook(cfg: TrainConfig, model: nn.Module,
-                 encode_on_miss: bool = True) -> Callable[[dict[str, Any]], torch.Tensor | None] | None:
+                 encode_on_miss: bool = True) -> Callable[[Batch], torch.Tensor | None] | None:
     """batch -> cached vision features, when the feature cache is on (align with a frozen encoder).
 
     `encode_on_miss=False` (ZeRO-3, cache filled before training by `prefill`): the hook never runs the
@@ -181,8 +182,8 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
     bad: dict[str, str] = {}  # image key -> why the fill could not decode it
 
-    def features(batch: dict[str, Any]) -> torch.Tensor | None:
-        keys = batch.get("image_keys") or []
+    def features(batch: Batch) -> torch.Tensor | None:
+        keys, pixels = batch.image_keys, batch.pixel_values
         if not keys:
             return None
         if not encode_on_miss:
@@ -195,7 +196,6 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
                     f"images {cache.missing(keys)[:3]} are not in the feature cache filled before training; under "
                     "ZeRO-3 no rank may run the partitioned encoder alone. Did an image change on disk during the run?")
             return cached
-        pixels = batch.get("pixel_values")
 
         def encode(missing: list[str]) -> torch.Tensor:
             from conversation.images import load_image

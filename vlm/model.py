@@ -17,7 +17,9 @@ from vision_encoders.base import VisionEncoder
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.preprocess import ImageProcessor
 from vision_encoders.registry import load_vision_encoder
+from vlm.batch import Batch
 from vlm.config import VLMConfig
+from vlm.lm_loss import TokenLoss, supervised_loss
 from vlm.tokens import add_special_tokens, resize_for_tokenizer
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -241,14 +243,19 @@ class VisionLanguageModel(nn.Module):
     # ----------------------------------------------------------------- language path
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | Batch,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
         image_counts: torch.Tensor | list[int] | None = None,
         **llm_kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | TokenLoss:
+        """On a `Batch` (training): `TokenLoss`, the summed fp32 next-token CE over its supervised positions,
+        computed without [B, T, V] logits (`vision_features` may stand in for its pixels). On tensors: the LLM's
+        own output with full logits (and its mean loss when `labels` are given), as HF models do."""
+        if isinstance(input_ids, Batch):
+            return self.batch_loss(input_ids, vision_features)
         embeds = self.embed(input_ids, pixel_values, vision_features, image_counts)
         if attention_mask is not None:
             attention_mask = attention_mask.to(embeds.device)
@@ -256,8 +263,17 @@ class VisionLanguageModel(nn.Module):
             labels = labels.to(embeds.device)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """New tokens only, [B, new]; see `vlm.generation.generate` for the options."""
+    def batch_loss(self, batch: Batch, vision_features: torch.Tensor | None = None) -> TokenLoss:
+        if batch.labels is None:
+            raise ValueError("the training loss needs a Batch with labels")
+        pixels = None if vision_features is not None else batch.pixel_values
+        embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts)
+        return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
+                               batch.position_ids)
+
+    def generate(self, prompts: Batch | torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """New tokens only, [B, new], for left-padded prompts (a `Batch` or its tensors); see `vlm.generation`."""
         from vlm.generation import generate
 
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return generate(self, prompts, attention_mask, **kwargs)

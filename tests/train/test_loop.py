@@ -140,11 +140,25 @@ def test_fit_trains_in_training_mode_and_restores_eval(make_cfg) -> None:
     trainer, model = _trainer(make_cfg(max_steps=1), [[0, 1], [2, 3]])
     assert not model.training  # as loaded
     seen: list[tuple[bool, bool, bool]] = []
-    model.llm.register_forward_pre_hook(lambda module, args: seen.append(
+    model.llm.model.register_forward_pre_hook(lambda module, args: seen.append(
         (module.training, all(m.training for m in module.modules()), model.vision_encoder.training)))
     trainer.fit()
     assert seen and all(llm and every_llm_module and not encoder for llm, every_llm_module, encoder in seen), seen
     assert not any(m.training for m in model.modules()), "fit() must leave the caller's (eval) mode"
+
+
+def test_the_head_sees_supervised_rows_only_in_a_run(make_cfg) -> None:
+    """The LM head runs on the hidden states of supervised positions only (no [B, T, V] logits in training)."""
+    from pathlib import Path
+
+    cfg = make_cfg(max_steps=1)
+    trainer, model = _trainer(cfg, [[0, 1], [2, 3]])
+    calls: list[tuple[int, ...]] = []
+    model.llm.get_output_embeddings().register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    trainer.fit()
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()[0])
+    assert calls and all(len(shape) == 2 for shape in calls)  # [rows, hidden], never [B, T, hidden]
+    assert sum(shape[0] for shape in calls) == 2 * metrics["supervised_tokens"]  # forward + recomputed in backward
 
 
 def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg, tiny_world, tmp_path) -> None:
