@@ -1,10 +1,9 @@
-"""The two recipes, `align` (phase 1) and `instruct` (phase 2): model, freezing, data and final save for the loop."""
+"""Running a recipe (its row in `train.recipe_registry`): model, freezing, data and final save for the loop."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,28 +13,8 @@ from torch import nn
 from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
+from train.recipe_registry import get_recipe
 from train.strategy import Strategy, build_strategy
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What distinguishes a phase: its default template and whether its LLM can train."""
-
-    name: str
-    default_template: str | None  # None: the model checkpoint's own template
-    llm_trains: bool
-
-
-RECIPES: dict[str, Recipe] = {
-    "align": Recipe("align", default_template="plain", llm_trains=False),
-    "instruct": Recipe("instruct", default_template=None, llm_trains=True),
-}
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
-    return RECIPES[name]
 
 
 # ---------------------------------------------------------------------------- model
@@ -49,14 +28,14 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         model = VisionLanguageModel.load(m.init_from)
         inherited = model.config.template
         model.config.template = m.template or recipe.default_template or inherited
-        if cfg.recipe == "instruct" and model.config.template == "plain" and not m.template:
-            raise ConfigError(f"recipe=instruct from {m.init_from} would inherit its template 'plain' (phase 1's); "
+        if recipe.chat_template_required and model.config.template == "plain" and not m.template:
+            raise ConfigError(f"recipe={recipe.name} from {m.init_from} would inherit its template 'plain' (phase 1's); "
                               "set model.template (e.g. vicuna_v1)")
     else:
         assert m.vision is not None and m.llm is not None  # validate() checked
         template = m.template or recipe.default_template
         if template is None:
-            raise ConfigError("model.template is required when building a new model for recipe=instruct")
+            raise ConfigError(f"model.template is required when building a new model for recipe={recipe.name}")
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
                                           attn_implementation=m.attn_implementation,
@@ -79,10 +58,11 @@ def _absolute_spec(spec: str) -> str:
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
     """Freezing, LoRA and gradient checkpointing for the recipe; returns trainable counts per part."""
     recipe = get_recipe(cfg.recipe)
-    llm_mode = cfg.llm_mode if recipe.llm_trains else "frozen"
-    if not recipe.llm_trains and cfg.llm_mode not in ("frozen", "full"):
-        raise ConfigError(f"recipe=align keeps the LLM frozen; llm_mode={cfg.llm_mode!r} needs recipe=instruct")
-    set_trainable(model, recipe=cfg.recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
+    try:
+        llm_mode = recipe.llm_mode(cfg.llm_mode)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
     if cfg.unfreeze_vision_last_n:
         model.config.vision.unfreeze_last_n = cfg.unfreeze_vision_last_n
     if llm_mode in ("lora", "qlora"):
@@ -162,7 +142,7 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
     """batch -> cached vision features, when the feature cache is on (align with a frozen encoder)."""
     wanted = cfg.feature_cache
     if wanted is None:  # auto
-        wanted = cfg.recipe == "align" and vision_is_frozen(model)
+        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model)
     if not wanted:
         return None
     if not vision_is_frozen(model):
