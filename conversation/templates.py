@@ -33,11 +33,16 @@ RenderFn = Callable[[Sequence[Message], Any, bool, str], list[Span]]
 
 @dataclass(frozen=True)
 class Template:
-    """A named template: `render(messages, tokenizer, generation, record_id) -> spans`; `end` closes a reply."""
+    """A named template: `render(messages, tokenizer, generation, record_id) -> spans`; `end` closes a reply.
+
+    Every template but the tokenizer's own ships `chat_templates/<name>.jinja`, the same rendering for HF
+    `apply_chat_template` (an exported processor carries it); a test renders both for every registered name.
+    """
 
     name: str
     render: RenderFn
     end: str | None  # text that ends a reply besides the eos token (None: eos only)
+    tokenizer_chat_template: bool = False  # True: renders with the tokenizer's own chat_template (no Jinja of ours)
 
 
 def _split_system(messages: Sequence[Message], default: str | None) -> tuple[str | None, list[Message]]:
@@ -184,7 +189,7 @@ TEMPLATES: dict[str, Template] = {
     "llama_2": Template("llama_2", _llama_2, None),
     "chatml": Template("chatml", _chatml, "<|im_end|>"),
     "llama_3": Template("llama_3", _llama_3, "<|eot_id|>"),
-    "tokenizer": Template("tokenizer", _tokenizer_template, None),
+    "tokenizer": Template("tokenizer", _tokenizer_template, None, tokenizer_chat_template=True),
 }
 
 
@@ -230,7 +235,7 @@ def stop_token_ids(template: str | Template, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     end = t.end
-    if t.name == "tokenizer":
+    if t.tokenizer_chat_template:
         probe = _tokenizer_template([Message("user", "hi"), Message("assistant", "Q7")], tokenizer, False, "stop-probe")
         reply = next(s.text for s in reversed(probe) if s.supervised)
         end = reply.partition("Q7")[2]
@@ -246,8 +251,16 @@ def stop_token_ids(template: str | Template, tokenizer: Any) -> list[int]:
 
 
 def chat_template_jinja(name: str) -> str:
-    """A jinja chat template rendering the same text as template `name` (for HF `apply_chat_template`)."""
-    if name == "tokenizer":
-        raise ValueError("template 'tokenizer' already is the tokenizer's own chat_template")
-    get_template(name)
-    return resources.files("conversation").joinpath("chat_templates", f"{name}.jinja").read_text(encoding="utf-8")
+    """The Jinja chat template rendering the same text as template `name` (for HF `apply_chat_template`)."""
+    t = get_template(name)
+    if t.tokenizer_chat_template:
+        raise ValueError(f"template {t.name!r} already is the tokenizer's own chat_template")
+    path = resources.files("conversation").joinpath("chat_templates", f"{t.name}.jinja")
+    if not path.is_file():
+        raise FileNotFoundError(f"template {t.name!r} has no conversation/chat_templates/{t.name}.jinja")
+    return path.read_text(encoding="utf-8")
+
+
+def export_chat_template(name: str) -> str | None:
+    """The chat template an exported processor carries: ours as Jinja, or None where the tokenizer's own is used."""
+    return None if get_template(name).tokenizer_chat_template else chat_template_jinja(name)
