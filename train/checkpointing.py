@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from train.strategy import Strategy
+from train.strategies.base import Strategy
 from vlm.io import replace_directory
 
 CHECKPOINTS_DIR = "checkpoints"

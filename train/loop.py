@@ -20,9 +20,10 @@ from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
-from train.logging import RunLogger, plot_loss_curve, truncate_metrics
+from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.optim import build_optimizer, build_scheduler, summarize
-from train.strategy import Strategy, build_strategy
+from train.strategies.base import Strategy
+from train.strategies.registry import build_strategy
 
 IGNORE_INDEX = -100
 

@@ -14,7 +14,8 @@ from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
 from train.recipe_registry import get_recipe
-from train.strategy import Strategy, build_strategy
+from train.strategies.base import Strategy
+from train.strategies.registry import build_strategy
 
 
 # ---------------------------------------------------------------------------- model

@@ -9,7 +9,7 @@ from train.recipe_registry import RECIPES
 from train.recipes import build_model, prepare_model
 from train.loop import Trainer
 from train.recipes import build_data
-from train.strategy import SingleProcessStrategy
+from train.strategies.single import SingleProcessStrategy
 
 
 def test_align_step_changes_only_the_projector(make_cfg) -> None:

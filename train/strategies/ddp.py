@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from train import distributed
-from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step, load_optimizer_state
+from train.strategies.base import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step, load_optimizer_state
 
 
 class DDPStrategy(Strategy):

@@ -13,8 +13,8 @@ from torch import nn
 
 from train import distributed
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
-from train.strategies.unused_branches import touch_unused_branches
-from train.strategy import OptimizerFactory, Strategy
+from train.strategies.text_only_grads import touch_unused_branches
+from train.strategies.base import OptimizerFactory, Strategy
 
 OPTIMIZER_FILE_PATTERN = "zero_optimizer_rank{rank}.pt"
 

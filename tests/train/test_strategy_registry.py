@@ -1,0 +1,24 @@
+"""Tests for train.strategies.registry: every registered name resolves to a Strategy; unknown names list the known."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from train.strategies.base import Strategy
+from train.strategies.registry import STRATEGIES, build_strategy
+from train.strategies.single import SingleProcessStrategy
+
+
+def test_every_registered_strategy_is_a_strategy_beside_the_base() -> None:
+    assert sorted(STRATEGIES) == ["ddp", "deepspeed", "single"]
+    for path in STRATEGIES.values():
+        module_name, cls_name = path.split(":")
+        assert module_name.startswith("train.strategies.")
+        assert issubclass(getattr(importlib.import_module(module_name), cls_name), Strategy)
+
+
+def test_build_by_exact_name() -> None:
+    assert isinstance(build_strategy("single"), SingleProcessStrategy)
+    with pytest.raises(ValueError, match=r"unknown strategy 'DDP'; known: \['ddp', 'deepspeed', 'single'\]"):
+        build_strategy("DDP")
