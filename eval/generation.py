@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from eval.types import EvalItem
+from eval.items import EvalItem
 
 
 class GenerateFn(Protocol):

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from eval.types import BenchmarkFileError, read_json, read_jsonl
-from vlm.io import atomic_file
+from eval.items import BenchmarkFileError, read_json, read_jsonl
+from vlm.atomic import atomic_file
 
 
 def read_done(path: Path) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 from eval.benchmarks import BenchmarkPaths, get_benchmark, score_items
 from eval.predictions import append_records, read_done, repair_tail, write_json, write_records
 from eval.report import markdown_row, scores_record
-from eval.types import BenchmarkFileError, EvalItem
+from eval.items import BenchmarkFileError, EvalItem
 
 
 @dataclass

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from train.strategies.base import Strategy
-from vlm.io import replace_directory
+from vlm.atomic import replace_directory
 
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"

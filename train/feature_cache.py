@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlm.io import atomic_file
+from vlm.atomic import atomic_file
 
 IdentityMode = Literal["stat", "content", "raw"]
 _FORMAT_VERSION = 1

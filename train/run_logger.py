@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlm.io import atomic_file
+from vlm.atomic import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PNG = "loss_curve.png"

@@ -27,7 +27,7 @@ from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.hf_encoder import HFVisionEncoder
 from vision_encoders.registry import load_vision_encoder
 from vlm.config import VLMConfig
-from vlm.io import atomic_directory
+from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, resolve_dtype
 from vlm.tokens import add_special_tokens, resize_for_tokenizer
 

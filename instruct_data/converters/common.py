@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm.io import atomic_file
+from vlm.atomic import atomic_file
 
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 LETTER_ANSWER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."

@@ -1,11 +1,11 @@
-"""Tests for vlm.io: all-or-nothing file and directory writes."""
+"""Tests for vlm.atomic: all-or-nothing file and directory writes."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from vlm.io import atomic_directory, atomic_file
+from vlm.atomic import atomic_directory, atomic_file
 
 
 def test_writes_then_renames(tmp_path: Path) -> None:
