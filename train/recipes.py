@@ -99,10 +99,8 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
     if d.mixture:
-        try:
-            from instruct_data.mixture import load_mixture  # type: ignore[import-not-found]
-        except ImportError as err:
-            raise ConfigError(f"data.mixture needs instruct_data.mixture, which is not available: {err}") from None
+        from instruct_data.mixture import load_mixture
+
         records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
     else:
         records = load_records(d.data_path, image_roots=roots)
@@ -148,12 +146,8 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
         return None
     if not vision_is_frozen(model):
         raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
-    try:
-        from train.feature_cache import FeatureCache, encoder_fingerprint
-    except ImportError as err:
-        if cfg.feature_cache is None:
-            return None  # auto and not available: encode images as usual
-        raise ConfigError(f"feature_cache=true but train.feature_cache cannot be imported: {err}") from None
+    from train.feature_cache import FeatureCache, encoder_fingerprint
+
     directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
 
@@ -178,14 +172,7 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
                 param = next(model.vision_encoder.parameters())
                 return model.vision_encoder(pixel_values_fn(missing).to(param.device, param.dtype))
 
-        if hasattr(cache, "get_or_compute"):
-            return cache.get_or_compute(keys, encode)
-        cached = cache.get(keys)  # all-or-nothing per batch
-        if cached is None:
-            cached = encode(list(keys))
-            cache.put(keys, cached)
-            cache.flush()
-        return cached
+        return cache.get_or_compute(keys, encode)
 
     features.flush = cache.flush  # type: ignore[attr-defined]  # rows buffered by get_or_compute reach disk
     return features
@@ -247,8 +234,8 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
         print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
               f"feature cache {'on' if hook else 'off'}", flush=True)
     result = trainer.fit()
-    if hook is not None and hasattr(hook, "flush"):
-        hook.flush()
+    if hook is not None:
+        hook.flush()  # type: ignore[attr-defined]
     save_final_model(cfg, trainer.model, strategy)
     strategy.close()
     return result
