@@ -11,13 +11,14 @@ from typing import Any, Literal, Union
 import yaml
 
 from train.recipe_registry import LLM_MODES, RECIPES
+from train.strategies.registry import STRATEGIES
 from vision_encoders.config import VisionEncoderConfig
 
-# The choices come from the recipe registry: a new row there is a new valid `recipe:` value.
+# The choices come from the registries: a new row there is a new valid `recipe:` / `strategy:` value.
 RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
 LLMMode = Literal[LLM_MODES]  # type: ignore[valid-type]
 Precision = Literal["auto", "fp32", "bf16"]
-StrategyName = Literal["single", "ddp", "deepspeed"]
+StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 GroupBy = Literal["none", "length", "modality_length"]
 
 

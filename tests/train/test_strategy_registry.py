@@ -22,3 +22,13 @@ def test_build_by_exact_name() -> None:
     assert isinstance(build_strategy("single"), SingleProcessStrategy)
     with pytest.raises(ValueError, match=r"unknown strategy 'DDP'; known: \['ddp', 'deepspeed', 'single'\]"):
         build_strategy("DDP")
+
+
+def test_config_strategy_choices_are_the_registry_names() -> None:
+    import typing
+
+    from train.config import ConfigError, TrainConfig, config_from_dict
+
+    assert typing.get_args(typing.get_type_hints(TrainConfig)["strategy"]) == tuple(STRATEGIES)
+    with pytest.raises(ConfigError, match=r"strategy: 'fsdp' is not one of \['single', 'ddp', 'deepspeed'\]"):
+        config_from_dict({"strategy": "fsdp"})

@@ -13,6 +13,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from train import distributed
+from train.distributed import DistEnv
+
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -110,6 +113,31 @@ class Strategy(ABC):
     def from_train_config(cls, config: object) -> "Strategy":
         """Build from a `train.config.TrainConfig` (precision, deepspeed_config, batch sizes...)."""
         return cls()
+
+
+class ProcessGroupStrategy(Strategy):
+    """A strategy over torchrun's process group: rank, world size and device are `self.env`'s (set by the
+    subclass from `train.distributed`), metrics are summed and processes wait through `train.distributed`."""
+
+    env: DistEnv
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(tensor)
+
+    def barrier(self) -> None:
+        distributed.barrier()
 
 
 def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from train.strategies.base import Strategy
+if TYPE_CHECKING:  # the registry stays import-light: train.config reads its names
+    from train.strategies.base import Strategy
 
 # Strategy name -> "module:Class" (exact names); a module is imported only when its strategy is asked for.
 #
