@@ -67,6 +67,12 @@ class _Builder:
         self.flush()
         self.spans.append(span)
 
+    def reply(self, text: str, eos: bool = False) -> None:
+        """A supervised reply, closed (also supervised) by the eos token when `eos`."""
+        self.add(Span(text, True))
+        if eos:
+            self.spans.append(Span(token="eos", supervised=True))
+
     def done(self) -> list[Span]:
         self.flush()
         return self.spans
@@ -80,7 +86,7 @@ def _plain(messages: Sequence[Message], tokenizer: Any, generation: bool, record
         if m.role == "user":
             b.text += "<image>" * m.content.count("<image>")
         elif m.role == "assistant":
-            b.add(Span(m.content + "\n", True))
+            b.reply(m.content + "\n")
     return b.done()
 
 
@@ -93,8 +99,7 @@ def _vicuna_v1(messages: Sequence[Message], tokenizer: Any, generation: bool, re
         if m.role == "user":
             b.text += f"USER: {m.content} ASSISTANT:"
         else:
-            b.add(Span(f" {m.content}", True))
-            b.add(Span(token="eos", supervised=True))
+            b.reply(f" {m.content}", eos=True)
     return b.done()
 
 
@@ -107,8 +112,7 @@ def _llama_2(messages: Sequence[Message], tokenizer: Any, generation: bool, reco
             sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if i == 0 and system else ""
             b.text += f"[INST] {sys_block}{m.content} [/INST]"
         else:
-            b.add(Span(f" {m.content} ", True))
-            b.add(Span(token="eos", supervised=True))
+            b.reply(f" {m.content} ", eos=True)
     return b.done()
 
 
@@ -120,7 +124,7 @@ def _chatml(messages: Sequence[Message], tokenizer: Any, generation: bool, recor
         if m.role == "user":
             b.text += f"<|im_start|>user\n{m.content}<|im_end|>\n<|im_start|>assistant\n"
         else:
-            b.add(Span(f"{m.content}<|im_end|>", True))
+            b.reply(f"{m.content}<|im_end|>")
             b.text = "\n"
     return b.done()
 
@@ -136,7 +140,7 @@ def _llama_3(messages: Sequence[Message], tokenizer: Any, generation: bool, reco
         if m.role == "user":
             b.text += header.format("user") + f"{m.content}<|eot_id|>" + header.format("assistant")
         else:
-            b.add(Span(f"{m.content}<|eot_id|>", True))
+            b.reply(f"{m.content}<|eot_id|>")
     return b.done()
 
 

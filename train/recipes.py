@@ -16,6 +16,7 @@ from train.loop import RunResult, Trainer, TrainData, seed_everything
 from train.recipe_registry import get_recipe
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
+from vlm.atomic import replace_directory
 
 
 # ---------------------------------------------------------------------------- model
@@ -210,10 +211,10 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
     else:
         model.save(staging, projector_only=projector_only)
     for entry in staging.iterdir():  # move into place: output_dir also holds checkpoints and logs
-        target = out / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+        if entry.is_dir():
+            replace_directory(entry, out / entry.name)
+        else:
+            os.replace(entry, out / entry.name)
     staging.rmdir()
 
 
