@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from eval.types import EvalItem
+from eval.items import EvalItem
 from vlm.batch import Batch
 
 
@@ -49,13 +49,9 @@ def cut_at_stop(tokens: list[int], stops: set[int], pad_id: int) -> list[int]:
 
 
 def _stop_ids(model: Any) -> set[int]:
-    try:
-        from conversation.tokenize import stop_token_ids
-    except ImportError:  # older instruct_data without it: the tokenizer's eos is the only stop
-        eos = model.tokenizer.eos_token_id
-        return {eos} if eos is not None else set()
-    ids = stop_token_ids(model.config.template, model.tokenizer)
-    return {ids} if isinstance(ids, int) else set(ids)
+    from conversation.tokenize import stop_token_ids
+
+    return set(stop_token_ids(model.config.template, model.tokenizer))
 
 
 class ModelGenerator:

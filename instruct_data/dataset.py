@@ -5,7 +5,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SkipLog:
-    """Skipped records (id, reason); mergeable across workers and ranks via `add_batch` / `merge`."""
+    """Skipped records (id, reason); gathered from worker batches via `add_batch`."""
 
     entries: list[tuple[str, str]] = field(default_factory=list)
     logged: Counter = field(default_factory=Counter)  # reason kind -> skips seen by `add` (for the log only)
@@ -50,9 +50,6 @@ class SkipLog:
 
     def add_batch(self, batch: Batch) -> None:
         self.entries.extend(tuple(x) for x in batch.skipped)
-
-    def merge(self, other: "SkipLog") -> None:
-        self.entries.extend(other.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -217,8 +214,3 @@ class InstructDataset(Dataset):
             n, n_images = self._estimate(i)
             out.append(n if n_images else -n)
         return out
-
-
-def iter_good(items: Iterable[dict[str, Any] | Skipped | None]) -> Iterable[dict[str, Any]]:
-    """The items that are not skips (for code that walks a dataset without a DataLoader)."""
-    return (it for it in items if isinstance(it, dict))

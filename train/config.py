@@ -10,12 +10,15 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from train.recipe_registry import LLM_MODES, RECIPES
+from train.strategies.registry import STRATEGIES
 from vision_encoders.config import VisionEncoderConfig
 
-Recipe = Literal["align", "instruct"]
-LLMMode = Literal["full", "lora", "qlora", "frozen"]
+# The choices come from the registries: a new row there is a new valid `recipe:` / `strategy:` value.
+RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
+LLMMode = Literal[LLM_MODES]  # type: ignore[valid-type]
 Precision = Literal["auto", "fp32", "bf16"]
-StrategyName = Literal["single", "ddp", "deepspeed"]
+StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 GroupBy = Literal["none", "length", "modality_length"]
 
 
@@ -91,7 +94,7 @@ class LoraSettings:
 class TrainConfig:
     """One training run."""
 
-    recipe: Recipe = "instruct"
+    recipe: RecipeName = "instruct"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -19,9 +19,10 @@ from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_sta
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
 from train.guards import DataGuard
-from train.logging import RunLogger, plot_loss_curve, truncate_metrics
 from train.optim import build_optimizer, build_scheduler, summarize
-from train.strategy import Strategy, build_strategy
+from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
+from train.strategies.base import Strategy
+from train.strategies.registry import build_strategy
 from vlm.batch import Batch
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from instruct_data.audit import AuditError, AuditReport, audit_records
 from instruct_data.manifest import MANIFEST_NAME, build_manifest, write_manifest
 from instruct_data.sources import RecordSource
+from train.recipe_registry import get_recipe
 from train.config import ConfigError, TrainConfig, load_config
 from train.guards import DataFailure
 
@@ -35,12 +36,10 @@ def load_train_records(cfg: TrainConfig) -> RecordSource:
 
 def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
     """The template the run trains with: model.template, else the recipe's, else the checkpoint's."""
-    from train.recipes import get_recipe
-
     recipe = get_recipe(cfg.recipe)
     template = cfg.model.template or recipe.default_template or inherited
-    if cfg.recipe == "instruct" and template == "plain" and not cfg.model.template:
-        raise ConfigError(f"recipe=instruct from {cfg.model.init_from} would inherit its template 'plain' "
+    if recipe.chat_template_required and template == "plain" and not cfg.model.template:
+        raise ConfigError(f"recipe={recipe.name} from {cfg.model.init_from} would inherit its template 'plain' "
                           "(phase 1's); set model.template (e.g. vicuna_v1)")
     return template
 

@@ -1,10 +1,9 @@
-"""The two recipes, `align` (phase 1) and `instruct` (phase 2): model, freezing, data and final save for the loop."""
+"""Running a recipe (its row in `train.recipe_registry`): model, freezing, data and final save for the loop."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,29 +15,11 @@ from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
 from train.preflight import load_train_records, run_preflight, training_template
-from train.strategy import Strategy, build_strategy
+from train.recipe_registry import get_recipe
+from train.strategies.base import Strategy
+from train.strategies.registry import build_strategy
+from vlm.atomic import replace_directory
 from vlm.batch import Batch
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What distinguishes a phase: its default template and whether its LLM can train."""
-
-    name: str
-    default_template: str | None  # None: the model checkpoint's own template
-    llm_trains: bool
-
-
-RECIPES: dict[str, Recipe] = {
-    "align": Recipe("align", default_template="plain", llm_trains=False),
-    "instruct": Recipe("instruct", default_template=None, llm_trains=True),
-}
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
-    return RECIPES[name]
 
 
 # ---------------------------------------------------------------------------- model
@@ -49,7 +30,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     recipe = get_recipe(cfg.recipe)
     m = cfg.model
     llm_kwargs = None
-    if cfg.llm_mode == "qlora" and recipe.llm_trains:
+    if cfg.llm_mode == "qlora" and "llm" in recipe.trains:
         from train.lora import qlora_llm_kwargs
 
         llm_kwargs = qlora_llm_kwargs(m.init_from)  # the LLM goes straight from disk into 4-bit: no fp32 copy
@@ -63,7 +44,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         assert m.vision is not None and m.llm is not None  # validate() checked
         template = m.template or recipe.default_template
         if template is None:
-            raise ConfigError("model.template is required when building a new model for recipe=instruct")
+            raise ConfigError(f"model.template is required when building a new model for recipe={recipe.name}")
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
                                           attn_implementation=m.attn_implementation or "sdpa",
@@ -87,10 +68,11 @@ def _absolute_spec(spec: str) -> str:
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
     """Freezing, LoRA and gradient checkpointing for the recipe; returns trainable counts per part."""
     recipe = get_recipe(cfg.recipe)
-    llm_mode = cfg.llm_mode if recipe.llm_trains else "frozen"
-    if not recipe.llm_trains and cfg.llm_mode not in ("frozen", "full"):
-        raise ConfigError(f"recipe=align keeps the LLM frozen; llm_mode={cfg.llm_mode!r} needs recipe=instruct")
-    set_trainable(model, recipe=cfg.recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
+    try:
+        llm_mode = recipe.llm_mode(cfg.llm_mode)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
     if cfg.unfreeze_vision_last_n:
         model.config.vision.unfreeze_last_n = cfg.unfreeze_vision_last_n
     if llm_mode in ("lora", "qlora"):
@@ -167,17 +149,13 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
     encoder; an image the fill could not decode raises ImageLoadError (its records are skipped)."""
     wanted = cfg.feature_cache
     if wanted is None:  # auto
-        wanted = cfg.recipe == "align" and vision_is_frozen(model)
+        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model)
     if not wanted:
         return None
     if not vision_is_frozen(model):
         raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
-    try:
-        from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
-    except ImportError as err:
-        if cfg.feature_cache is None:
-            return None  # auto and not available: encode images as usual
-        raise ConfigError(f"feature_cache=true but train.feature_cache cannot be imported: {err}") from None
+    from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
+
     directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
     bad: dict[str, str] = {}  # image key -> why the fill could not decode it
@@ -268,10 +246,10 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
     else:
         model.save(staging, projector_only=projector_only)
     for entry in staging.iterdir():  # move into place: output_dir also holds checkpoints and logs
-        target = out / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+        if entry.is_dir():
+            replace_directory(entry, out / entry.name)
+        else:
+            os.replace(entry, out / entry.name)
     staging.rmdir()
 
 
@@ -308,8 +286,8 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
         print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
               f"feature cache {'on' if hook else 'off'}", flush=True)
     result = trainer.fit()
-    if hook is not None and hasattr(hook, "flush"):
-        hook.flush()
+    if hook is not None:
+        hook.flush()  # type: ignore[attr-defined]
     save_final_model(cfg, trainer.model, strategy)
     strategy.close()
     return result

@@ -13,7 +13,7 @@ from projectors.registry import build_projector
 from vision_encoders.preprocess import ImageProcessor
 from vision_encoders.registry import load_vision_encoder, parse_spec, resolve_path
 from vlm.config import CONFIG_NAME, VLMConfig
-from vlm.io import atomic_directory
+from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, dtype_name, load_llm, resolve_dtype
 from vlm.tokens import embedding_rows
 

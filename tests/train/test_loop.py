@@ -125,7 +125,7 @@ def _trainer(cfg, batches, strategy=None):
     """A Trainer over the recipe's model and dataset, with the micro-batches (index lists) fixed by the test."""
     from train.loop import Trainer
     from train.recipes import build_data, build_model, prepare_model
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     strategy = strategy or SingleProcessStrategy()
     model = build_model(cfg)
@@ -164,7 +164,7 @@ def test_the_head_sees_supervised_rows_only_in_a_run(make_cfg) -> None:
 def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg, tiny_world, tmp_path) -> None:
     """A window whose last micro-batch is all skipped must still run its last backward outside no_sync
     (DDP/ZeRO reduce gradients only there); the update equals a run where the bad records are absent."""
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     class Recording(SingleProcessStrategy):
         def __init__(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from train.checkpointing import list_checkpoints
-from train.logging import read_metrics
+from train.run_logger import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from train import distributed
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
-from train.strategies.unused_branches import touch_unused_branches
-from train.strategy import OptimizerFactory, Strategy
+from train.strategies.text_only_grads import touch_unused_branches
+from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
 
 OPTIMIZER_FILE_PATTERN = "zero_optimizer_rank{rank}.pt"
 
@@ -51,7 +51,7 @@ def _hidden_size(model: nn.Module) -> int | None:
     return None
 
 
-class DeepSpeedStrategy(Strategy):
+class DeepSpeedStrategy(ProcessGroupStrategy):
     """Runs the loop's steps through a DeepSpeed engine.
 
     The loop already divides each micro-batch loss by the global token count, so `backward` passes
@@ -98,18 +98,6 @@ class DeepSpeedStrategy(Strategy):
             max_grad_norm=config.optim.max_grad_norm,
             precision=config.precision,
         )
-
-    @property
-    def rank(self) -> int:
-        return self.env.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.env.world_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.env.device
 
     @property
     def partitions_parameters(self) -> bool:
@@ -183,9 +171,6 @@ class DeepSpeedStrategy(Strategy):
     def zero_grad(self) -> None:
         return None  # the engine clears gradients in step()
 
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return distributed.all_reduce_sum(tensor)
-
     def unwrap(self, model: nn.Module) -> nn.Module:
         return getattr(model, "module", model)
 
@@ -217,9 +202,6 @@ class DeepSpeedStrategy(Strategy):
             return contextlib.nullcontext()
         params = list(self.unwrap(model).parameters())
         return self.deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
-
-    def barrier(self) -> None:
-        distributed.barrier()
 
     def save_optimizer(self, directory: str) -> None:
         """Each rank writes its own ZeRO partition of the optimizer (master weights + Adam moments)."""

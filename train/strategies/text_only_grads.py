@@ -40,8 +40,6 @@ def touch_unused_branches(model: nn.Module, run_encoder: bool = False) -> list[R
     parameters are partitioned and gathered by the module that runs, so `run_encoder=True` runs the frozen
     encoder too (not with the feature cache, where no rank runs the encoder).
     """
-    if not all(hasattr(model, name) for name in ("projector", "vision_encoder", "llm", "config")):
-        return []
     text_only = {"on": False}
 
     def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
