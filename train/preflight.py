@@ -46,7 +46,7 @@ def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
 
 def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, int]:
     """(tokenizer, template, image token id, K): from a built model, else from `model.init_from`'s
-    vlm_config.json and tokenizer directory, without loading any weight."""
+    model config (CONFIG_NAME) and tokenizer directory, without loading any weight."""
     if model is not None:
         c = model.config
         return model.tokenizer, c.template, c.image_token_id, c.num_image_tokens
