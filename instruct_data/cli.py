@@ -9,6 +9,7 @@ from typing import Any
 
 from instruct_data.converters.common import ConversionError, write_records
 from instruct_data.converters.registry import CONVERTERS, get_converter
+from conversation.errors import RecordFileError
 from conversation.images import DEFAULT_MAX_PIXELS
 
 
@@ -92,11 +93,15 @@ def _validate(args: argparse.Namespace) -> int:
         if args.report is not None:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             report = stack.enter_context(args.report.open("w", encoding="utf-8"))
-        summary = validate_file(args.file, config, report, workers=args.workers)
+        try:
+            summary = validate_file(args.file, config, report, workers=args.workers)
+        except RecordFileError as exc:  # not a record file at all (e.g. an unsupported suffix)
+            print(f"vlm data validate: {exc}", file=sys.stderr)
+            return 2
     print(summary.table())
     if args.report is not None:
         print(f"problems written to {args.report}")
-    return 1 if summary.bad else 0
+    return 1 if summary.failed else 0
 
 
 def _convert(args: argparse.Namespace) -> int:

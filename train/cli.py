@@ -29,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from conversation.errors import RecordFileError
     from train.loop import NonFiniteLossError
     from train.recipes import run
 
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"vlm train: {err}", file=sys.stderr)
         return 3
-    except ConfigError as err:
+    except (ConfigError, RecordFileError) as err:
         print(f"vlm train: {err}", file=sys.stderr)
         return 2
     print(f"done: {result.steps} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
