@@ -1,6 +1,7 @@
 """Validate a record file in one memory-flat pass: schema, roles, turns, placeholders, images, token lengths."""
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ class ValidationConfig:
     image_roots: list[Path]
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     decode_images: bool = True
+    aspect_ratio: str = "pad"  # the training image processor's: flags images whose resize / canvas is too large
+    image_size: int = 336
     tokenizer: Any = None
     template: Any = None
     num_image_tokens: int | None = None
@@ -177,6 +180,12 @@ class RecordValidator:
                                              or config.image_token_id is None):
             raise ValueError("token checks need the template, num_image_tokens and image_token_id with the tokenizer")
         self.config = config
+        self._check_size = None
+        if config.decode_images:
+            from vision_encoders.preprocess import geometry_problem  # imports torch: only when decoding
+
+            self._check_size = functools.partial(geometry_problem, aspect_ratio=config.aspect_ratio,
+                                                 size=config.image_size)
         self._image_cache: OrderedDict[Path, tuple[str, str, str] | None] = OrderedDict()
 
     def check(self, item: RawItem) -> list[Problem]:
@@ -220,7 +229,7 @@ class RecordValidator:
         verdict: tuple[str, str, str] | None = None
         if self.config.decode_images:
             try:
-                image = load_image(path, max_pixels=self.config.max_pixels)
+                image = load_image(path, max_pixels=self.config.max_pixels, check_size=self._check_size)
                 mismatch = extension_mismatch(path, image)
                 image.close()
                 if mismatch:

@@ -332,7 +332,8 @@ def image_file_encoder(encoder: nn.Module, image_processor: Any) -> Callable[[li
 
     def encode(paths: list[str]) -> torch.Tensor:
         param = next(encoder.parameters())
-        pixels = torch.stack([image_processor(load_image(p)) for p in paths])
+        check = getattr(image_processor, "size_problem", None)
+        pixels = torch.stack([image_processor(load_image(p, check_size=check)) for p in paths])
         with torch.no_grad():
             return encoder(pixels.to(device=param.device, dtype=param.dtype)).float()
 

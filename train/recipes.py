@@ -190,7 +190,8 @@ def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]
                 return pixels[[index[k] for k in missing]]
             # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
             # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
-            return torch.stack([model.image_processor(load_image(k)) for k in missing])
+            check = getattr(model.image_processor, "size_problem", None)
+            return torch.stack([model.image_processor(load_image(k, check_size=check)) for k in missing])
 
         def encode(missing: list[str]) -> torch.Tensor:
             with torch.no_grad():

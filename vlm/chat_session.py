@@ -33,7 +33,7 @@ def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor
     if path.is_dir():
         raise ChatError(f"not an image file (a directory): {path}")
     try:
-        image = load_image(path)
+        image = load_image(path, check_size=getattr(image_processor, "size_problem", None))
     except ImageLoadError as err:
         raise ChatError(f"cannot read image {path}: {err.reason}") from None
     return image_processor(to_rgb(image))
