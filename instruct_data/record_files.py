@@ -171,7 +171,8 @@ def _iter_json_list(path: Path, chunk_chars: int, bom: int) -> Iterator[RawItem]
 
         skip_space()
         if buf[pos:pos + 1] != "[":
-            hint = " (it looks like JSON Lines: name the file .jsonl)" if buf[pos:pos + 1] == "{" else ""
+            hint = (", not an object (JSON Lines, one record a line, go in a file named .jsonl)"
+                    if buf[pos:pos + 1] == "{" else "")
             yield fatal("a .json record file must hold a JSON list" + hint)
             return
         pos += 1
