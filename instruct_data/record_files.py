@@ -100,9 +100,7 @@ def iter_raw_records(path: str | Path, chunk_chars: int | None = None) -> Iterat
         yield RawItem(0, 1, error=problem, fatal=True)
     elif path.suffix == ".jsonl":
         yield from _iter_jsonl(path, head.startswith(codecs.BOM_UTF8))
-    elif not head:
-        yield RawItem(0, 1, error="empty file (zero bytes), not a JSON list", fatal=True)
-    else:
+    elif head:  # a zero-byte file holds no records, as an empty list does
         yield from _iter_json_list(path, chunk_chars or CHUNK_CHARS, 3 if head.startswith(codecs.BOM_UTF8) else 0)
 
 

@@ -88,7 +88,8 @@ class FileRecords(RecordSource):
                 self.bad[len(self.offsets)] = (item.line, item.error)
             self._add(item.offset, item.size, item.raw)
         if not self.offsets:
-            raise RecordFileError(str(self.path), "no records in the file (an empty list, or only blank lines)")
+            what = "zero bytes" if not self.path.stat().st_size else "an empty list, or only blank lines"
+            raise RecordFileError(str(self.path), f"no records in the file ({what})")
 
     def _add(self, offset: int, size: int, raw: Any) -> None:
         w, n = _stats(raw)

@@ -169,5 +169,5 @@ def broken_record_files(folder, records: list) -> dict[str, str]:
         out[name] = expected
     (folder / "utf16.json").write_bytes(whole.encode("utf-16"))
     (folder / "zero.json").write_bytes(b"")
-    out.update({"utf16.json": "not UTF-8", "zero.json": "zero bytes"})
+    out.update({"utf16.json": "not UTF-8", "zero.json": "no records"})
     return out

@@ -337,5 +337,5 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
             for p in problems:
                 report.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
     if summary.records == 0:
-        summary.notes.append(f"no records in {path}")
+        summary.notes.append(f"no records in {path}" + (" (zero bytes)" if not Path(path).stat().st_size else ""))
     return summary
