@@ -185,3 +185,17 @@ def test_chat_answers_usable_images_and_names_bad_ones(corpus, model_dir, capsys
         else:
             assert code == 2 and f"vlm chat: error:" in text and ref in text, (ref, text)
             assert reason.split()[0] in text or (reason == "missing file" and "not found" in text), (ref, text)
+
+
+def test_validate_token_checks_flag_the_over_long_record(corpus, model_dir, capsys, caplog, tmp_path) -> None:
+    k = json.loads((model_dir / "vlm_config.json").read_text())["num_image_tokens"]
+    path = tmp_path / "long.json"
+    long_records = [r for r, _ in corpus["pairs"] if isinstance(r, dict) and r["id"] in ("long", "text-ok", "img-0")]
+    path.write_text(json.dumps(long_records))
+    report = tmp_path / "p.jsonl"
+    code, text = _run(capsys, caplog, "data", "validate", str(path), "--image-folder", str(corpus["root"] / "images"),
+                      "--tokenizer", str(model_dir / "tokenizer"), "--template", "vicuna_v1",
+                      "--num-image-tokens", str(k), "--max-length", "256", "--report", str(report))
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert code == 1 and [(r["record_id"], r["reason"]) for r in rows] == [
+        ("long", "no supervised token within max length")]
