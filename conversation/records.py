@@ -26,8 +26,10 @@ class TurnFormat:
 
 # The one role map: LLaVA (`conversations`, human/gpt) and OpenAI-style (`messages`, user/assistant) records.
 TURN_FORMATS: dict[str, TurnFormat] = {
-    "conversations": TurnFormat("conversations", "from", "value", {"human": "user", "gpt": "assistant", "system": "system"}),
-    "messages": TurnFormat("messages", "role", "content", {"user": "user", "assistant": "assistant", "system": "system"}),
+    "conversations": TurnFormat("conversations", "from", "value",
+                                {"human": "user", "gpt": "assistant", "system": "system"}),
+    "messages": TurnFormat("messages", "role", "content",
+                           {"user": "user", "assistant": "assistant", "system": "system"}),
 }
 
 

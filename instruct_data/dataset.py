@@ -121,7 +121,8 @@ class InstructDataset(Dataset):
         if self._resolve is None or self._load is None:
             resolve, load = _default_image_fns()
             check = getattr(self.image_processor, "size_problem", None)  # extreme aspect ratios, before decoding
-            self._resolve, self._load = self._resolve or resolve, self._load or functools.partial(load, check_size=check)
+            self._resolve = self._resolve or resolve
+            self._load = self._load or functools.partial(load, check_size=check)
         if not roots:
             raise ImageLoadError(refs[0], "no image root configured for this record")
         paths = [self._resolve(ref, roots) for ref in refs]

@@ -107,7 +107,8 @@ def test_failed_items_are_recorded_scored_wrong_and_asked_again(vqav2_root: Path
     # q420 failed (counted wrong), q421 'yes' right, q70 'yes' wrong: 1 of 3
     assert result.scores["score"] == 33.33 and result.scores["n"] == 3
     assert result.scores["failed"] == 1 and result.failed == {"420": "image 42.jpg: truncated"}
-    assert "1 of 3 questions failed and are scored as wrong (first: 420: image 42.jpg: truncated)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 of 3 questions failed and are scored as wrong (first: 420: image 42.jpg: truncated)" in out
     rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert rows[0] == {"question_id": 420, "prompt": rows[0]["prompt"], "text": "", "model_id": "fake",
                        "failed": "image 42.jpg: truncated"}
@@ -125,7 +126,8 @@ def test_failed_pope_item_counts_as_wrong_whatever_its_label(tmp_path: Path):
     from eval.benchmarks import get_benchmark
 
     pope = get_benchmark("pope")
-    items = [EvalItem("a", None, "q", {"label": "yes", "split": "s"}), EvalItem("b", None, "q", {"label": "no", "split": "s"})]
+    items = [EvalItem("a", None, "q", {"label": "yes", "split": "s"}),
+             EvalItem("b", None, "q", {"label": "no", "split": "s"})]
     # LLaVA's parser reads an empty answer as "yes": the failed answer must be the opposite of each label
     scores = pope.score(items, {it.key: pope.failed_answer(it) for it in items})
     assert scores["accuracy"] == 0.0
