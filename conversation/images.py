@@ -68,6 +68,11 @@ def resolve_image_path(ref: str, roots: Sequence[Path | str]) -> Path:
         raise ImageLoadError(str(ref), "empty path")
     if "\x00" in ref:
         raise ImageLoadError(ref, "not a file: the path contains a NUL byte")
+    try:
+        os.fsencode(ref)
+    except UnicodeEncodeError:  # a lone surrogate (e.g. from a JSON "\ud800" escape) names no file
+        raise ImageLoadError(ref.encode("utf-8", "backslashreplace").decode("utf-8"),
+                             "not a file: the path is not valid Unicode") from None
     real_roots = _real_roots(tuple(str(r) for r in roots))
     roots_text = ", ".join(real_roots)
 

@@ -65,7 +65,8 @@ class Conversation:
     images: list[str] = field(default_factory=list)
 
 
-def _record_id(raw: Any, index: int) -> str:
+def record_id(raw: Any, index: int) -> str:
+    """The id used in messages: the record's `id` (string or int), else `#<index>`."""
     if isinstance(raw, dict) and isinstance(raw.get("id"), (str, int)) and not isinstance(raw.get("id"), bool):
         # printable and writable whatever it holds: lone surrogates become \\udXXX escapes
         return str(raw["id"]).encode("utf-8", "backslashreplace").decode("utf-8")
@@ -185,7 +186,7 @@ def _place_images(messages: list[Message], n_images: int, rid: str) -> list[Mess
 
 def parse_record(raw: dict, index: int) -> Conversation:
     """Parse one LLaVA (`conversations`) or OpenAI-style (`messages`) record; RecordError on anything wrong."""
-    rid = _record_id(raw, index)
+    rid = record_id(raw, index)
     if not isinstance(raw, dict):
         raise RecordError(rid, "record", f"must be a JSON object, got {type(raw).__name__}")
     messages, inline_refs = _turns(raw, rid)

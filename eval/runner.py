@@ -134,7 +134,8 @@ def run(config: RunConfig, generate: Callable[[list[EvalItem]], list[str | Faile
 
 
 def _row(config: RunConfig, item: EvalItem, answer: str | Failed) -> dict[str, Any]:
-    row = {"question_id": item.question_id, "prompt": item.prompt, "text": answer, "model_id": config.model_name}
+    prompt = item.prompt.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate stays writable
+    row = {"question_id": item.question_id, "prompt": prompt, "text": answer, "model_id": config.model_name}
     if isinstance(answer, Failed):
         row.update(text="", failed=answer.reason)
     return row

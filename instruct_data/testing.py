@@ -108,6 +108,9 @@ def hostile_records(images: dict[str, str | None]) -> list[tuple[dict, str | Non
         ({"id": "turns-str", "conversations": "human: hi"}, "schema"),
         ("just a string", "schema"),
         ({"id": "surrogate", "conversations": turns(("human", "bad \ud800 text"), ("gpt", "a"))}, "invalid unicode"),
+        ({"id": "ref-surrogate", "image": "a\ud800.png", "conversations": turns(("human", "<image> q"), ("gpt", "a"))},
+         "invalid unicode"),
+        ({"id": "id-\ud800", "conversations": turns(("human", "q"), ("gpt", "a"))}, None),
         (_record("dup"), None),
         (_record("dup", question="Again?"), None),  # a duplicate id: a warning in validate, trained in train
         (_record("long", question="word " * 3000), None),  # over-long: truncated or skipped by max_length

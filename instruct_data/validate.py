@@ -19,7 +19,14 @@ from conversation.images import (
     reason_code,
     resolve_image_path,
 )
-from conversation.records import IMAGE_TOKEN, TURN_FORMATS, Conversation, is_valid_unicode, parse_record
+from conversation.records import (
+    IMAGE_TOKEN,
+    TURN_FORMATS,
+    Conversation,
+    is_valid_unicode,
+    parse_record,
+    record_id,
+)
 from instruct_data.record_files import RawItem, iter_raw_records
 
 __all__ = ["Problem", "ValidationConfig", "ValidationSummary", "RawItem", "iter_raw_records", "record_id",
@@ -94,12 +101,6 @@ class ValidationSummary:
         return "\n".join(lines + self.notes)
 
 
-def record_id(raw: Any, index: int) -> str:
-    """The id used in reports: the record's `id`, else `#<index>` (as the parser names it)."""
-    value = raw.get("id") if isinstance(raw, dict) else None
-    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else f"#{index}"
-
-
 def classify_record(raw: Any) -> list[tuple[str, str, str]]:
     """Every structural problem of a raw record as (field, reason, detail): schema, roles, empty turns, placeholders.
 
@@ -154,6 +155,9 @@ def classify_record(raw: Any) -> list[tuple[str, str, str]]:
     n_images = (1 if isinstance(images, str) else len(images) if isinstance(images, list) else 0) + inline_images
     if images is not None and not isinstance(images, (str, list)):
         found.append(("image", "schema", "must be a string or a list of strings"))
+    refs = [images] if isinstance(images, str) else images if isinstance(images, list) else []
+    if any(isinstance(r, str) and not is_valid_unicode(r) for r in refs):
+        found.append(("image", "invalid unicode", "an image ref holds a lone surrogate or invalid UTF-8"))
     total = sum(placeholders)
     if total != n_images and not (total == 0 and n_images == 1):  # the parser places a lone image itself
         found.append(("image", "image placeholder count", f"{total} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)"))
@@ -335,7 +339,9 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
         summary.add(problems)
         if report is not None:
             for p in problems:
-                report.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+                line = json.dumps(asdict(p), ensure_ascii=False)
+                # a detail may quote a lone surrogate from the file: escape it rather than fail to write UTF-8
+                report.write((line if is_valid_unicode(line) else json.dumps(asdict(p))) + "\n")
     if summary.records == 0:
         summary.notes.append(f"no records in {path}" + (" (zero bytes)" if not Path(path).stat().st_size else ""))
     return summary

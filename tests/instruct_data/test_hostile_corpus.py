@@ -150,21 +150,23 @@ def test_eval_answers_the_rest_and_counts_failed_items(corpus, model_dir, capsys
     images = {ref: reason for ref, reason in corpus["images"].items() if reason != "outside image root"}
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps({"question_id": i, "image": ref, "text": "What colour?", "answer": "red"})
-                                 + "\n" for i, ref in enumerate(images)))
+                                 + "\n" for i, ref in enumerate(images))
+                         + json.dumps({"question_id": "s", "text": "Why\ud800?", "answer": "x"}) + "\n")
     out = tmp_path / "eval"
     code, text = _run(capsys, caplog, "eval", "run", "--model", str(model_dir), "--benchmark", "llava_jsonl",
                       "--questions", str(questions), "--image-root", str(corpus["root"] / "images"),
                       "--out", str(out), "--max-new-tokens", "2", "--batch-size", "4", "--no-progress")
     assert code == 0, text
-    n_failed = sum(reason is not None for reason in images.values())
-    assert f"{n_failed} of {len(images)} questions failed" in text
+    n_failed = sum(reason is not None for reason in images.values()) + 1  # + the question with a lone surrogate
+    assert f"{n_failed} of {len(images) + 1} questions failed" in text
     scores = json.loads((out / "scores.json").read_text())
-    assert scores["n"] == len(images) and scores["failed"] == n_failed
+    assert scores["n"] == len(images) + 1 and scores["failed"] == n_failed
+    assert "not valid Unicode" in scores["failed_items"]["s"]
     for i, (ref, reason) in enumerate(images.items()):
         if reason is not None:
             assert reason in scores["failed_items"][str(i)] and Path(ref).name in scores["failed_items"][str(i)]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert sum("failed" in r for r in rows) == n_failed and len(rows) == len(images)
+    assert sum("failed" in r for r in rows) == n_failed and len(rows) == len(images) + 1
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text(json.dumps({"question_id": 1, "image": "zero.png", "text": "?", "answer": "x"}) + "\n")
@@ -200,3 +202,9 @@ def test_validate_token_checks_flag_the_over_long_record(corpus, model_dir, caps
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert code == 1 and [(r["record_id"], r["reason"]) for r in rows] == [
         ("long", "no supervised token within max length")]
+
+
+def test_chat_question_with_invalid_utf8_is_one_line(corpus, model_dir, capsys, caplog) -> None:
+    code, text = _run(capsys, caplog, "chat", "--model", str(model_dir), "--image",
+                      str(corpus["root"] / "images" / "good.png"), "--question", "why \udcff?", "--device", "cpu")
+    assert code == 2 and "vlm chat: error: the question is not valid Unicode" in text
