@@ -172,5 +172,6 @@ def broken_record_files(folder, records: list) -> dict[str, str]:
         out[name] = expected
     (folder / "utf16.json").write_bytes(whole.encode("utf-16"))
     (folder / "zero.json").write_bytes(b"")
-    out.update({"utf16.json": "not UTF-8", "zero.json": "no records"})
+    (folder / "garbage.parquet").write_bytes(b"PAR1" + bytes(range(200)))
+    out.update({"utf16.json": "not UTF-8", "zero.json": "no records", "garbage.parquet": "not a readable parquet"})
     return out

@@ -110,6 +110,9 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
     `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
     cached features and decodes just the images it has not cached yet."""
+    import yaml
+
+    from conversation.errors import RecordFileError
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
     from instruct_data.sources import load_records
@@ -122,7 +125,12 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
             from instruct_data.mixture import load_mixture  # type: ignore[import-not-found]
         except ImportError as err:
             raise ConfigError(f"data.mixture needs instruct_data.mixture, which is not available: {err}") from None
-        records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
+        try:
+            records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
+        except (ValueError, OSError, yaml.YAMLError) as err:
+            if isinstance(err, RecordFileError):
+                raise
+            raise ConfigError(f"data.mixture {d.mixture}: {err}") from None
     else:
         records = load_records(d.data_path, image_roots=roots)
     dataset = InstructDataset(records, model.config.template, model.tokenizer,

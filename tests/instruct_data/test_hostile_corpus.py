@@ -88,7 +88,7 @@ def test_validate_names_every_bad_record_and_passes_the_good(corpus, capsys, cap
 
 @pytest.mark.parametrize("name", ["truncated.json", "missing_comma.json", "python_repr.json", "object.json",
                                   "jsonl_named.json", "trailing.json", "empty_list.json", "blank_lines.jsonl",
-                                  "utf16.json", "zero.json"])
+                                  "utf16.json", "zero.json", "garbage.parquet"])
 def test_validate_unreadable_files_say_where(corpus, capsys, caplog, tmp_path, name) -> None:
     path = corpus["root"] / "broken" / name
     code, text, rows = _validate(corpus, capsys, caplog, path, tmp_path)
@@ -135,7 +135,7 @@ def test_train_skips_each_bad_record_and_trains_the_good(corpus, model_dir, caps
 
 
 @pytest.mark.parametrize("name", ["truncated.json", "python_repr.json", "utf16.json", "zero.json", "empty_list.json",
-                                  "blank_lines.jsonl", "jsonl_named.json"])
+                                  "blank_lines.jsonl", "jsonl_named.json", "garbage.parquet"])
 def test_train_on_an_unreadable_file_is_one_clear_error(corpus, model_dir, capsys, caplog, tmp_path, name) -> None:
     path = corpus["root"] / "broken" / name
     code, text = _run(capsys, caplog, "train", str(_train_config(corpus, model_dir, tmp_path, path, 2)))
@@ -208,3 +208,17 @@ def test_chat_question_with_invalid_utf8_is_one_line(corpus, model_dir, capsys, 
     code, text = _run(capsys, caplog, "chat", "--model", str(model_dir), "--image",
                       str(corpus["root"] / "images" / "good.png"), "--question", "why \udcff?", "--device", "cpu")
     assert code == 2 and "vlm chat: error: the question is not valid Unicode" in text
+
+
+@pytest.mark.parametrize("mixture, message", [
+    ("datasets: [{json_path: nope.json}]", "record file not found"),
+    ("datasets: [{json_path: broken/zero.json}]", "no records"),
+    ("datasets: [oops", "data.mixture"),
+    ("datasets: [{json_path: corpus.json, sampling_strategy: 'first:x'}]", "bad count"),
+])
+def test_train_on_a_bad_mixture_is_one_clear_error(corpus, model_dir, capsys, caplog, tmp_path, mixture, message):
+    path = corpus["root"] / f"mix_{abs(hash(mixture))}.yaml"
+    path.write_text(mixture)
+    config = _train_config(corpus, model_dir, tmp_path, corpus["root"] / "corpus.json", 2)
+    code, text = _run(capsys, caplog, "train", str(config), "data.data_path=[]", f"data.mixture={path}")
+    assert code == 2 and message in text, text
