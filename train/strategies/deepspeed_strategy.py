@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train import distributed
+from train.strategies.cpu_adam import cpu_adam_like, offloads_optimizer
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
 from train.strategies.unused_branches import touch_unused_branches
 from train.strategy import OptimizerFactory, Strategy
@@ -133,6 +134,8 @@ class DeepSpeedStrategy(Strategy):
         )
         model.to(self.device)
         optimizer = optimizer_factory(model)
+        if offloads_optimizer(self.resolved_config):
+            optimizer = cpu_adam_like(optimizer)
         engine, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.resolved_config)
         self.engine = engine
         # After initialize: ZeRO-3's own module hooks must run first, so that on text-only batches the
