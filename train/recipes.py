@@ -1,6 +1,7 @@
 """The two recipes, `align` (phase 1) and `instruct` (phase 2): model, freezing, data and final save for the loop."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -39,14 +40,33 @@ def get_recipe(name: str) -> Recipe:
 
 
 # ---------------------------------------------------------------------------- model
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """Load `model.init_from` or build from vision/projector/llm; set the training template."""
+def build_model(cfg: TrainConfig, strategy: Strategy | None = None) -> nn.Module:
+    """Load `model.init_from` or build from vision/projector/llm; set the training template. With a strategy: in
+    the dtype of `train.load_policy` and inside the strategy's model-init context (ZeRO-3: partitioned)."""
+    from train.load_policy import FP32, load_dtype
+    from train.loop import resolve_precision
+
+    dtype = None
+    if strategy is not None:
+        dtype = load_dtype(cfg, resolve_precision(cfg.precision, strategy.device), strategy.keeps_master_weights)
+        dtype = None if dtype == FP32 else dtype
+    with strategy.model_init_context() if strategy is not None else contextlib.nullcontext():
+        model = _load_model(cfg, dtype)
+    return model
+
+
+def _load_model(cfg: TrainConfig, dtype: str | None) -> nn.Module:
     from vlm.model import VisionLanguageModel
 
     recipe = get_recipe(cfg.recipe)
     m = cfg.model
     if m.init_from:
-        model = VisionLanguageModel.load(m.init_from)
+        from vlm.config import VLMConfig
+
+        saved_dtype = VLMConfig.load(Path(m.init_from)).torch_dtype if dtype else None
+        model = VisionLanguageModel.load(m.init_from, torch_dtype=dtype)
+        if dtype:
+            model.config.torch_dtype = saved_dtype  # the run's load dtype is not the saved model's property
         inherited = model.config.template
         model.config.template = m.template or recipe.default_template or inherited
         if cfg.recipe == "instruct" and model.config.template == "plain" and not m.template:
@@ -60,7 +80,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
                                           attn_implementation=m.attn_implementation,
-                                          trust_remote_code=m.trust_remote_code)
+                                          trust_remote_code=m.trust_remote_code, torch_dtype=dtype)
+        model.config.torch_dtype = None  # as before: a loaded output is fp32 unless asked otherwise
     return model
 
 
@@ -255,8 +276,12 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     cfg.validate()
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     seed_everything(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, strategy)
     counts = prepare_model(model, cfg)
+    if not strategy.keeps_master_weights:
+        from train.load_policy import upcast_trainable
+
+        upcast_trainable(model)  # torch AdamW steps fp32 masters; the frozen rest may stay bf16
     hook = feature_hook(cfg, model)
     # With the cache on, items carry image paths only: a warm cache never decodes an image.
     data = build_data(cfg, model, strategy, load_pixels=hook is None)

@@ -14,7 +14,7 @@ from vision_encoders.registry import load_vision_encoder, parse_spec, resolve_pa
 from vlm.config import CONFIG_NAME, VLMConfig
 from vlm.io import atomic_directory
 from vlm.model import EMBEDDING_ROW_MULTIPLE, VisionLanguageModel, load_llm, resolve_dtype
-from vlm.tokens import embedding_rows, embedding_width, fill_rows
+from vlm.tokens import embedding_rows, embedding_width, fill_rows, gathered
 
 PROJECTOR_FILE = "projector.safetensors"
 ADDED_EMBEDDINGS_FILE = "added_embeddings.safetensors"
@@ -94,11 +94,12 @@ def _restore_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
         fill_rows(model.llm, list(range(old_rows, embedding_rows(model.llm))))
     input_weight = model.llm.get_input_embeddings().weight
     output = model.llm.get_output_embeddings()
-    with torch.no_grad():
+    if "output_embeddings" in tensors and (output is None or output.weight is input_weight):
+        raise ValueError(f"{path}: holds separate output embeddings but the LLM ties them to its inputs")
+    weights = [input_weight] + ([output.weight] if "output_embeddings" in tensors else [])
+    with gathered(weights), torch.no_grad():  # ZeRO-3: the rows are written whole, then re-partitioned
         input_weight[ids] = tensors["input_embeddings"].to(input_weight)
         if "output_embeddings" in tensors:
-            if output is None or output.weight is input_weight:
-                raise ValueError(f"{path}: holds separate output embeddings but the LLM ties them to its inputs")
             output.weight[ids] = tensors["output_embeddings"].to(output.weight)
 
 
