@@ -59,7 +59,7 @@ class Shape:
 
 SHAPES = {
     "default": Shape(hidden=256, layers=2, heads=4, kv_heads=2, intermediate=1024, vision_width=128,
-                     vision_layers=2, image_size=224, patch_size=32, batch=4, words=(8, 48), steps=5),
+                     vision_layers=2, image_size=224, patch_size=32, batch=4, words=(8, 32), steps=3),
     "quick": Shape(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128, vision_width=32, vision_layers=1,
                    image_size=64, patch_size=32, batch=2, words=(3, 12), steps=1),
 }
