@@ -61,7 +61,7 @@ def load(path: str, mode: str) -> None:
                                      global_batch_size=2, precision="fp32")
         with strategy.model_init_context():
             llm = load_llm(path, config, torch.float32)
-        held = sum(p.numel() for p in llm.parameters())  # this rank's partition
+        held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in llm.parameters())
         total = sum(int(getattr(p, "ds_numel", p.numel())) for p in llm.parameters())
     else:
         llm = load_llm(path, config, torch.float32 if mode == "fp32" else torch.bfloat16)

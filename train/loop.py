@@ -257,9 +257,8 @@ class Trainer:
                    "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
                    "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed}
         metrics["peak_mem_mb"] = peak_memory_mb(device)
-        ran = [f is None and b is not None and batch_field(b, "pixel_values") is not None for b, f in zip(window, features)]
-        metrics.update(self.efficiency.step_metrics([b for b in window if b], [r for b, r in zip(window, ran) if b],
-                                                    elapsed))
+        kept = [(b, f is None and batch_field(b, "pixel_values") is not None) for b, f in zip(window, features) if b]
+        metrics.update(self.efficiency.step_metrics([b for b, _ in kept], [ran for _, ran in kept], elapsed))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         self.state.samples_seen += int(samples)
         self.state.tokens_seen += int(total_tokens)
@@ -336,6 +335,7 @@ class Trainer:
                 logger.message(summary)
         finally:
             self.model.train(was_training)
+            self._feeder = None  # its persistent workers end with it
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
