@@ -62,8 +62,9 @@ def gpu_peak_tflops(name: str, precision: str, tf32: bool) -> float | None:
 
 
 @functools.lru_cache(maxsize=None)
-def measured_peak_flops(device_type: str = "cpu", size: int = 512, repeats: int = 5) -> float:
-    """Best fp32 matmul FLOP/s of this process on `device_type`, measured once per process."""
+def measured_peak_flops(device_type: str = "cpu", size: int = 768, repeats: int = 8) -> float:
+    """Best fp32 matmul FLOP/s of this process on `device_type`, measured once per process (the best of several
+    runs: on a shared machine the others are slowed by other jobs)."""
     device = torch.device(device_type)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
