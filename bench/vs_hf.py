@@ -273,7 +273,8 @@ def bench_phase(root: Path, ours: Any, hf: Any, phase: int, shape: Shape, device
     ours_flops, hf_flops = flops.batch_flops(batch, ours_tower), flops.batch_flops(batch, True)
     ids = batch_field(batch, "input_ids")
     return {
-        "phase": phase, "ratio_tokens_per_s": hf_s / ours_s, "ratio_peak_memory": ours_mb / hf_mb if hf_mb else math.nan,
+        "phase": phase, "ratio_tokens_per_s": hf_s / ours_s,
+        "ratio_peak_memory": ours_mb / hf_mb if hf_mb else math.nan,
         "ours_tokens_per_s": tokens / ours_s, "hf_tokens_per_s": tokens / hf_s,
         "ours_peak_memory_mb": ours_mb, "hf_peak_memory_mb": hf_mb,
         "padding_ratio": padding_ratio([batch]), "mfu": ours_flops / ours_s / peak, "hf_mfu": hf_flops / hf_s / peak,

@@ -1,4 +1,4 @@
-"""ZeRO-Offload configs get DeepSpeed's CPU Adam with our groups and hyperparameters; torch AdamW when it cannot build."""
+"""ZeRO-Offload configs get DeepSpeed's CPU Adam with our groups and hyperparameters; torch AdamW if it cannot build."""
 from __future__ import annotations
 
 import pytest
