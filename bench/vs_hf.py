@@ -99,7 +99,7 @@ def make_batch(model: Any, root: Path, phase: int, shape: Shape, seed: int = 0) 
     from instruct_data.collate import collate
     from instruct_data.dataset import InstructDataset
     from instruct_data.sources import load_records
-    from instruct_data.testing import noise_image
+    from conversation.testing import noise_image
 
     rng = random.Random(seed)
     records = []
