@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from train.efficiency import StepFlops, batch_field, padding_ratio, peak_flops  # noqa: E402
+from train.efficiency import StepFlops, padding_ratio, peak_flops  # noqa: E402
 
 QWEN2_VOCAB = 151_936
 
@@ -121,9 +121,10 @@ def make_batch(model: Any, root: Path, phase: int, shape: Shape, seed: int = 0) 
 def set_phase(ours: Any, hf: Any, phase: int) -> None:
     """Phase 1: the projector trains; phase 2: the projector and the whole LLM. The vision tower stays frozen."""
     from train.freezing import set_trainable
+    from train.recipe_registry import get_recipe
 
     if ours is not None:
-        set_trainable(ours, recipe="align" if phase == 1 else "instruct", llm_mode="full")
+        set_trainable(ours, recipe=get_recipe("align" if phase == 1 else "instruct"), llm_mode="full")
         ours.train()
     if hf is not None:
         for name, param in hf.named_parameters():
@@ -150,7 +151,7 @@ def cached_features(model: Any, batch: Any, device: str) -> torch.Tensor:
     """What the trainer's feature cache returns for the batch's images (the frozen tower's output)."""
     with torch.no_grad():
         param = next(model.vision_encoder.parameters())
-        return model.vision_encoder(batch_field(batch, "pixel_values").to(device, param.dtype))
+        return model.vision_encoder(batch.pixel_values.to(device, param.dtype))
 
 
 def step_fns(side: str, model: Any, batch: Any, phase: int, device: str) -> tuple[Callable[[], float], bool]:
@@ -160,7 +161,7 @@ def step_fns(side: str, model: Any, batch: Any, phase: int, device: str) -> tupl
         from train.loop import summed_token_loss
 
         features = cached_features(model, batch, device) if phase == 1 else None
-        labels = batch_field(batch, "labels")
+        labels = batch.labels
         supervised = int((labels[:, 1:] != -100).sum())
 
         def ours() -> float:
@@ -171,7 +172,7 @@ def step_fns(side: str, model: Any, batch: Any, phase: int, device: str) -> tupl
             return float(loss.detach()) / supervised
 
         return ours, features is None
-    inputs = {k: batch_field(batch, k).to(device) for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
+    inputs = {k: getattr(batch, k).to(device) for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
 
     def hf() -> float:
         model.zero_grad(set_to_none=True)
@@ -267,11 +268,11 @@ def bench_phase(root: Path, ours: Any, hf: Any, phase: int, shape: Shape, device
     else:
         ours_mb, hf_mb = child_memory(root, "ours", phase, device), child_memory(root, "hf", phase, device)
         method = "VmHWM after /proc/self/clear_refs above VmRSS, each side in a fresh process"
-    tokens = int(batch_field(batch, "attention_mask").sum())
+    tokens = int(batch.attention_mask.sum())
     flops = StepFlops(ours)
     peak, peak_source = peak_flops(torch.device(device), "bf16" if device.startswith("cuda") else "fp32")
     ours_flops, hf_flops = flops.batch_flops(batch, ours_tower), flops.batch_flops(batch, True)
-    ids = batch_field(batch, "input_ids")
+    ids = batch.input_ids
     return {
         "phase": phase, "ratio_tokens_per_s": hf_s / ours_s,
         "ratio_peak_memory": ours_mb / hf_mb if hf_mb else math.nan,

@@ -37,13 +37,6 @@ GPU_PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
 ]
 
 
-def batch_field(batch: Any, name: str, default: Any = None) -> Any:
-    """`batch[name]` for a dict batch, `batch.name` for a `Batch`-like object; `default` when absent."""
-    if isinstance(batch, dict):
-        return batch.get(name, default)
-    return getattr(batch, name, default)
-
-
 def _numel(param: torch.Tensor) -> int:
     return int(getattr(param, "ds_numel", param.numel()))  # ZeRO-3 partitions hold 0 elements locally
 
@@ -163,8 +156,8 @@ class StepFlops:
 
     def batch_flops(self, batch: Any, encoder_runs: bool) -> int:
         """FLOPs of one micro-batch: LLM over each real sequence plus its images."""
-        mask = batch_field(batch, "attention_mask")
-        lengths = batch_field(batch, "sample_lengths")
+        mask = batch.attention_mask
+        lengths = batch.sample_lengths
         if lengths is None:
             lengths = [[int(n)] for n in mask.sum(dim=1).tolist()]
         flops = sum(self.llm.sequence_flops(n) for row in lengths for n in row)
@@ -172,16 +165,16 @@ class StepFlops:
 
 
 def images_in(batch: Any) -> int:
-    counts = batch_field(batch, "image_counts")
+    counts = batch.image_counts
     if counts is not None:
         return int(sum(int(c) for c in counts))
-    pixels = batch_field(batch, "pixel_values")
+    pixels = batch.pixel_values
     return 0 if pixels is None else int(pixels.shape[0])
 
 
 def token_slots(batch: Any) -> tuple[int, int]:
     """(real tokens, all token slots) of one micro-batch."""
-    mask = batch_field(batch, "attention_mask")
+    mask = batch.attention_mask
     return int(mask.sum()), int(mask.numel())
 
 

@@ -2,12 +2,13 @@
 time the loop waits on it, non-blocking copies, TF32 for fp32 runs on GPUs."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
+
+from vlm.batch import Batch
 
 WAIT_WARN_FRACTION = 0.10  # warn when the loop waits on data for more than this share of a step
 WAIT_WARN_EVERY_S = 300.0  # after the first warning, at most one per this many seconds
@@ -73,21 +74,11 @@ class TimedIterator:
         return wait
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """The batch with its tensors on `device` (non-blocking copies from pinned memory); as is on a CPU.
-    Accepts the collator's dict or a dataclass `Batch`."""
+def to_device(batch: Batch | None, device: torch.device) -> Batch | None:
+    """The batch with its tensors on `device` (non-blocking copies from pinned memory); as is on a CPU."""
     if batch is None or device.type == "cpu":
         return batch
-
-    def move(value: Any) -> Any:
-        return value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-
-    if isinstance(batch, dict):
-        return {key: move(value) for key, value in batch.items()}
-    if dataclasses.is_dataclass(batch):
-        return dataclasses.replace(batch, **{f.name: move(getattr(batch, f.name)) for f in dataclasses.fields(batch)
-                                             if f.init and torch.is_tensor(getattr(batch, f.name))})
-    return batch
+    return batch.to(device, non_blocking=True)
 
 
 class WaitWarner:

@@ -17,7 +17,7 @@ from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
-from train.efficiency import EfficiencyLog, batch_field
+from train.efficiency import EfficiencyLog
 from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
@@ -251,7 +251,7 @@ class Trainer:
                    "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
                    "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed}
         metrics["peak_mem_mb"] = peak_memory_mb(device)
-        kept = [(b, f is None and batch_field(b, "pixel_values") is not None) for b, f in zip(window, features) if b]
+        kept = [(b, f is None and b.pixel_values is not None) for b, f in zip(window, features) if b]
         metrics.update(self.efficiency.step_metrics([b for b, _ in kept], [ran for _, ran in kept], elapsed))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         self.state.samples_seen += int(samples)

@@ -1,13 +1,16 @@
 """FLOP accounting checked against counts worked out by hand, the GPU peak table and the padding ratio."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from train.efficiency import (StepFlops, Transformer, batch_field, gpu_peak_tflops, llm_counts,
+from train.efficiency import (StepFlops, Transformer, gpu_peak_tflops, llm_counts,
                               measured_peak_flops, padding_ratio, peak_flops)
+from vlm.batch import Batch
 
 # Llama, hidden 32, MLP 64, 2 layers, 4 heads of 8, 2 KV heads, vocab 100:
 # per layer q 32*32 + k 32*16 + v 32*16 + o 32*32 = 3072, MLP 3*32*64 = 6144, 2 norms 64 -> 9280;
@@ -62,13 +65,13 @@ def test_step_flops_on_a_vlm(tiny) -> None:
     ids = torch.ones(2, k + 5, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0  # row 1: k + 2 real tokens
-    batch = {"input_ids": ids, "attention_mask": mask, "image_counts": torch.tensor([1, 1])}
+    batch = Batch(ids, mask, image_counts=torch.tensor([1, 1]))
     text = llm.sequence_flops(k + 5) + llm.sequence_flops(k + 2)
     per_image = model.config.vision_num_tokens * 6 * flops.projector.trainable
     assert flops.batch_flops(batch, encoder_runs=False) == text + 2 * per_image
     tower = flops.vision.sequence_flops(flops.vision_tokens)
     assert tower > 0 and flops.batch_flops(batch, encoder_runs=True) == text + 2 * (per_image + tower)
-    packed = {**batch, "sample_lengths": [[k + 2, 3], [k + 2]]}  # attention per packed sample
+    packed = dataclasses.replace(batch, sample_lengths=[[k + 2, 3], [k + 2]])  # attention per packed sample
     assert flops.batch_flops(packed, False) == (llm.sequence_flops(k + 2) * 2 + llm.sequence_flops(3)
                                                  + 2 * per_image)
 
@@ -92,17 +95,15 @@ def test_cpu_peak_is_measured_once() -> None:
     assert value == first and "measured" in source
 
 
-def test_padding_ratio_and_batch_field() -> None:
-    a = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
-    b = type("B", (), {"attention_mask": torch.tensor([[1, 0, 0, 0]])})()
+def test_padding_ratio() -> None:
+    a = Batch(torch.zeros(2, 4, dtype=torch.long), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    b = Batch(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[1, 0, 0, 0]]))
     assert padding_ratio([a, b]) == pytest.approx(4 / 12) and padding_ratio([]) == 0.0
-    assert batch_field(b, "attention_mask") is b.attention_mask and batch_field(a, "labels") is None
-    assert batch_field(b, "labels", 3) == 3
 
 
 def test_a_module_that_is_not_a_vlm_logs_no_mfu() -> None:
     from train.efficiency import EfficiencyLog
 
     log = EfficiencyLog(nn.Linear(2, 2), torch.device("cpu"), "fp32")
-    out = log.step_metrics([{"attention_mask": torch.ones(1, 4)}], [False], 0.1)
+    out = log.step_metrics([Batch(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4))], [False], 0.1)
     assert out == {"padding_ratio": 0.0}

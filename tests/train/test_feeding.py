@@ -1,7 +1,6 @@
 """The run's one DataLoader (persistent workers across epochs, exact resume), loader wait, warnings, copies."""
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 
@@ -11,6 +10,7 @@ import torch
 from train.feeding import EpochBatches, TimedIterator, WaitWarner, enable_tf32, to_device
 from train.run_logger import read_metrics
 from train.recipes import run
+from vlm.batch import Batch
 
 
 def test_epoch_batches_follow_epoch_and_skip() -> None:
@@ -44,18 +44,12 @@ def test_wait_warning_once_then_rate_limited() -> None:
     assert again is not None and "2 such step(s)" in again
 
 
-def test_to_device_moves_dicts_and_dataclasses() -> None:
-    @dataclasses.dataclass
-    class Batch:
-        input_ids: torch.Tensor
-        ids: list
-
-    batch = {"input_ids": torch.ones(2, 3), "ids": ["a"]}
+def test_to_device_moves_a_batch_off_the_cpu_only() -> None:
+    ids = torch.ones(2, 3, dtype=torch.long)
+    batch = Batch(ids, torch.ones_like(ids), ids=["a", "b"])
     assert to_device(batch, torch.device("cpu")) is batch
     moved = to_device(batch, torch.device("meta"))
-    assert moved["input_ids"].device.type == "meta" and moved["ids"] == ["a"]
-    obj = to_device(Batch(torch.ones(2), ["a"]), torch.device("meta"))
-    assert obj.input_ids.device.type == "meta" and obj.ids == ["a"]
+    assert moved.input_ids.device.type == "meta" and moved.ids == ["a", "b"]
     assert enable_tf32("fp32", torch.device("cpu")) is False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from train.load_policy import load_dtype, upcast_trainable
+from vlm.batch import Batch
 
 
 class _Cfg:
@@ -50,7 +51,7 @@ def test_align_run_loads_bf16_and_trains_fp32_projector(make_cfg, monkeypatch) -
     assert all(p.dtype == torch.float32 for p in model.projector.parameters())
     assert model.llm.get_input_embeddings().weight.dtype == torch.bfloat16  # frozen: stays bf16
     ids = torch.tensor([[1, 2, 3, 4]])
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, "image_counts": None}
+    batch = Batch(ids, torch.ones_like(ids), labels=ids)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = summed_token_loss(model, batch, torch.device("cpu"))
     assert torch.isfinite(loss)
