@@ -34,6 +34,9 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
     pixels: list[torch.Tensor] = []
     image_counts = torch.zeros(batch_size, dtype=torch.long)
     image_keys: list[str] = []
+    anyres = any("image_sizes" in it for it in good)
+    image_sizes: list[tuple[int, int]] = []
+    image_tiles: list[int] = []
     keys_only = 0
     for b, it in enumerate(good):
         n = len(it["input_ids"])
@@ -42,6 +45,15 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
         attention_mask[b, :n] = 1
         pv = it.get("pixel_values")
         count = len(it.get("image_keys", [])) if pv is None else int(pv.shape[0])  # keys only: feature-cache mode
+        if anyres:  # pixels are tiles: count images by their sizes
+            if "image_sizes" not in it:
+                raise ValueError(f"batch mixes anyres items (with image_sizes) and others (id {it['id']!r})")
+            count = len(it["image_sizes"])
+            if sum(it["image_tiles"]) != (0 if pv is None else int(pv.shape[0])):
+                raise ValueError(f"item {it['id']!r}: {sum(it['image_tiles'])} tiles listed but pixel_values holds "
+                                 f"{0 if pv is None else int(pv.shape[0])}")
+            image_sizes.extend(tuple(size) for size in it["image_sizes"])
+            image_tiles.extend(int(n) for n in it["image_tiles"])
         if pv is not None and count:
             pixels.append(pv)
         elif count:
@@ -62,6 +74,9 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
         "image_keys": image_keys,
         "ids": [it["id"] for it in good],
         "skipped": skipped,
+        # anyres: (height, width) and tile count of every image in order; pixel_values holds all tiles
+        "image_sizes": image_sizes if anyres else None,
+        "image_tiles": image_tiles if anyres else None,
     }
 
 
@@ -87,12 +102,20 @@ def select_samples(batch: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]
     rows = torch.as_tensor(list(keep), dtype=torch.long)
     pixels = batch.get("pixel_values")
     keys = batch.get("image_keys") or []
+    sizes, tiles = batch.get("image_sizes"), batch.get("image_tiles")
+    anyres: dict[str, Any] = {}
+    pixel_rows = images
+    if sizes is not None and tiles is not None:  # anyres: each image owns a run of tiles in pixel_values
+        starts = [sum(tiles[:j]) for j in range(len(tiles))]
+        pixel_rows = [starts[j] + t for j in images for t in range(tiles[j])]
+        anyres = {"image_sizes": [sizes[j] for j in images], "image_tiles": [tiles[j] for j in images]}
     return {
         **batch,
+        **anyres,
         "input_ids": batch["input_ids"][rows],
         "attention_mask": batch["attention_mask"][rows],
         "labels": batch["labels"][rows],
-        "pixel_values": pixels[images] if pixels is not None and images else None,
+        "pixel_values": pixels[pixel_rows] if pixels is not None and pixel_rows else None,
         "image_counts": batch["image_counts"][rows],
         "image_keys": [keys[j] for j in images] if keys else [],
         "ids": [batch["ids"][i] for i in keep],

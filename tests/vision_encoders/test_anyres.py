@@ -149,3 +149,53 @@ def test_tiles_are_the_base_then_the_grid_row_by_row_on_black() -> None:
 def test_number_of_tiles_is_what_the_geometry_says(h: int, w: int) -> None:
     geo = AnyresGeometry.build("(1x1),...,(2x3)", 10, 2)
     assert len(tile_image(Image.new("RGB", (w, h)), geo, Image.Resampling.BICUBIC)) == geo.num_tiles((h, w))
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
+
+
+@pytest.mark.parametrize("width, height", [(56, 56), (80, 40), (30, 90), (13, 200), (100, 33)])
+def test_processor_matches_llava_next_image_processor(width: int, height: int) -> None:
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from vision_encoders.preprocess import ImageProcessor
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    pins = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
+    ours = ImageProcessor(size=28, mean=mean, std=std, aspect_ratio="anyres", grid_pinpoints=pins)
+    hf = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                    image_mean=list(mean), image_std=list(std), image_grid_pinpoints=pins)
+    img = _photo(width, height)
+    pixels, size = ours.process(img)
+    expected = hf(img, return_tensors="pt")
+    assert size == (height, width) == tuple(expected["image_sizes"][0].tolist())
+    assert pixels.shape == expected["pixel_values"][0].shape
+    assert pixels.shape[0] == ours.anyres_geometry().num_tiles(size)
+    torch.testing.assert_close(pixels, expected["pixel_values"][0], atol=1e-5, rtol=0)
+    assert torch.equal(ours(img), pixels) and torch.equal(ours.batch([img, img]), torch.cat([pixels, pixels]))
+
+
+def test_processor_round_trips_through_its_json(tmp_path) -> None:
+    from vision_encoders.preprocess import ImageProcessor
+
+    ours = ImageProcessor(size=28, mean=(0.5,) * 3, std=(0.5,) * 3, aspect_ratio="anyres",
+                          grid_pinpoints="(1x1),...,(2x2)", max_tiles=3)
+    assert ours.grid_pinpoints == [[28, 28], [28, 56], [56, 28], [56, 56]]
+    ours.save(tmp_path / "p.json")
+    assert ImageProcessor.load(tmp_path / "p.json") == ours
+    with pytest.raises(ValueError, match="grid_pinpoints"):
+        ImageProcessor(size=28, mean=(0.5,) * 3, std=(0.5,) * 3, aspect_ratio="anyres")
+
+
+def test_config_accepts_the_onevision_spelling_and_refuses_half_settings() -> None:
+    from vision_encoders.config import VisionEncoderConfig
+
+    cfg = VisionEncoderConfig("hf:x", image_aspect_ratio="anyres_max_9", image_grid_pinpoints="(1x1),...,(6x6)")
+    assert (cfg.image_aspect_ratio, cfg.anyres_max_tiles, cfg.anyres) == ("anyres", 9, True)
+    assert VisionEncoderConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="needs image_grid_pinpoints"):
+        VisionEncoderConfig("hf:x", image_aspect_ratio="anyres")
+    with pytest.raises(ValueError, match="need image_aspect_ratio 'anyres'"):
+        VisionEncoderConfig("hf:x", image_grid_pinpoints=[[28, 28]])
