@@ -105,6 +105,8 @@ def summed_token_loss(model: nn.Module, batch: dict[str, Any], device: torch.dev
         inputs["vision_features"] = vision_features
     elif batch.get("pixel_values") is not None:
         inputs["pixel_values"] = batch["pixel_values"].to(device)
+    if batch.get("image_sizes") is not None:  # anyres: pixel_values are tiles
+        inputs["image_sizes"] = batch["image_sizes"]
     logits = model(**inputs).logits
     labels = batch["labels"].to(device)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),

@@ -125,9 +125,12 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
         records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
     else:
         records = load_records(d.data_path, image_roots=roots)
+    from vlm.anyres_features import image_token_counter
+
+    image_tokens = image_token_counter(model) if model.config.vision.anyres else model.config.num_image_tokens
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
-                              num_image_tokens=model.config.num_image_tokens,
+                              num_image_tokens=image_tokens,
                               image_processor=model.image_processor, image_roots=roots,
                               max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
@@ -161,8 +164,12 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]], torch.Tensor | None] | None:
     """batch -> cached vision features, when the feature cache is on (align with a frozen encoder)."""
     wanted = cfg.feature_cache
-    if wanted is None:  # auto
-        wanted = cfg.recipe == "align" and vision_is_frozen(model)
+    anyres = model.config.vision.anyres
+    if wanted and anyres:
+        raise ConfigError("feature_cache=true with image_aspect_ratio anyres: the cache holds one feature map per "
+                          "image, anyres encodes a size-dependent set of tiles; set feature_cache=false")
+    if wanted is None:  # auto (off for anyres: tiles are not cached)
+        wanted = cfg.recipe == "align" and vision_is_frozen(model) and not anyres
     if not wanted:
         return None
     if not vision_is_frozen(model):

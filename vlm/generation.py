@@ -23,12 +23,14 @@ def generate(
     top_p: float = 1.0,
     streamer: Any = None,
     eos_token_id: int | list[int] | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
     **generate_kwargs: Any,
 ) -> torch.LongTensor:
     """Continue left-padded prompts; returns only the new tokens, [B, new] (finished rows padded with pad id).
 
     `eos_token_id` may be a list (the template's stop tokens); default: the tokenizer's eos.
     `streamer` is any transformers streamer (`TextStreamer`, `TextIteratorStreamer`); batch size 1 only.
+    `image_sizes`: anyres models only, (height, width) of every image (pixel_values then holds their tiles).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -36,7 +38,7 @@ def generate(
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
     if input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("generate needs LEFT-padded prompts: some rows end with padding (attention_mask[:, -1] == 0)")
-    embeds = model.embed(input_ids, pixel_values, vision_features, image_counts)
+    embeds = model.embed(input_ids, pixel_values, vision_features, image_counts, image_sizes)
     if eos_token_id is None:
         eos_token_id = model.tokenizer.eos_token_id
     options: dict[str, Any] = {"do_sample": do_sample}
