@@ -124,3 +124,24 @@ def test_what_anyres_cannot_tile_is_refused(tiny) -> None:
         tiny.vlm("llama", image_aspect_ratio="anyres", image_grid_pinpoints=PINS, select_feature="cls_patch")
     with pytest.raises(ValueError, match="pixel_shuffle2x_mlp2x_gelu.*not supported"):
         tiny.vlm("llama", projector="pixel_shuffle2x_mlp2x_gelu", image_aspect_ratio="anyres", image_grid_pinpoints=PINS)
+
+
+def test_packing_with_a_tile_cap_matches_llava_onevision() -> None:
+    from types import SimpleNamespace
+
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    from vision_encoders.anyres import AnyresGeometry
+
+    geo = AnyresGeometry.build("(1x1),...,(3x3)", 32, 4, max_tiles=2)
+    fake = SimpleNamespace(config=SimpleNamespace(
+        vision_config=SimpleNamespace(image_size=32, patch_size=8),
+        image_grid_pinpoints=[list(p) for p in geo.pinpoints]))
+    newline = torch.randn(6, generator=torch.Generator().manual_seed(1))
+    for size in [(96, 96), (40, 100), (100, 33), (64, 64)]:
+        tiles = torch.randn(geo.num_tiles(size), 16, 6, generator=torch.Generator().manual_seed(size[0]))
+        ours = pack_image(tiles, size, geo, newline)
+        theirs, lens = LlavaOnevisionModel.pack_image_features(fake, [tiles], torch.tensor([size]), newline,
+                                                               vision_aspect_ratio="anyres_max_2")
+        assert ours.shape[0] == geo.num_tokens(size) == int(lens[0]), size
+        torch.testing.assert_close(ours, theirs[0], rtol=0, atol=1e-6)
