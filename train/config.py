@@ -130,6 +130,8 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return True, args[0]
+        if len(args) < len(typing.get_args(tp)):  # X | Y | None
+            return True, Union[tuple(args)]  # type: ignore[return-value]
     return False, tp
 
 

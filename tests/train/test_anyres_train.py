@@ -60,3 +60,15 @@ def test_ddp_matches_one_process(make_cfg, tiny_world, tmp_path) -> None:
     ddp_cfg = make_cfg(micro_batch_size=1, strategy="ddp", output_dir=str(tmp_path / "ddp"), **common)
     multi = run_distributed(ddp_cfg, tmp_path, "ddp")
     assert_same_run(single, multi, single_cfg.output_dir, ddp_cfg.output_dir, loss_rtol=1e-5, weight_atol=1e-5)
+
+
+def test_config_takes_pinpoints_as_a_list_or_the_range_form(make_cfg, tiny_world) -> None:
+    listed = anyres_model(tiny_world)
+    listed["vision"] = {**listed["vision"], "image_grid_pinpoints": [[32, 64], [64, 32]], "anyres_max_tiles": 4}
+    cfg = make_cfg(recipe="align", model=listed)
+    assert cfg.model.vision.image_grid_pinpoints == [[32, 64], [64, 32]] and cfg.model.vision.anyres_max_tiles == 4
+    assert make_cfg(recipe="align", model=anyres_model(tiny_world)).model.vision.image_grid_pinpoints == PINS
+    bad = anyres_model(tiny_world)
+    bad["vision"] = {**bad["vision"], "image_grid_pinpoints": [["a", 1]]}
+    with pytest.raises(ConfigError, match="image_grid_pinpoints"):
+        make_cfg(recipe="align", model=bad)
