@@ -69,27 +69,47 @@ class ModelGenerator:
         self._encode_prompt = encode_prompt
         self.stops = _stop_ids(model)
 
-    def encode(self, item: EvalItem) -> list[int]:
-        """The item's prompt rendered by the checkpoint's template, ending with the assistant prefix."""
+    def encode(self, item: EvalItem, image_size: tuple[int, int] | None = None) -> list[int]:
+        """The item's prompt rendered by the checkpoint's template, ending with the assistant prefix.
+
+        anyres models count the image's tokens from `image_size` ((height, width)), required then.
+        """
         from conversation.records import Message
 
         cfg = self.model.config
         content = (cfg.image_token + "\n" if item.image is not None else "") + item.prompt
+        counts: int | list[int] = cfg.num_image_tokens
+        if getattr(cfg.vision, "anyres", False) and item.image is not None:
+            from vlm.anyres_features import image_token_counter
+
+            if image_size is None:
+                raise ValueError(f"item {item.question_id!r}: an anyres model needs the image size to count its tokens")
+            counts = [image_token_counter(self.model)(image_size)]
         return self._encode_prompt([Message(role="user", content=content)], cfg.template, self.model.tokenizer,
-                                   image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens)
+                                   image_token_id=cfg.image_token_id, num_image_tokens=counts)
 
     @torch.no_grad()
     def __call__(self, items: list[EvalItem]) -> list[str]:
         cfg = self.model.config
-        ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
         device = next(self.model.parameters()).device
-        images = [self.model.image_processor(open_image(it, self.blank_images)) for it in items
-                  if it.image is not None]
-        pixel_values = torch.stack(images).to(device=device, dtype=self.model.dtype) if images else None
         counts = torch.tensor([int(it.image is not None) for it in items], device=device)
+        extra: dict[str, Any] = {}
+        if getattr(cfg.vision, "anyres", False):  # tiles of every image, token counts from each size
+            processed = {i: self.model.image_processor.process(open_image(it, self.blank_images))
+                         for i, it in enumerate(items) if it.image is not None}
+            ids, mask = left_pad([self.encode(it, processed[i][1] if i in processed else None)
+                                  for i, it in enumerate(items)], cfg.pad_token_id)
+            tiles = [pixels for pixels, _ in processed.values()]
+            pixel_values = torch.cat(tiles).to(device=device, dtype=self.model.dtype) if tiles else None
+            extra["image_sizes"] = [size for _, size in processed.values()]
+        else:
+            ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
+            images = [self.model.image_processor(open_image(it, self.blank_images)) for it in items
+                      if it.image is not None]
+            pixel_values = torch.stack(images).to(device=device, dtype=self.model.dtype) if images else None
         new = self.model.generate(ids.to(device), mask.to(device), pixel_values=pixel_values, image_counts=counts,
                                   max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  eos_token_id=sorted(self.stops) or None)
+                                  eos_token_id=sorted(self.stops) or None, **extra)
         tok = self.model.tokenizer
         return [tok.decode(cut_at_stop(row.tolist(), self.stops, cfg.pad_token_id), skip_special_tokens=True).strip()
                 for row in new]

@@ -23,10 +23,16 @@ class Turn:
     question: str
     answer: str
     images: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image (anyres counts from it)
 
 
 def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor:
     """Decode one image file into model pixels, or raise ChatError saying why."""
+    return load_chat_image_sized(path, image_processor)[0]
+
+
+def load_chat_image_sized(path: str | Path, image_processor: Callable) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(pixels, (height, width)); anyres pixels are the image's tiles [n, 3, S, S]."""
     path = Path(path)
     if not path.exists():
         raise ChatError(f"image not found: {path}")
@@ -36,7 +42,8 @@ def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor
         image = load_image(path)
     except ImageLoadError as err:
         raise ChatError(f"cannot read image {path}: {err.reason}") from None
-    return image_processor(to_rgb(image))
+    rgb = to_rgb(image)
+    return image_processor(rgb), (rgb.height, rgb.width)
 
 
 class ChatSession:
@@ -49,6 +56,7 @@ class ChatSession:
         self.top_p = top_p
         self.turns: list[Turn] = []
         self.pending_images: list[torch.Tensor] = []
+        self.pending_sizes: list[tuple[int, int]] = []
         self.context_length = self._context_length()
 
     def _context_length(self) -> int:
@@ -60,11 +68,18 @@ class ChatSession:
         return 2048
 
     def add_image(self, path: str | Path) -> None:
-        self.pending_images.append(load_chat_image(path, self.model.image_processor))
+        pixels, size = load_chat_image_sized(path, self.model.image_processor)
+        self.pending_images.append(pixels)
+        self.pending_sizes.append(size)
 
     def reset(self) -> None:
         self.turns.clear()
         self.pending_images.clear()
+        self.pending_sizes.clear()
+
+    @property
+    def _anyres(self) -> bool:
+        return bool(getattr(self.model.config.vision, "anyres", False))
 
     def _messages(self, turns: list[Turn]) -> tuple[list[Message], list[torch.Tensor]]:
         messages: list[Message] = []
@@ -80,18 +95,25 @@ class ChatSession:
     def _encode(self, turns: list[Turn]) -> tuple[list[int], list[torch.Tensor]]:
         messages, images = self._messages(turns)
         config = self.model.config
+        counts: int | list[int] = config.num_image_tokens
+        if self._anyres:
+            from vlm.anyres_features import image_token_counter
+
+            count = image_token_counter(self.model)
+            counts = [count(size) for turn in turns for size in turn.sizes]
         ids = encode_prompt(
             messages,
             config.template,
             self.model.tokenizer,
             image_token_id=config.image_token_id,
-            num_image_tokens=config.num_image_tokens,
+            num_image_tokens=counts,
         )
         return ids, images
 
     def prepare(self, question: str) -> tuple[list[int], list[torch.Tensor], int]:
         """Encode history + question, dropping the oldest turns until the prompt fits. Returns dropped count."""
-        current = Turn(question=question, answer=None, images=list(self.pending_images))  # type: ignore[arg-type]
+        current = Turn(question=question, answer=None, images=list(self.pending_images),  # type: ignore[arg-type]
+                       sizes=list(self.pending_sizes))
         budget = self.context_length - self.max_new_tokens
         history = list(self.turns)
         dropped = 0
@@ -107,6 +129,7 @@ class ChatSession:
             history.pop(0)
             dropped += 1
         self.turns = history
+        self._sizes = [size for turn in history + [current] for size in turn.sizes]
         return ids, images, dropped
 
     @torch.no_grad()
@@ -115,8 +138,10 @@ class ChatSession:
         ids, images, dropped = self.prepare(question)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
-        pixel_values = torch.stack(images).to(device) if images else None
+        anyres = self._anyres
+        pixel_values = (torch.cat if anyres else torch.stack)(images).to(device) if images else None
         image_counts = torch.tensor([len(images)], device=device)
+        extra = {"image_sizes": self._sizes} if anyres else {}
         do_sample = self.temperature > 0
         new_tokens = self.model.generate(
             input_ids,
@@ -129,8 +154,11 @@ class ChatSession:
             top_p=self.top_p,
             streamer=streamer,
             eos_token_id=stop_token_ids(self.model.config.template, self.model.tokenizer),
+            **extra,
         )
         answer = self.model.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
-        self.turns.append(Turn(question=question, answer=answer, images=list(self.pending_images)))
+        self.turns.append(Turn(question=question, answer=answer, images=list(self.pending_images),
+                               sizes=list(self.pending_sizes)))
         self.pending_images.clear()
+        self.pending_sizes.clear()
         return answer, dropped

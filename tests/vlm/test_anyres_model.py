@@ -145,3 +145,29 @@ def test_packing_with_a_tile_cap_matches_llava_onevision() -> None:
                                                                vision_aspect_ratio="anyres_max_2")
         assert ours.shape[0] == geo.num_tokens(size) == int(lens[0]), size
         torch.testing.assert_close(ours, theirs[0], rtol=0, atol=1e-6)
+
+
+def test_chat_counts_each_attached_image_from_its_size(model, tmp_path) -> None:
+    from vlm.chat_session import ChatSession
+
+    photo(128, 64).save(tmp_path / "wide.png")
+    photo(32, 96, 1).save(tmp_path / "tall.png")
+    chat = ChatSession(model, max_new_tokens=3)
+    chat.add_image(tmp_path / "wide.png")
+    answer, _ = chat.ask("what?")
+    chat.add_image(tmp_path / "tall.png")
+    ids, images, _ = chat.prepare("and this?")
+    geo = geometry_of(model)
+    assert ids.count(model.config.image_token_id) == geo.num_tokens((64, 128)) + geo.num_tokens((96, 32))
+    assert sum(t.shape[0] for t in images) == geo.num_tiles((64, 128)) + geo.num_tiles((96, 32))
+    chat.ask("and this?")  # runs: counts and tiles agree with the model
+
+
+def test_eval_generator_batches_anyres_images_of_different_counts(model) -> None:
+    from eval.generation import ModelGenerator
+    from eval.types import EvalItem
+
+    items = [EvalItem("a", photo(128, 64), "What?"), EvalItem("t", None, "Say hi."), EvalItem("b", photo(32, 96, 2), "Which?")]
+    generator = ModelGenerator(model, max_new_tokens=3)
+    batched = generator(items)
+    assert batched == [generator([it])[0] for it in items]
