@@ -171,3 +171,15 @@ def test_eval_generator_batches_anyres_images_of_different_counts(model) -> None
     generator = ModelGenerator(model, max_new_tokens=3)
     batched = generator(items)
     assert batched == [generator([it])[0] for it in items]
+
+
+@pytest.mark.parametrize("max_tiles", [None, 2])
+def test_token_count_equals_features_produced_for_every_grid(max_tiles) -> None:
+    from vision_encoders.anyres import AnyresGeometry
+
+    geo = AnyresGeometry.build("(1x1),...,(3x3)", 32, 4, max_tiles=max_tiles)
+    newline = torch.zeros(3)
+    sizes = [p for p in geo.pinpoints] + [(h + 5, w - 7) for h, w in geo.pinpoints] + [(1, 20), (20, 1), (1, 1), (7, 300)]
+    for size in sizes:
+        tiles = torch.randn(geo.num_tiles(size), 16, 3)
+        assert pack_image(tiles, size, geo, newline).shape == (geo.num_tokens(size), 3), size
