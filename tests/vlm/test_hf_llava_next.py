@@ -45,9 +45,11 @@ def batch_of(model, groups: list[list[str]]):
     return ids, mask, torch.cat(tiles), sizes, [len(g) for g in groups]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=[("llama", "clip"), ("qwen2", "clip"), ("llama", "siglip")],
+                ids=["llama-clip", "qwen2-clip", "llama-siglip"])
 def pair(request, tiny):
-    model = tiny.vlm(request.param, image_aspect_ratio="anyres", image_grid_pinpoints=PINS)
+    arch, encoder = request.param  # SigLIP has no CLS token: LlavaNext's "full" strategy
+    model = tiny.vlm(arch, encoder, image_aspect_ratio="anyres", image_grid_pinpoints=PINS)
     with torch.no_grad():  # a non-trivial newline, so a misplaced one shows
         model.projector.image_newline.normal_(0, 1, generator=torch.Generator().manual_seed(5))
     return model, to_llava_next(model)
