@@ -8,7 +8,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from eval.types import EvalItem
+from eval.items import EvalItem
+from vlm.batch import Batch
 
 
 class GenerateFn(Protocol):
@@ -48,13 +49,9 @@ def cut_at_stop(tokens: list[int], stops: set[int], pad_id: int) -> list[int]:
 
 
 def _stop_ids(model: Any) -> set[int]:
-    try:
-        from conversation.tokenize import stop_token_ids
-    except ImportError:  # older instruct_data without it: the tokenizer's eos is the only stop
-        eos = model.tokenizer.eos_token_id
-        return {eos} if eos is not None else set()
-    ids = stop_token_ids(model.config.template, model.tokenizer)
-    return {ids} if isinstance(ids, int) else set(ids)
+    from conversation.tokenize import stop_token_ids
+
+    return set(stop_token_ids(model.config.template, model.tokenizer))
 
 
 class ModelGenerator:
@@ -91,25 +88,26 @@ class ModelGenerator:
     @torch.no_grad()
     def __call__(self, items: list[EvalItem]) -> list[str]:
         cfg = self.model.config
-        device = next(self.model.parameters()).device
-        counts = torch.tensor([int(it.image is not None) for it in items], device=device)
-        extra: dict[str, Any] = {}
+        counts = torch.tensor([int(it.image is not None) for it in items])
+        sizes: list[tuple[int, int]] | None = None
         if getattr(cfg.vision, "anyres", False):  # tiles of every image, token counts from each size
             processed = {i: self.model.image_processor.process(open_image(it, self.blank_images))
                          for i, it in enumerate(items) if it.image is not None}
             ids, mask = left_pad([self.encode(it, processed[i][1] if i in processed else None)
                                   for i, it in enumerate(items)], cfg.pad_token_id)
             tiles = [pixels for pixels, _ in processed.values()]
-            pixel_values = torch.cat(tiles).to(device=device, dtype=self.model.dtype) if tiles else None
-            extra["image_sizes"] = [size for _, size in processed.values()]
+            pixel_values = torch.cat(tiles) if tiles else None
+            sizes = [size for _, size in processed.values()]
         else:
             ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
             images = [self.model.image_processor(open_image(it, self.blank_images)) for it in items
                       if it.image is not None]
-            pixel_values = torch.stack(images).to(device=device, dtype=self.model.dtype) if images else None
-        new = self.model.generate(ids.to(device), mask.to(device), pixel_values=pixel_values, image_counts=counts,
-                                  max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  eos_token_id=sorted(self.stops) or None, **extra)
+            pixel_values = torch.stack(images) if images else None
+        prompts = Batch(ids, mask, image_counts=counts, image_sizes=sizes,
+                        pixel_values=pixel_values.to(self.model.dtype) if pixel_values is not None else None)
+        device = next(self.model.parameters()).device
+        new = self.model.generate(prompts.to(device), max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  eos_token_id=sorted(self.stops) or None)
         tok = self.model.tokenizer
         return [tok.decode(cut_at_stop(row.tolist(), self.stops, cfg.pad_token_id), skip_special_tokens=True).strip()
                 for row in new]

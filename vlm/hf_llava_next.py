@@ -33,7 +33,7 @@ from vlm.hf_llava import (
     check_exportable,
     llava_state_dict,
 )
-from vlm.io import atomic_directory
+from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, resolve_dtype
 from vlm.tokens import add_special_tokens, resize_for_tokenizer
 

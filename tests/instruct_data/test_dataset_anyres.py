@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from instruct_data.collate import collate, select_samples
+from instruct_data.collate import collate
 from instruct_data.dataset import InstructDataset
 from instruct_data.sources import load_records
 from vision_encoders.preprocess import ImageProcessor
@@ -61,13 +61,15 @@ def test_collate_and_select_keep_tiles_with_their_images(data, bpe_tokenizer):
     ds, geo = make(data, bpe_tokenizer)
     batch = collate([ds[0], ds[1], ds[2]], pad_token_id=0)
     tiles = [geo.num_tiles(s) for s in [(10, 40), (30, 10), (16, 16)]]
-    assert batch["image_counts"].tolist() == [1, 0, 2]
-    assert batch["image_sizes"] == [(10, 40), (30, 10), (16, 16)] and batch["image_tiles"] == tiles
-    assert batch["pixel_values"].shape[0] == sum(tiles)
-    kept = select_samples(batch, [2])
-    assert kept["image_sizes"] == [(30, 10), (16, 16)] and kept["image_tiles"] == tiles[1:]
-    assert torch.equal(kept["pixel_values"], batch["pixel_values"][tiles[0]:])
-    assert kept["image_keys"] == batch["image_keys"][1:]
+    assert batch.image_counts.tolist() == [1, 0, 2]
+    assert batch.image_sizes == [(10, 40), (30, 10), (16, 16)] and batch.image_tiles == tiles
+    assert batch.pixel_values.shape[0] == sum(tiles)
+    kept = batch.select([2])
+    assert kept.image_sizes == [(30, 10), (16, 16)] and kept.image_tiles == tiles[1:]
+    assert torch.equal(kept.pixel_values, batch.pixel_values[tiles[0]:])
+    assert kept.image_keys == batch.image_keys[1:]
+    first = batch.select([0])
+    assert first.image_tiles == tiles[:1] and torch.equal(first.pixel_values, batch.pixel_values[:tiles[0]])
 
 
 def test_length_estimates_before_tokenization_use_calibrated_image_tokens(data, bpe_tokenizer):

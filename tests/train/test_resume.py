@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from train.checkpointing import list_checkpoints
-from train.logging import read_metrics
+from train.run_logger import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,8 @@ def _cmd(config: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path) -> None:

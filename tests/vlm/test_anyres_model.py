@@ -165,7 +165,7 @@ def test_chat_counts_each_attached_image_from_its_size(model, tmp_path) -> None:
 
 def test_eval_generator_batches_anyres_images_of_different_counts(model) -> None:
     from eval.generation import ModelGenerator
-    from eval.types import EvalItem
+    from eval.items import EvalItem
 
     items = [EvalItem("a", photo(128, 64), "What?"), EvalItem("t", None, "Say hi."), EvalItem("b", photo(32, 96, 2), "Which?")]
     generator = ModelGenerator(model, max_new_tokens=3)
