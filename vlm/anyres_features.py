@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.preprocess import ImageProcessor
 
 if TYPE_CHECKING:
+    from vlm.config import VLMConfig
     from vlm.model import VisionLanguageModel
 
 NEWLINE = "image_newline"  # a parameter of the projector (trained, frozen and saved with it)
@@ -65,6 +66,14 @@ def image_token_counter(model: "VisionLanguageModel"):
         k = model.config.num_image_tokens
         return lambda size: k
     return geometry_of(model).num_tokens
+
+
+def checkpoint_token_counter(directory: str, config: "VLMConfig") -> Callable[[tuple[int, int]], int]:
+    """The anyres counter of a saved checkpoint from its config and image_processor.json, without loading weights."""
+    from pathlib import Path
+
+    processor = ImageProcessor.load(Path(directory) / "image_processor.json")
+    return processor.anyres_geometry(grid_side=math.isqrt(config.num_image_tokens)).num_tokens
 
 
 def pack_image(tiles: torch.Tensor, size: tuple[int, int], geometry: AnyresGeometry, newline: torch.Tensor) -> torch.Tensor:

@@ -81,3 +81,16 @@ def test_length_estimates_before_tokenization_use_calibrated_image_tokens(data, 
 def test_feature_cache_mode_is_refused(data, bpe_tokenizer):
     with pytest.raises(ValueError, match="feature cache"):
         make(data, bpe_tokenizer, load_pixels=False)
+
+
+def test_audit_counts_each_image_from_its_size(data, bpe_tokenizer):
+    from instruct_data.audit import audit_records
+
+    ds, geo = make(data, bpe_tokenizer)
+    report = audit_records(data, "vicuna_v1", bpe_tokenizer, image_token_id=bpe_tokenizer.convert_tokens_to_ids("<image>"),
+                           num_image_tokens=geo.num_tokens, max_length=None)
+    expected = [geo.num_tokens(s) for s in [(10, 40), (30, 10), (16, 16)]]
+    assert report.image_tokens == expected and report.min_image_tokens == expected[0]
+    assert report.lengths == [len(ds[i]["input_ids"]) for i in range(3)]  # the audit's lengths are the dataset's
+    assert f"anyres image tokens per image min {min(expected)}" in report.table()
+    assert report.to_dict()["image_tokens_per_image"]["images"] == 3

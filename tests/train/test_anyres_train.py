@@ -32,6 +32,10 @@ def test_align_trains_the_newline_without_a_feature_cache(make_cfg, tiny_world, 
     model = VisionLanguageModel.load(tmp_path / "align")
     assert model.config.vision.anyres and torch.equal(model.projector.image_newline, saved["image_newline"])
     assert not (tmp_path / "align" / "feature_cache").exists()
+    import json
+
+    audit = json.loads((tmp_path / "align" / "audit.json").read_text())  # the pre-flight audit counted per size
+    assert audit["image_tokens_per_image"]["min"] >= 16 + 1 and audit["num_image_tokens"] == 0
     with pytest.raises(ConfigError, match="anyres"):
         run(make_cfg(recipe="align", model=anyres_model(tiny_world), max_steps=1, feature_cache=True,
                      output_dir=str(tmp_path / "cached")))
