@@ -46,7 +46,7 @@ def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
 
 def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, Any]:
     """(tokenizer, template, image token id, K or the anyres counter): from a built model, else from
-    `model.init_from`'s vlm_config.json, image_processor.json and tokenizer directory, without loading any weight."""
+    `model.init_from`'s config, image_processor.json and tokenizer directory, without loading any weight."""
     if model is not None:
         c = model.config
         if c.vision.anyres:  # image tokens counted per image size
