@@ -183,3 +183,22 @@ def test_token_count_equals_features_produced_for_every_grid(max_tiles) -> None:
     for size in sizes:
         tiles = torch.randn(geo.num_tiles(size), 16, 3)
         assert pack_image(tiles, size, geo, newline).shape == (geo.num_tokens(size), 3), size
+
+
+def test_batch_loss_equals_the_summed_cross_entropy_of_the_logits(model) -> None:
+    from torch.nn import functional as F
+
+    from vlm.batch import Batch
+
+    pixels, sizes = inputs(model, [photo(128, 64), photo(32, 96, 1), photo(64, 64, 2)])
+    geo = geometry_of(model)
+    counts = [geo.num_tokens(s) for s in sizes]
+    ids, mask = pad_batch([prompt(model, counts[:1]), prompt(model, counts[1:])], model.config.pad_token_id, "right")
+    labels = ids.masked_fill((ids == model.config.image_token_id) | (mask == 0), -100)
+    batch = Batch(ids, mask, labels=labels, image_counts=torch.tensor([1, 2]), pixel_values=pixels, image_sizes=sizes)
+    with torch.no_grad():
+        loss = model(batch).loss
+        logits = model(ids, attention_mask=mask, pixel_values=pixels, image_counts=[1, 2], image_sizes=sizes).logits
+    expected = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+                               reduction="sum")
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
