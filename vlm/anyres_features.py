@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from vlm.config import VLMConfig
     from vlm.model import VisionLanguageModel
 
-NEWLINE = "image_newline"  # a parameter of the projector (trained, frozen and saved with it)
+NEWLINE = "image_newline"  # a submodule of the projector (trained, frozen and saved with it)
+NEWLINE_WEIGHT = NEWLINE + ".weight"  # its key in the projector's state dict (projector.safetensors)
 
 
 def check_anyres(vision: VisionEncoderConfig, encoder: VisionEncoder, projector: Projector, projector_name: str) -> int:
@@ -49,11 +50,22 @@ def anyres_processor(vision: VisionEncoderConfig, encoder: VisionEncoder) -> Ima
                                max_tiles=vision.anyres_max_tiles, crop_size=None, size=base.output_size)
 
 
+class ImageNewline(nn.Module):
+    """The learned row appended after each row of grid features. A module called for its value, so that ZeRO-3
+    gathers the (partitioned) parameter for the call, as it does for any module's forward."""
+
+    def __init__(self, width: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width, dtype=dtype) / math.sqrt(width))  # HF's init
+
+    def forward(self) -> torch.Tensor:
+        return self.weight * 1  # a new tensor: ZeRO-3 may re-partition the parameter after the call
+
+
 def attach_image_newline(projector: Projector, width: int) -> None:
-    """Give the projector a learned `image_newline` row of `width` (HF's init: normal / sqrt(width))."""
+    """Give the projector a learned `image_newline` row of `width` (its submodule, so saved and trained with it)."""
     param = next(projector.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    projector.register_parameter(NEWLINE, nn.Parameter(torch.randn(width, dtype=dtype) / math.sqrt(width)))
+    projector.add_module(NEWLINE, ImageNewline(width, param.dtype if param is not None else torch.float32))
 
 
 def geometry_of(model: "VisionLanguageModel") -> AnyresGeometry:
@@ -118,7 +130,7 @@ def image_rows(
         width = model.llm.get_input_embeddings().weight.shape[1]
         return torch.empty(0, width, device=model.device, dtype=model.dtype)
     projected = model.encode_images(pixel_values) if pixel_values is not None else model.project(vision_features)
-    newline = getattr(model.projector, NEWLINE)
+    newline = getattr(model.projector, NEWLINE)()
     packed = [pack_image(chunk, size, geometry, newline) for chunk, size in zip(projected.split(tiles), sizes)]
     return torch.cat(packed)
 

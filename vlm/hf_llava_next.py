@@ -20,7 +20,7 @@ from transformers.initialization import no_init_weights
 from projectors.registry import build_projector
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.registry import load_vision_encoder
-from vlm.anyres_features import NEWLINE, anyres_processor, attach_image_newline, check_anyres
+from vlm.anyres_features import NEWLINE_WEIGHT, anyres_processor, attach_image_newline, check_anyres
 from vlm.config import VLMConfig
 from vlm.hf_llava import (
     LANGUAGE_PREFIX,
@@ -78,7 +78,7 @@ def llava_next_config(model: VisionLanguageModel) -> LlavaNextConfig:
 def llava_next_state_dict(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
     """Our weights under LlavaNext's names: Llava's, with the projector's `image_newline` at the model's top."""
     state = llava_state_dict(model)
-    state[NEWLINE_KEY] = state.pop(PROJECTOR_PREFIX + NEWLINE)
+    state[NEWLINE_KEY] = state.pop(PROJECTOR_PREFIX + NEWLINE_WEIGHT)
     return state
 
 
@@ -155,7 +155,7 @@ def import_hf_next(
         if config.tie_word_embeddings and llm.get_output_embeddings() is not None:
             llm.tie_weights()
         projector_state = {k: v.clone() for k, v in hf.model.multi_modal_projector.state_dict().items()}
-        projector_state[NEWLINE] = hf.model.image_newline.detach().clone()
+        projector_state[NEWLINE_WEIGHT] = hf.model.image_newline.detach().clone()
         del hf
         vision = VisionEncoderConfig(
             spec=f"hf:{staging_dir / 'vision'}", select_layer=config.vision_feature_layer,

@@ -30,7 +30,7 @@ def test_align_trains_the_newline_without_a_feature_cache(make_cfg, tiny_world, 
     from vlm.model import VisionLanguageModel
 
     model = VisionLanguageModel.load(tmp_path / "align")
-    assert model.config.vision.anyres and torch.equal(model.projector.image_newline, saved["image_newline"])
+    assert model.config.vision.anyres and torch.equal(model.projector.image_newline.weight, saved["image_newline.weight"])
     assert not (tmp_path / "align" / "feature_cache").exists()
     import json
 

@@ -40,7 +40,7 @@ def inputs(model: VisionLanguageModel, images: list[Image.Image]):
 def test_build_sets_up_tiling_and_a_newline_row(model) -> None:
     proc = model.image_processor
     assert proc.anyres and proc.output_size == 32 and proc.grid_pinpoints[-1] == [96, 96]
-    newline = model.projector.image_newline
+    newline = model.projector.image_newline.weight
     assert newline.shape == (model.llm.get_input_embeddings().weight.shape[1],)
     geo = geometry_of(model)
     assert geo.grid_side == 4 and geo.num_tokens((50, 100)) == image_token_counter(model)((50, 100))
@@ -58,7 +58,7 @@ def test_embed_places_each_images_packed_features(model) -> None:
         embeds = model.embed(ids, pixels, image_counts=[2, 1], image_sizes=sizes)
         projected = model.encode_images(pixels)
         tiles = [geo.num_tiles(s) for s in sizes]
-        expected = [pack_image(chunk, s, geo, model.projector.image_newline) for chunk, s in zip(projected.split(tiles), sizes)]
+        expected = [pack_image(chunk, s, geo, model.projector.image_newline.weight) for chunk, s in zip(projected.split(tiles), sizes)]
     first = embeds[0][ids[0] == model.config.image_token_id]
     torch.testing.assert_close(first, torch.cat(expected[:2]))
     torch.testing.assert_close(embeds[1][ids[1] == model.config.image_token_id], expected[2])
@@ -66,7 +66,7 @@ def test_embed_places_each_images_packed_features(model) -> None:
     wide = expected[1]
     h, w = geo.capped_shape(geo.unpadded_shape(sizes[1]))
     rows = wide[16:].reshape(h, w + 1, -1)
-    torch.testing.assert_close(rows[:, -1], model.projector.image_newline.detach().expand(h, -1))
+    torch.testing.assert_close(rows[:, -1], model.projector.image_newline.weight.detach().expand(h, -1))
 
 
 def test_a_count_mismatch_names_the_sample(model) -> None:
@@ -89,7 +89,8 @@ def test_loss_backpropagates_into_the_newline(model) -> None:
     try:
         out = model(ids, labels=ids, pixel_values=pixels, image_sizes=sizes)
         out.loss.backward()
-        assert model.projector.image_newline.grad is not None and model.projector.image_newline.grad.abs().sum() > 0
+        grad = model.projector.image_newline.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
     finally:
         model.zero_grad(set_to_none=True)
 
@@ -107,9 +108,9 @@ def test_generate_with_mixed_counts_left_padded(model) -> None:
 
 def test_checkpoint_round_trip_keeps_newline_and_tiling(model, tmp_path) -> None:
     model.save(tmp_path / "ck")
-    assert "image_newline" in load_file(str(tmp_path / "ck" / "projector.safetensors"))
+    assert "image_newline.weight" in load_file(str(tmp_path / "ck" / "projector.safetensors"))
     back = VisionLanguageModel.load(tmp_path / "ck")
-    assert torch.equal(back.projector.image_newline, model.projector.image_newline)
+    assert torch.equal(back.projector.image_newline.weight, model.projector.image_newline.weight)
     assert back.image_processor == model.image_processor
     assert back.config.vision.image_grid_pinpoints == PINS and back.config.vision.anyres
     pixels, sizes = inputs(model, [photo(128, 64)])

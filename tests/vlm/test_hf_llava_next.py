@@ -51,7 +51,7 @@ def pair(request, tiny):
     arch, encoder = request.param  # SigLIP has no CLS token: LlavaNext's "full" strategy
     model = tiny.vlm(arch, encoder, image_aspect_ratio="anyres", image_grid_pinpoints=PINS)
     with torch.no_grad():  # a non-trivial newline, so a misplaced one shows
-        model.projector.image_newline.normal_(0, 1, generator=torch.Generator().manual_seed(5))
+        model.projector.image_newline.weight.normal_(0, 1, generator=torch.Generator().manual_seed(5))
     return model, to_llava_next(model)
 
 
@@ -101,7 +101,7 @@ def test_import_then_export_round_trips_identical_tensors(tiny, tmp_path: Path) 
     export_hf(model, tmp_path / "a")
     imported = import_hf(tmp_path / "a", tmp_path / "ours")
     assert imported.config.vision.anyres and imported.image_processor.grid_pinpoints == model.image_processor.grid_pinpoints
-    assert torch.equal(imported.projector.image_newline, model.projector.image_newline)
+    assert torch.equal(imported.projector.image_newline.weight, model.projector.image_newline.weight)
     export_hf(imported, tmp_path / "b")
     first, second = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert first.keys() == second.keys() and any(k.endswith("image_newline") for k in first)
