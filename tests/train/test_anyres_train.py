@@ -76,3 +76,21 @@ def test_config_takes_pinpoints_as_a_list_or_the_range_form(make_cfg, tiny_world
     bad["vision"] = {**bad["vision"], "image_grid_pinpoints": [["a", 1]]}
     with pytest.raises(ConfigError, match="image_grid_pinpoints"):
         make_cfg(recipe="align", model=bad)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_matches_one_process(make_cfg, tiny_world, tmp_path) -> None:
+    from tests.train.test_ddp import assert_same_run, run_distributed
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+    common = dict(recipe="instruct", model=anyres_model(tiny_world, "vicuna_v1"), global_batch_size=4, max_steps=2,
+                  save_every=0)
+    single_cfg = make_cfg(micro_batch_size=2, output_dir=str(tmp_path / "single"), **common)
+    single = run(single_cfg)
+    ds_cfg = make_cfg(micro_batch_size=1, strategy="deepspeed", deepspeed_config=str(configs / "zero3.json"),
+                      output_dir=str(tmp_path / "zero3"), **common)
+    multi = run_distributed(ds_cfg, tmp_path, "zero3")
+    assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5, weight_atol=2e-5)
+    assert "projector.image_newline.weight" in load_file(str(sorted((tmp_path / "zero3" / "checkpoints").glob("step-*"))[-1]
+                                                              / "trainable.safetensors"))
