@@ -288,7 +288,13 @@ class VisionLanguageModel(nn.Module):
         if batch.labels is None:
             raise ValueError("the training loss needs a Batch with labels")
         pixels = None if vision_features is not None else batch.pixel_values
-        embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts, batch.image_sizes)
+        try:
+            embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts, batch.image_sizes)
+        except ValueError as err:
+            if not batch.ids:
+                raise
+            # "sample i" in the message is the batch row; name the records too
+            raise ValueError(f"{err} [records of this batch, by row: {batch.ids}]") from None
         return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
                                batch.position_ids)
 

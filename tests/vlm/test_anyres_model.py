@@ -203,3 +203,14 @@ def test_batch_loss_equals_the_summed_cross_entropy_of_the_logits(model) -> None
     expected = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
                                reduction="sum")
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_count_mismatch_in_a_training_batch_names_the_records(model) -> None:
+    from vlm.batch import Batch
+
+    pixels, sizes = inputs(model, [photo(128, 64)])
+    ids = prompt(model, [geometry_of(model).num_tokens(sizes[0]) + 1])[None]  # one image token too many
+    batch = Batch(ids, torch.ones_like(ids), labels=ids, image_counts=torch.tensor([1]), pixel_values=pixels,
+                  image_sizes=sizes, ids=["rec-7"])
+    with pytest.raises(ValueError, match=r"sample 0: .*\['rec-7'\]"):
+        model(batch)
