@@ -19,6 +19,7 @@ from vision_encoders.anyres import AnyresGeometry, unpad_box
 from vision_encoders.base import VisionEncoder
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.preprocess import ImageProcessor
+from vlm.tokens import embedding_width
 
 if TYPE_CHECKING:
     from vlm.config import VLMConfig
@@ -127,7 +128,7 @@ def image_rows(
         raise ValueError(f"{len(sizes)} image(s) of sizes {sizes} need {sum(tiles)} tiles ({tiles}), got {given}")
     _check_counts(tokens_per_sample, counts, image_counts)
     if not sizes:
-        width = model.llm.get_input_embeddings().weight.shape[1]
+        width = embedding_width(model.llm)
         return torch.empty(0, width, device=model.device, dtype=model.dtype)
     projected = model.encode_images(pixel_values) if pixel_values is not None else model.project(vision_features)
     newline = getattr(model.projector, NEWLINE)()

@@ -35,7 +35,7 @@ from vlm.hf_llava import (
 )
 from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, resolve_dtype
-from vlm.tokens import add_special_tokens, resize_for_tokenizer
+from vlm.tokens import add_special_tokens, embedding_width, resize_for_tokenizer, unused_rows
 
 NEWLINE_KEY = "model.image_newline"
 
@@ -98,6 +98,7 @@ def to_llava_next(model: VisionLanguageModel) -> LlavaNextForConditionalGenerati
     hf.load_state_dict(llava_next_state_dict(model), strict=True)
     hf.generation_config.pad_token_id = model.config.pad_token_id
     hf.generation_config.eos_token_id = model.tokenizer.eos_token_id
+    hf.generation_config.suppress_tokens = unused_rows(model.llm, model.tokenizer) or None  # rows past the vocab
     return hf.eval()
 
 
@@ -167,7 +168,7 @@ def import_hf_next(
             raise ExportError(f"{source}: strategy 'full' keeps the CLS token, which anyres tiling cannot lay out")
         image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
         added_ids = resize_for_tokenizer(llm, tokenizer, add_special_tokens(tokenizer, image_token))
-        width = llm.get_input_embeddings().weight.shape[1]
+        width = embedding_width(llm)
         projector = build_projector("mlp2x_gelu", encoder.hidden_size, width)
         check_anyres(vision, encoder, projector, "mlp2x_gelu")
         attach_image_newline(projector, width)
