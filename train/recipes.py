@@ -233,15 +233,22 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
 
 
 def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy,
-            hook: Callable[[dict[str, Any]], torch.Tensor | None]) -> None:
+            hook: Callable[[Batch], torch.Tensor | None]) -> None:
     """Before the engine starts: every rank encodes the images of its own micro-batches (the encoder still whole
     on each rank), then all wait at a barrier; the hook then only reads (see `train.feature_prefill`)."""
     from train.feature_prefill import planned_micro_batches, prefill_features
 
     model.vision_encoder.to(strategy.device)
-    report = prefill_features(hook.cache, data.dataset, planned_micro_batches(cfg, data, strategy.world_size),  # type: ignore[attr-defined]
-                              model.vision_encoder, model.image_processor,
-                              batch_size=max(cfg.micro_batch_size, 32))
+    params = list(model.vision_encoder.parameters())
+    whole = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # built under zero.Init: gather the frozen encoder to read it
+        import deepspeed
+
+        whole = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with whole:
+        report = prefill_features(hook.cache, data.dataset,  # type: ignore[attr-defined]
+                                  planned_micro_batches(cfg, data, strategy.world_size), model.vision_encoder,
+                                  model.image_processor, batch_size=max(cfg.micro_batch_size, 32))
     hook.bad.update(report.bad)  # type: ignore[attr-defined]
     strategy.barrier()
     if strategy.is_main:
