@@ -3,9 +3,10 @@
 # Extra arguments are overrides applied to both phases, e.g.: bash scripts/train_synthetic.sh max_steps=50
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 WORLD=runs/synthetic/world
-VLM=${VLM:-vlm}
+VLM=${VLM:-.venv/bin/vlm}
 [[ -f "$WORLD/align.json" ]] || "$VLM" synth --out "$WORLD"
 [[ -d "$WORLD/backbones/llm" && -d "$WORLD/backbones/vit" ]] || "$VLM" pretrain-backbones --world "$WORLD"
 "$VLM" train configs/synthetic_align.yaml "$@"
