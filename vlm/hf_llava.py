@@ -4,7 +4,9 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -230,17 +232,7 @@ def import_hf(
     Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".import-", dir=Path(out_dir).resolve().parent) as staging:
         staging_dir = Path(staging)
-        tower = llava.model.vision_tower
-        tower.save_pretrained(staging_dir / "vision", safe_serialization=True)
-        try:
-            AutoProcessor.from_pretrained(source).image_processor.save_pretrained(staging_dir / "vision")
-        except (OSError, ValueError):
-            pass  # no processor saved: the encoder falls back to its family's defaults
-        llm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
-        llm.load_state_dict(_split_llm_state(llava, llm), strict=True)
-        if config.tie_word_embeddings and llm.get_output_embeddings() is not None:
-            llm.tie_weights()
-        projector_state = {k: v.clone() for k, v in llava.model.multi_modal_projector.state_dict().items()}
+        llm, projector_state = unpack_hf_parts(llava, source, staging_dir, dtype)
         del llava
         strategy_keeps_cls = config.vision_feature_select_strategy == "full"
         vision = VisionEncoderConfig(
@@ -248,19 +240,59 @@ def import_hf(
             select_feature="cls_patch" if strategy_keeps_cls else "patch", image_aspect_ratio=image_aspect_ratio,  # type: ignore[arg-type]
         )
         encoder = load_vision_encoder(vision)
-        image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
-        added = add_special_tokens(tokenizer, image_token)
-        added_ids = resize_for_tokenizer(llm, tokenizer, added)
         projector = build_projector("mlp2x_gelu", encoder.hidden_size, llm.get_input_embeddings().weight.shape[1])
         projector.load_state_dict(projector_state, strict=True)
-        vlm_config = VLMConfig(
-            vision=vision, projector="mlp2x_gelu", llm=str(source), template=template, image_token=image_token,
-            image_token_id=config.image_token_id, pad_token_id=int(tokenizer.pad_token_id),
-            num_image_tokens=projector.output_tokens(encoder.num_tokens), vision_num_tokens=encoder.num_tokens,
-            torch_dtype=torch_dtype, added_token_ids=added_ids,
-        )
-        model = VisionLanguageModel(vlm_config, encoder, projector.to(dtype), llm, tokenizer, encoder.image_processor())
-        model.sync_llm_token_ids()
-        model.save(out_dir)
+        save_imported(out_dir, ImportedParts(source, template, torch_dtype, dtype, config, tokenizer, vision, encoder,
+                                             projector, llm, encoder.image_processor()))
     return VisionLanguageModel.load(out_dir)
+
+
+def unpack_hf_parts(hf_model: Any, source: Path, staging_dir: Path, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
+    """From a loaded HF Llava / LlavaNext model: its vision tower (and the source's image processor) saved under
+    `staging_dir/vision`, its LLM rebuilt from `text_config` with the model's weights (strict), its projector's
+    weights."""
+    config = hf_model.config
+    hf_model.model.vision_tower.save_pretrained(staging_dir / "vision", safe_serialization=True)
+    try:
+        AutoProcessor.from_pretrained(source).image_processor.save_pretrained(staging_dir / "vision")
+    except (OSError, ValueError):
+        pass  # no processor saved: the encoder falls back to its family's defaults
+    llm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
+    llm.load_state_dict(_split_llm_state(hf_model, llm), strict=True)
+    if config.tie_word_embeddings and llm.get_output_embeddings() is not None:
+        llm.tie_weights()
+    return llm, {k: v.clone() for k, v in hf_model.model.multi_modal_projector.state_dict().items()}
+
+
+@dataclass
+class ImportedParts:
+    """What an import assembled, ready to become our checkpoint."""
+
+    source: Path
+    template: str
+    torch_dtype: str | None
+    dtype: torch.dtype
+    hf_config: Any
+    tokenizer: Any
+    vision: VisionEncoderConfig
+    encoder: Any
+    projector: Any
+    llm: Any
+    image_processor: Any
+
+
+def save_imported(out_dir: str | Path, parts: ImportedParts) -> None:
+    """Add our image (and pad) tokens to the imported tokenizer and LLM, and save the parts as our full checkpoint."""
+    tokenizer, llm, encoder, projector = parts.tokenizer, parts.llm, parts.encoder, parts.projector
+    image_token = tokenizer.convert_ids_to_tokens(parts.hf_config.image_token_id)
+    added_ids = resize_for_tokenizer(llm, tokenizer, add_special_tokens(tokenizer, image_token))
+    vlm_config = VLMConfig(
+        vision=parts.vision, projector="mlp2x_gelu", llm=str(parts.source), template=parts.template,
+        image_token=image_token, image_token_id=parts.hf_config.image_token_id, pad_token_id=int(tokenizer.pad_token_id),
+        num_image_tokens=projector.output_tokens(encoder.num_tokens), vision_num_tokens=encoder.num_tokens,
+        torch_dtype=parts.torch_dtype, added_token_ids=added_ids,
+    )
+    model = VisionLanguageModel(vlm_config, encoder, projector.to(parts.dtype), llm, tokenizer, parts.image_processor)
+    model.sync_llm_token_ids()
+    model.save(out_dir)
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoProcessor,
     AutoTokenizer,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
@@ -21,21 +19,22 @@ from projectors.registry import build_projector
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.registry import load_vision_encoder
 from vlm.anyres_features import NEWLINE_WEIGHT, anyres_processor, attach_image_newline, check_anyres
-from vlm.config import VLMConfig
 from vlm.hf_llava import (
     LANGUAGE_PREFIX,
     PROJECTOR_PREFIX,
     VISION_PREFIX,
     ExportError,
     _check_importable,
-    _split_llm_state,
+    ImportedParts,
     _ties_as_llava,
     check_exportable,
     llava_state_dict,
+    save_imported,
+    unpack_hf_parts,
 )
 from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, resolve_dtype
-from vlm.tokens import add_special_tokens, embedding_width, resize_for_tokenizer, unused_rows
+from vlm.tokens import embedding_width, unused_rows
 
 NEWLINE_KEY = "model.image_newline"
 
@@ -146,16 +145,7 @@ def import_hf_next(
     Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".import-", dir=Path(out_dir).resolve().parent) as staging:
         staging_dir = Path(staging)
-        hf.model.vision_tower.save_pretrained(staging_dir / "vision", safe_serialization=True)
-        try:
-            AutoProcessor.from_pretrained(source).image_processor.save_pretrained(staging_dir / "vision")
-        except (OSError, ValueError):
-            pass  # no processor saved: the encoder falls back to its family's defaults
-        llm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
-        llm.load_state_dict(_split_llm_state(hf, llm), strict=True)
-        if config.tie_word_embeddings and llm.get_output_embeddings() is not None:
-            llm.tie_weights()
-        projector_state = {k: v.clone() for k, v in hf.model.multi_modal_projector.state_dict().items()}
+        llm, projector_state = unpack_hf_parts(hf, source, staging_dir, dtype)
         projector_state[NEWLINE_WEIGHT] = hf.model.image_newline.detach().clone()
         del hf
         vision = VisionEncoderConfig(
@@ -166,22 +156,13 @@ def import_hf_next(
         encoder = load_vision_encoder(vision)
         if config.vision_feature_select_strategy == "full" and encoder.has_cls_token:
             raise ExportError(f"{source}: strategy 'full' keeps the CLS token, which anyres tiling cannot lay out")
-        image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
-        added_ids = resize_for_tokenizer(llm, tokenizer, add_special_tokens(tokenizer, image_token))
         width = embedding_width(llm)
         projector = build_projector("mlp2x_gelu", encoder.hidden_size, width)
         check_anyres(vision, encoder, projector, "mlp2x_gelu")
         attach_image_newline(projector, width)
         projector.load_state_dict(projector_state, strict=True)
-        vlm_config = VLMConfig(
-            vision=vision, projector="mlp2x_gelu", llm=str(source), template=template, image_token=image_token,
-            image_token_id=config.image_token_id, pad_token_id=int(tokenizer.pad_token_id),
-            num_image_tokens=projector.output_tokens(encoder.num_tokens), vision_num_tokens=encoder.num_tokens,
-            torch_dtype=torch_dtype, added_token_ids=added_ids,
-        )
-        model = VisionLanguageModel(vlm_config, encoder, projector.to(dtype), llm, tokenizer, anyres_processor(vision, encoder))
-        model.sync_llm_token_ids()
-        model.save(out_dir)
+        save_imported(out_dir, ImportedParts(source, template, torch_dtype, dtype, config, tokenizer, vision, encoder,
+                                             projector, llm, anyres_processor(vision, encoder)))
     return VisionLanguageModel.load(out_dir)
 
 
