@@ -76,7 +76,11 @@ class Collator:
 
 
 def image_owners(batch: dict[str, Any]) -> list[int]:
-    """For each image of a collated `batch`, in order, the index of the sample it belongs to."""
+    """For each image of a collated `batch`, in order, the index of the sample (in `ids`) it belongs to."""
+    if batch.get("sample_lengths") is not None:  # packed rows: samples are not rows
+        from instruct_data.packed_collate import packed_image_owners
+
+        return packed_image_owners(batch)
     return [i for i, n in enumerate(batch["image_counts"].tolist()) for _ in range(n)]
 
 

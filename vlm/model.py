@@ -233,9 +233,21 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
         image_counts: torch.Tensor | list[int] | None = None,
+        position_ids: torch.Tensor | None = None,
+        sample_lengths: list[list[int]] | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
+        """`sample_lengths` (packed rows: per row, the lengths of its samples) isolates the samples of a row:
+        positions restart per sample and attention stays inside each (`vlm.packing`)."""
         embeds = self.embed(input_ids, pixel_values, vision_features, image_counts)
+        if sample_lengths is not None:
+            from vlm.packing import packed_llm_kwargs
+
+            llm_kwargs.update(packed_llm_kwargs(self.llm, sample_lengths, embeds.shape[1], dtype=embeds.dtype,
+                                                device=embeds.device, position_ids=position_ids))
+            attention_mask = llm_kwargs.pop("attention_mask")
+        elif position_ids is not None:
+            llm_kwargs["position_ids"] = position_ids.to(embeds.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(embeds.device)
         if labels is not None:
