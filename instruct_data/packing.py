@@ -34,6 +34,24 @@ def first_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacit
     return [tuple(row) for row in rows]
 
 
+def balanced_rows(indices: Sequence[int], lengths: Sequence[int], capacity: int) -> list[Row]:
+    """As many rows as first-fit decreasing needs, but filled evenly: longest first, each sample into the emptiest
+    row, so that rows of one micro-batch are of similar length (little padding to the longest). When that does
+    not fit the capacity, the first-fit decreasing rows themselves."""
+    ffd = first_fit_decreasing(indices, lengths, capacity)
+    order = sorted(range(len(indices)), key=lambda k: (-abs(int(lengths[indices[k]])), k))
+    rows: list[list[int]] = [[] for _ in ffd]
+    fill = [0] * len(ffd)
+    for k in order:
+        index = int(indices[k])
+        r = min(range(len(rows)), key=lambda j: (fill[j], j))
+        fill[r] += abs(int(lengths[index]))
+        if fill[r] > capacity:
+            return ffd
+        rows[r].append(index)
+    return [tuple(row) for row in rows]
+
+
 def row_tokens(row: Row, lengths: Sequence[int]) -> int:
     return sum(abs(int(lengths[i])) for i in row)
 
@@ -92,9 +110,9 @@ class PackedBatchSampler:
     """This rank's packed micro-batches per epoch, inside the windows of a grouped sampler.
 
     The grouped sampler (`instruct_data.samplers`) orders whole optimizer steps (`step_size` samples of this
-    rank, of similar lengths or one modality); each step's samples are packed by first-fit decreasing into rows
-    of at most `pack_length` tokens and cut into `micro_batches_per_step` micro-batches of at most
-    `rows_per_micro_batch` rows (empty ones first). So a step trains exactly the samples it trains unpacked, and
+    rank, of similar lengths or one modality); each step's samples are packed into as many rows of at most
+    `pack_length` tokens as first-fit decreasing needs (filled evenly, `balanced_rows`) and cut into
+    `micro_batches_per_step` micro-batches of at most `rows_per_micro_batch` rows (empty ones first). So a step trains exactly the samples it trains unpacked, and
     the count of micro-batches per step is the same on every rank. Everything is a function of (seed, epoch,
     lengths), so the state to resume is the number of micro-batches done; `state_dict` adds a digest of the
     epoch's packing so a resume with other data or sizes is refused instead of silently training other packs.
@@ -122,7 +140,7 @@ class PackedBatchSampler:
             indices = indices[: len(indices) - len(indices) % self.step_size]  # whole steps only
             out: list[MicroBatch] = []
             for start in range(0, len(indices), self.step_size):
-                rows = first_fit_decreasing(indices[start:start + self.step_size], self.lengths, self.pack_length)
+                rows = balanced_rows(indices[start:start + self.step_size], self.lengths, self.pack_length)
                 out.extend(micro_batches(rows, self.lengths, self.rows_per_micro_batch, self.micro_batches_per_step))
             self._cache = {epoch: out}
         self.epoch = epoch
