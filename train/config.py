@@ -48,6 +48,14 @@ class DataConfig:
     group_by: GroupBy = "none"
     num_workers: int = 0
     strict: bool = False  # True: a bad record stops the run; False: skipped and counted
+    # Sequence packing: each step's samples packed whole into rows of at most `pack_length` tokens (default
+    # `max_length`); `micro_batch_size` then counts rows. Every packed run first checks one packed micro-batch
+    # against the same samples unpacked.
+    packing: bool = False
+    pack_length: int | None = None
+
+    def resolved_pack_length(self) -> int:
+        return self.pack_length if self.pack_length is not None else self.max_length
 
 
 @dataclass
@@ -119,6 +127,11 @@ class TrainConfig:
             raise ConfigError("give epochs > 0 or max_steps > 0")
         if self.keep_last < 1:
             raise ConfigError("keep_last must be >= 1")
+        if self.data.pack_length is not None and not self.data.packing:
+            raise ConfigError("data.pack_length is set but data.packing is false")
+        if self.data.packing and self.data.resolved_pack_length() < self.data.max_length:
+            raise ConfigError(f"data.pack_length={self.data.pack_length} is shorter than data.max_length="
+                              f"{self.data.max_length}: a sample must fit a packed row whole")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from instruct_data.collate import image_owners, select_samples
+from instruct_data.packed_collate import select_packed
 from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
@@ -42,6 +43,11 @@ class TrainData:
     # carry `skipped: [(id, reason)]`, which the loop counts itself
     skipped: Callable[[], dict[str, int]] = lambda: {}
     num_workers: int = 0
+    # Packing (`data.packing`): the packer (state_dict / load_state_dict, saved per rank in checkpoints), and
+    # rows -> (packed batch, the same samples unpacked) for the self-check at the start of the run.
+    packer: Any = None
+    check_pair: Callable[[list[tuple[int, ...]]], tuple[dict[str, Any], dict[str, Any]]] | None = None
+    lengths: list[int] | None = None
 
 
 @dataclass
@@ -101,6 +107,9 @@ def summed_token_loss(model: nn.Module, batch: dict[str, Any], device: torch.dev
     inputs: dict[str, Any] = {"input_ids": batch["input_ids"].to(device),
                               "attention_mask": batch["attention_mask"].to(device),
                               "image_counts": batch.get("image_counts")}
+    if batch.get("sample_lengths") is not None:  # packed rows: samples isolated (vlm.packing)
+        inputs["sample_lengths"] = batch["sample_lengths"]
+        inputs["position_ids"] = batch["position_ids"].to(device)
     if vision_features is not None:
         inputs["vision_features"] = vision_features
     elif batch.get("pixel_values") is not None:
@@ -149,6 +158,14 @@ class Trainer:
         if state.world_size != self.strategy.world_size:
             raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
                              f"now {self.strategy.world_size}")
+        from train.checkpointing import read_data_state
+
+        saved = read_data_state(path, self.strategy.rank)
+        if (saved is None) != (self.data.packer is None):
+            raise ValueError(f"cannot resume exactly from {path}: it was saved with data.packing="
+                             f"{saved is not None}, this run has data.packing={self.data.packer is not None}")
+        if self.data.packer is not None:  # the packs must be the ones the checkpoint was trained on
+            self.data.packer.load_state_dict(saved)
         state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
         self.state = state
         self.resumed_from = path
@@ -187,7 +204,12 @@ class Trainer:
                                          "data.strict stops on a bad image)") from None
                 for i in bad:
                     self._count_skip(batch["ids"][i], f"image: {err}")
-                batch = select_samples(batch, [i for i in range(len(batch["ids"])) if i not in bad])
+                keep = [i for i in range(len(batch["ids"])) if i not in bad]
+                if batch.get("sample_lengths") is not None:
+                    pad = int(self.strategy.unwrap(self.model).config.pad_token_id)
+                    batch = select_packed(batch, keep, pad)
+                else:
+                    batch = select_samples(batch, keep)
                 if len(batch["input_ids"]) == 0:
                     return batch, None
 
@@ -205,10 +227,12 @@ class Trainer:
         window = [b if b is not None and len(b["input_ids"]) > 0 else None for b in window]
         counts = torch.tensor([float(sum(supervised_tokens(b["labels"]) for b in window if b)),
                                float(sum(int(b["attention_mask"].sum()) for b in window if b)),
+                               float(sum(len(b["ids"]) for b in window if b)),
+                               float(sum(b["input_ids"].numel() for b in window if b)),
                                float(sum(len(b["input_ids"]) for b in window if b))], dtype=torch.float64,
                               device=device)
         self.strategy.all_reduce_sum(counts)
-        total_sup, total_tokens, samples = (float(x) for x in counts.tolist())
+        total_sup, total_tokens, samples, padded, rows = (float(x) for x in counts.tolist())
         # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
         # x world_size because DDP/DeepSpeed average gradients over ranks.
         scale = self.strategy.world_size / total_sup if total_sup > 0 else 0.0
@@ -250,7 +274,9 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
                    "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
-                   "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed}
+                   "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed,
+                   "padding_ratio": 1.0 - total_tokens / padded if padded > 0 else 0.0,
+                   "samples_per_row": samples / rows if rows > 0 else 0.0}
         metrics["peak_mem_mb"] = peak_memory_mb(device)
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         self.state.samples_seen += int(samples)
@@ -292,6 +318,8 @@ class Trainer:
         logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
                            enabled=self.strategy.is_main, tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
         logger.message(self._banner())
+        if self.data.check_pair is not None:
+            self._check_packing(logger)
         losses: list[float] = []
         # Loaded models come in eval mode (as from_pretrained); dropout must be on while training. The VLM's
         # train() keeps a fully frozen encoder in eval mode. The caller's mode is restored afterwards.
@@ -345,7 +373,35 @@ class Trainer:
         self.state.micro_batches_in_epoch = 0
 
     def _save(self) -> None:
-        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last)
+        packer = self.data.packer
+        data_state = None if packer is None else packer.state_dict(self.state.epoch, self.state.micro_batches_in_epoch)
+        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last,
+                        data_state=data_state)
+
+    # ------------------------------------------------------------------ packing
+    def _check_packing(self, logger: RunLogger) -> None:
+        """The packing self-check on this rank's next packed micro-batch (PackingCheckError stops the run)."""
+        from train.pack_check import check_packing
+
+        assert self.data.check_pair is not None
+        batches = self.data.epoch_batches(self.state.epoch)[self.state.micro_batches_in_epoch:]
+        rows = next((mb for mb in batches if mb), None)
+        if rows is None:
+            return
+        packed, unpacked = self.data.check_pair(rows)
+        unwrapped = self.strategy.unwrap(self.model)  # no DDP/engine hooks: nothing to synchronise here
+        result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss, device=self.strategy.device,
+                               precision=self.precision, features_fn=self.features_fn,
+                               autocast=self.strategy.autocast(self.precision))
+        if self.data.lengths is not None:
+            from instruct_data.packing import pack_stats
+
+            stats = pack_stats(self.data.epoch_batches(self.state.epoch), self.data.lengths)
+            logger.message(f"packing: {stats.samples} samples in {stats.rows} rows ({stats.samples_per_row:.2f} per "
+                           f"row) over {stats.micro_batches} micro-batches this epoch on this rank; padding "
+                           f"{stats.padding_ratio:.1%}")
+        if result is not None:
+            logger.message(result.summary())
 
     def _banner(self) -> str:
         groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))

@@ -130,6 +130,8 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
                               num_image_tokens=model.config.num_image_tokens,
                               image_processor=model.image_processor, image_roots=roots,
                               max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
+    if d.packing:  # exact lengths for every record before any grouping (tokenized once, no image loaded)
+        dataset.tokenize_all()
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
     if d.group_by == "modality_length":
         sampler_cls, lengths = ModalityLengthGroupedSampler, dataset.modality_lengths()
@@ -142,6 +144,8 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     per_rank_step = cfg.global_batch_size // strategy.world_size
     sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.seed)
     size = cfg.micro_batch_size
+    if d.packing:
+        return _packed_data(cfg, model, dataset, sampler, per_rank_step)
     cache: dict[int, list[list[int]]] = {}
 
     def epoch_batches(epoch: int) -> list[list[int]]:
@@ -155,6 +159,26 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
     return TrainData(dataset=dataset, collate=Collator(model.config.pad_token_id), epoch_batches=epoch_batches,
                      num_workers=d.num_workers)
+
+
+def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any, per_rank_step: int) -> TrainData:
+    """Each step's samples packed into rows (`instruct_data.packing`); micro-batches of `micro_batch_size` rows."""
+    from instruct_data.collate import Collator
+    from instruct_data.packed_collate import PackedCollator, PackedRows
+    from instruct_data.packing import PackedBatchSampler
+
+    lengths = dataset.lengths()  # exact: tokenize_all ran
+    packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
+                                rows_per_micro_batch=cfg.micro_batch_size,
+                                micro_batches_per_step=per_rank_step // cfg.micro_batch_size)
+    packed, plain = PackedCollator(model.config.pad_token_id), Collator(model.config.pad_token_id)
+
+    def check_pair(rows: list[tuple[int, ...]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        items = [[dataset[i] for i in row] for row in rows]
+        return packed(items), plain([it for row in items for it in row])
+
+    return TrainData(dataset=PackedRows(dataset), collate=packed, epoch_batches=packer.epoch_batches,
+                     num_workers=cfg.data.num_workers, packer=packer, check_pair=check_pair, lengths=lengths)
 
 
 # ---------------------------------------------------------------------------- feature cache hook
