@@ -26,6 +26,7 @@ from train.optim import build_optimizer, build_scheduler, summarize
 from train.strategy import Strategy, build_strategy
 
 IGNORE_INDEX = -100
+CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -385,14 +386,19 @@ class Trainer:
 
         assert self.data.check_pair is not None
         batches = self.data.epoch_batches(self.state.epoch)[self.state.micro_batches_in_epoch:]
-        rows = next((mb for mb in batches if mb), None)
-        if rows is None:
-            return
-        packed, unpacked = self.data.check_pair(rows)
         unwrapped = self.strategy.unwrap(self.model)  # no DDP/engine hooks: nothing to synchronise here
-        result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss, device=self.strategy.device,
-                               precision=self.precision, features_fn=self.features_fn,
-                               autocast=self.strategy.autocast(self.precision))
+        result, failures = None, []
+        for rows in [mb for mb in batches if mb][:CHECK_ATTEMPTS]:
+            packed, unpacked = self.data.check_pair(rows)
+            try:
+                result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss,
+                                       device=self.strategy.device, precision=self.precision,
+                                       features_fn=self.features_fn, autocast=self.strategy.autocast(self.precision))
+            except ImageLoadError as err:  # the step that reaches it skips (or stops on, if strict) that record
+                failures.append(str(err))
+                continue
+            if result is not None:
+                break
         if self.data.lengths is not None:
             from instruct_data.packing import pack_stats
 
@@ -402,6 +408,9 @@ class Trainer:
                            f"{stats.padding_ratio:.1%}")
         if result is not None:
             logger.message(result.summary())
+        else:
+            logger.message(f"packing self-check: no micro-batch of the first {CHECK_ATTEMPTS} could be compared "
+                           f"(no supervised token, or images that cannot be decoded: {failures[:2]})")
 
     def _banner(self) -> str:
         groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))

@@ -87,3 +87,36 @@ def test_resume_with_packing_is_exact_and_refuses_other_packs(make_cfg, tmp_path
         run(packed(make_cfg, output_dir=str(tmp_path / "d"), resume=str(step3), data={"pack_length": 512}, **common))
     with pytest.raises(ValueError, match="saved with data.packing=True"):
         run(make_cfg(output_dir=str(tmp_path / "e"), resume=str(step3), **common))
+
+
+def test_packing_with_the_feature_cache_and_a_corrupt_image(make_cfg, tiny_world, tmp_path) -> None:
+    """Phase 1 with the feature cache: packed = unpacked losses; a record whose image cannot be decoded is dropped
+    from its packed row (its row-mates train) and counted, as unpacked."""
+    from train.recipes import run
+    from tests.train.test_feature_cache import _records_with_corrupt_image
+
+    common = dict(recipe="align", model={"template": "plain"}, max_steps=3, feature_cache=True,
+                  global_batch_size=8, micro_batch_size=2)
+    plain = run(make_cfg(output_dir=str(tmp_path / "off"), feature_cache_dir=str(tmp_path / "fc1"), **common))
+    cfg = packed(make_cfg, output_dir=str(tmp_path / "on"), feature_cache_dir=str(tmp_path / "fc2"),
+                 data={"group_by": "none"}, **common)
+    assert run(cfg).losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
+    data, images = _records_with_corrupt_image(tiny_world, tmp_path)
+    bad = {"data_path": [str(data)], "image_folder": str(images), "group_by": "none"}
+    common.update(max_steps=-1, epochs=1, global_batch_size=4)
+    unpacked = run(make_cfg(output_dir=str(tmp_path / "bad_off"), data=bad, feature_cache_dir=str(tmp_path / "fc3"),
+                            **common))
+    result = run(packed(make_cfg, output_dir=str(tmp_path / "bad_on"), data=bad,
+                        feature_cache_dir=str(tmp_path / "fc4"), **common))
+    assert result.steps == unpacked.steps == 2 and result.skipped == unpacked.skipped == {"image": 1}
+    assert result.losses == pytest.approx(unpacked.losses, rel=1e-5, abs=0)
+
+
+def test_packing_with_lora(make_cfg, tmp_path) -> None:
+    from train.recipes import run
+
+    common = dict(llm_mode="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0}, global_batch_size=8,
+                  micro_batch_size=2, max_steps=2)
+    plain = run(make_cfg(output_dir=str(tmp_path / "off"), **common))
+    result = run(packed(make_cfg, output_dir=str(tmp_path / "on"), data={"group_by": "none"}, **common))
+    assert result.losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
