@@ -280,6 +280,10 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg)
+    if cfg.data.packing:  # sdpa -> SDPA per packed sample (vlm.packing); before LoRA wraps the LLM
+        from vlm.packing import use_varlen_attention
+
+        use_varlen_attention(model.llm)
     counts = prepare_model(model, cfg)
     hook = feature_hook(cfg, model)
     # With the cache on, items carry image paths only: a warm cache never decodes an image.

@@ -9,6 +9,11 @@ import torch
 
 MASKED_IMPLEMENTATIONS = ("sdpa", "eager")  # take an explicit 4D mask
 FLASH_PREFIX = "flash_attention"  # flash_attention_2 / _3: varlen kernels fed with cumulative sequence lengths
+# Our own attention implementation: SDPA per sample, fed the same cumulative lengths as varlen flash attention, so
+# attention costs what the samples cost unpacked (a dense block mask costs row_length^2). Without packing
+# kwargs it is plain SDPA (generation, eval, unpacked batches).
+SDPA_VARLEN = "sdpa_varlen"
+VARLEN_IMPLEMENTATIONS = (SDPA_VARLEN,)
 
 
 class PackingUnsupportedError(RuntimeError):
@@ -78,7 +83,9 @@ def packed_llm_kwargs(llm: Any, sample_lengths: Sequence[Sequence[int]], seq_len
     if position_ids is None:
         position_ids = packed_position_ids(sample_lengths, seq_len)
     kwargs: dict[str, Any] = {"position_ids": position_ids.to(device)}
-    if impl.startswith(FLASH_PREFIX):
+    if impl in VARLEN_IMPLEMENTATIONS:
+        kwargs.update(flash_kwargs(sample_lengths, seq_len, device), attention_mask=None)
+    elif impl.startswith(FLASH_PREFIX):
         if not flash_attention_available():
             raise PackingUnsupportedError(f"packed rows with attn_implementation={impl!r} need a CUDA GPU and the "
                                           "flash-attn package; use sdpa or eager here")
@@ -89,5 +96,50 @@ def packed_llm_kwargs(llm: Any, sample_lengths: Sequence[Sequence[int]], seq_len
         kwargs["attention_mask"] = block_diagonal_mask(sample_lengths, seq_len, dtype=dtype, device=device)
     else:
         raise PackingUnsupportedError(f"packing isolates samples for attn_implementation in "
-                                      f"{[*MASKED_IMPLEMENTATIONS, FLASH_PREFIX + '_2']}, not {impl!r}")
+                                      f"{[*MASKED_IMPLEMENTATIONS, *VARLEN_IMPLEMENTATIONS, FLASH_PREFIX + '_2']}, "
+                                      f"not {impl!r}")
     return kwargs
+
+
+def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: query [B, H, L, D], key/value [B, H_kv, L, D] -> ([B, L, H, D], None).
+    With `cu_seq_lens_q` (packed rows, flattened), causal SDPA on each segment alone; else plain SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    batch, heads, length, dim = query.shape
+    flat = [x.transpose(1, 2).reshape(batch * length, x.shape[1], dim) for x in (query, key, value)]  # [B*L, H, D]
+    sizes = torch.diff(cu).tolist()
+    dropout = dropout if module.training else 0.0
+    pieces = []
+    # split (not slicing): its backward concatenates the segments' gradients instead of adding a zero-filled
+    # full-size tensor per segment
+    for q, k, v in zip(*(x.split(sizes) for x in flat)):
+        q, k, v = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, n, D]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
+                                                               scale=scaling, enable_gqa=k.shape[1] != heads)
+        pieces.append(out[0].transpose(0, 1))  # [n, H, D]
+    return torch.cat(pieces).reshape(batch, length, heads, dim), None
+
+
+def register_sdpa_varlen() -> None:
+    """Make `sdpa_varlen` a transformers attention implementation (its masks for unpacked batches are SDPA's)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
+    AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
+
+
+def use_varlen_attention(llm: Any) -> bool:
+    """Switch an `sdpa` LLM to `sdpa_varlen` (same results, packed rows at the cost of their samples); True if so."""
+    if getattr(llm.config, "_attn_implementation", None) != "sdpa":
+        return False
+    register_sdpa_varlen()
+    llm.set_attn_implementation(SDPA_VARLEN)
+    return True

@@ -56,8 +56,10 @@ def test_packed_run_trains_the_same_losses_as_unpacked(make_cfg, tmp_path, capsy
     assert state["pack_length"] == 1024 and (state["epoch"], state["position"]) == (1, 0) and len(state["digest"]) == 16
 
 
-def test_the_self_check_stops_a_run_whose_mask_leaks(make_cfg, tmp_path, monkeypatch) -> None:
-    """A deliberately leaking mask (plain causal attention across the samples of a row) is caught before training."""
+@pytest.mark.parametrize("path", ["mask", "varlen"])
+def test_the_self_check_stops_a_run_whose_mask_leaks(make_cfg, tmp_path, monkeypatch, path: str) -> None:
+    """A deliberately leaking mask (plain causal attention across the samples of a row; for the varlen path, whole
+    rows as its segments) is caught before training."""
     import vlm.packing
     from train.recipes import run
 
@@ -65,7 +67,12 @@ def test_the_self_check_stops_a_run_whose_mask_leaks(make_cfg, tmp_path, monkeyp
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
         return causal.expand(len(sample_lengths), 1, seq_len, seq_len)
 
-    monkeypatch.setattr(vlm.packing, "block_diagonal_mask", leaking)
+    if path == "mask":  # the LLM stays on sdpa with a 4D mask
+        monkeypatch.setattr(vlm.packing, "use_varlen_attention", lambda llm: False)
+        monkeypatch.setattr(vlm.packing, "block_diagonal_mask", leaking)
+    else:
+        real = vlm.packing.flash_kwargs
+        monkeypatch.setattr(vlm.packing, "flash_kwargs", lambda lengths, n, device: real([[n]] * len(lengths), n, device))
     cfg = packed(make_cfg, output_dir=str(tmp_path / "leak"), global_batch_size=8, micro_batch_size=2)
     with pytest.raises(PackingCheckError, match=r"packing self-check failed: .*difference \d\.\d+e-\d+ > 1e-05"):
         run(cfg)

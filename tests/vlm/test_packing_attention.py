@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm.packing import (PackingUnsupportedError, block_diagonal_mask, packed_llm_kwargs, packed_position_ids,
-                         segment_ids)
+                         segment_ids, use_varlen_attention)
 from vlm.testing import pad_batch, sample_ids
 
 IMAGES = [2, 0, 1, 0, 3]  # images per sample: multi-image, text-only and single-image samples packed together
@@ -83,11 +83,20 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def set_attention(model, attn: str) -> None:
+    if attn == "sdpa_varlen":
+        assert use_varlen_attention(model.llm)
+    else:
+        model.llm.set_attn_implementation(attn)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_packed_equals_unpacked_losses_and_gradients(tiny, arch: str, attn: str) -> None:
+    """sdpa / eager: a block-diagonal mask; sdpa_varlen: SDPA per sample from the varlen (flash) kwargs, which
+    falls back to plain SDPA for the unpacked reference."""
     model = tiny.vlm(arch).float().eval()  # eval: no dropout, so both passes are deterministic
-    model.llm.set_attn_implementation(attn)
+    set_attention(model, attn)
     samples = _samples(model)
     pixels = torch.randn(sum(IMAGES), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     reference = unpacked_loss(model, samples, pixels)
@@ -101,6 +110,24 @@ def test_packed_equals_unpacked_losses_and_gradients(tiny, arch: str, attn: str)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_varlen_segments_spanning_samples_leak(tiny, arch: str, monkeypatch) -> None:
+    """The varlen path is only as good as its cumulative lengths: whole rows as segments change the loss."""
+    import vlm.packing
+
+    model = tiny.vlm(arch).float().eval()
+    set_attention(model, "sdpa_varlen")
+    samples = _samples(model)
+    pixels = torch.randn(sum(IMAGES), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = unpacked_loss(model, samples, pixels)
+        torch.testing.assert_close(packed_loss(model, samples, pixels), reference, rtol=1e-5, atol=1e-5)
+        real = vlm.packing.flash_kwargs
+        monkeypatch.setattr(vlm.packing, "flash_kwargs", lambda lengths, n, device: real([[n]] * len(lengths), n, device))
+        leaking = packed_loss(model, samples, pixels)
+    assert abs(float(leaking - reference)) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
