@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("app.commands.build", "assemble a model from an encoder spec, a projector and an LLM, and save it"),
     "export-hf": ("app.commands.export_hf", "export a checkpoint to a HF LlavaForConditionalGeneration directory"),
     "import-hf": ("app.commands.import_hf", "import a HF Llava directory into this trainer's checkpoint format"),
-    "data": ("instruct_data.cli", "validate and convert datasets (LLaVA format, official public formats)"),
+    "data": ("app.commands.data", "validate, convert and audit datasets (LLaVA format, official public formats)"),
     "synth": ("synthetic.cli", "generate the synthetic world (images, captions, questions, eval files)"),
     "pretrain-backbones": ("synthetic.stage0.cli", "stage 0: pretrain the tiny LLM and ViT of the synthetic world"),
     "train": ("train.cli", "run a training recipe (align, instruct) from a YAML config"),

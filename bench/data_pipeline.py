@@ -63,16 +63,9 @@ def make_images(folder: Path, n: int, rng: random.Random) -> None:
 
 
 def image_processor(size: int):
-    try:
-        from vision_encoders.preprocess import ImageProcessor
+    from vision_encoders.preprocess import ImageProcessor
 
-        return ImageProcessor(size=size, mean=(0.4815, 0.4578, 0.4082), std=(0.2686, 0.2613, 0.2758))
-    except ImportError:  # stand-in with the same contract: PIL -> FloatTensor[3, S, S]
-        def process(img: Image.Image) -> torch.Tensor:
-            arr = np.asarray(img.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0
-            return torch.from_numpy(arr).permute(2, 0, 1)
-
-        return process
+    return ImageProcessor(size=size, mean=(0.4815, 0.4578, 0.4082), std=(0.2686, 0.2613, 0.2758))
 
 
 def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
@@ -87,7 +80,7 @@ def run_loader(ds: InstructDataset, batch_size: int, workers: int, pad_id: int, 
     n = 0
     start = time.perf_counter()
     for batch in loader:
-        n += len(batch["ids"])
+        n += len(batch.ids)
         log.add_batch(batch)
     return time.perf_counter() - start, n, log
 

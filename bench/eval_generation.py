@@ -12,7 +12,7 @@ from PIL import Image
 
 
 def _items(n: int):
-    from eval.types import SHORT_ANSWER, EvalItem
+    from eval.items import SHORT_ANSWER, EvalItem
 
     words = ["red", "green", "blue", "square", "circle", "left", "right", "top"]
     return [EvalItem(i, Image.new("RGB", (24 + i % 9, 20 + i % 5), (17 * i % 256, 90, 40)),

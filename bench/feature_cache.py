@@ -73,7 +73,7 @@ def make_trainer(root: Path, base: Path, data: Path, images: Path, *, cache: boo
     from train.config import config_from_dict
     from train.loop import Trainer, seed_everything
     from train.recipes import build_data, build_model, feature_hook, prepare_model
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     name = f"{'cache' if cache else 'nocache'}{'_nodecode' if skip_decode else ''}"
     cfg = config_from_dict({

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from conversation.tokenize import IGNORE_INDEX
 from vision_encoders.config import VisionEncoderConfig
 from vlm.hf_llava import to_llava
 from vlm.model import VisionLanguageModel
@@ -60,7 +61,7 @@ def main() -> None:
     seqs = [sample_ids(ours, 1, num_text=args.text, seed=i) for i in range(args.batch)]
     ids, mask = pad_batch(seqs, ours.config.pad_token_id, "right")
     ids, mask = ids.to(args.device), mask.to(args.device)
-    labels = ids.masked_fill((ids == ours.config.image_token_id) | (mask == 0), -100)
+    labels = ids.masked_fill((ids == ours.config.image_token_id) | (mask == 0), IGNORE_INDEX)
     pixels = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device)
     tokens = int(mask.sum())
 

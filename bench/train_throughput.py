@@ -62,7 +62,7 @@ def make_trainer(root: Path, base: Path, data: Path, images: Path, args: argpars
     from train.config import config_from_dict
     from train.loop import Trainer, seed_everything
     from train.recipes import build_data, build_model, prepare_model
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     cfg = config_from_dict({
         "recipe": "instruct", "model": {"init_from": str(base), "template": "vicuna_v1"},

@@ -33,11 +33,16 @@ RenderFn = Callable[[Sequence[Message], Any, bool, str], list[Span]]
 
 @dataclass(frozen=True)
 class Template:
-    """A named template: `render(messages, tokenizer, generation, record_id) -> spans`; `end` closes a reply."""
+    """A named template: `render(messages, tokenizer, generation, record_id) -> spans`; `end` closes a reply.
+
+    Every template but the tokenizer's own ships `chat_templates/<name>.jinja`, the same rendering for HF
+    `apply_chat_template` (an exported processor carries it); a test renders both for every registered name.
+    """
 
     name: str
     render: RenderFn
     end: str | None  # text that ends a reply besides the eos token (None: eos only)
+    tokenizer_chat_template: bool = False  # True: renders with the tokenizer's own chat_template (no Jinja of ours)
 
 
 def _split_system(messages: Sequence[Message], default: str | None) -> tuple[str | None, list[Message]]:
@@ -62,6 +67,12 @@ class _Builder:
         self.flush()
         self.spans.append(span)
 
+    def reply(self, text: str, eos: bool = False) -> None:
+        """A supervised reply, closed (also supervised) by the eos token when `eos`."""
+        self.add(Span(text, True))
+        if eos:
+            self.spans.append(Span(token="eos", supervised=True))
+
     def done(self) -> list[Span]:
         self.flush()
         return self.spans
@@ -75,7 +86,7 @@ def _plain(messages: Sequence[Message], tokenizer: Any, generation: bool, record
         if m.role == "user":
             b.text += "<image>" * m.content.count("<image>")
         elif m.role == "assistant":
-            b.add(Span(m.content + "\n", True))
+            b.reply(m.content + "\n")
     return b.done()
 
 
@@ -88,8 +99,7 @@ def _vicuna_v1(messages: Sequence[Message], tokenizer: Any, generation: bool, re
         if m.role == "user":
             b.text += f"USER: {m.content} ASSISTANT:"
         else:
-            b.add(Span(f" {m.content}", True))
-            b.add(Span(token="eos", supervised=True))
+            b.reply(f" {m.content}", eos=True)
     return b.done()
 
 
@@ -102,8 +112,7 @@ def _llama_2(messages: Sequence[Message], tokenizer: Any, generation: bool, reco
             sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if i == 0 and system else ""
             b.text += f"[INST] {sys_block}{m.content} [/INST]"
         else:
-            b.add(Span(f" {m.content} ", True))
-            b.add(Span(token="eos", supervised=True))
+            b.reply(f" {m.content} ", eos=True)
     return b.done()
 
 
@@ -115,7 +124,7 @@ def _chatml(messages: Sequence[Message], tokenizer: Any, generation: bool, recor
         if m.role == "user":
             b.text += f"<|im_start|>user\n{m.content}<|im_end|>\n<|im_start|>assistant\n"
         else:
-            b.add(Span(f"{m.content}<|im_end|>", True))
+            b.reply(f"{m.content}<|im_end|>")
             b.text = "\n"
     return b.done()
 
@@ -131,7 +140,7 @@ def _llama_3(messages: Sequence[Message], tokenizer: Any, generation: bool, reco
         if m.role == "user":
             b.text += header.format("user") + f"{m.content}<|eot_id|>" + header.format("assistant")
         else:
-            b.add(Span(f"{m.content}<|eot_id|>", True))
+            b.reply(f"{m.content}<|eot_id|>")
     return b.done()
 
 
@@ -184,7 +193,7 @@ TEMPLATES: dict[str, Template] = {
     "llama_2": Template("llama_2", _llama_2, None),
     "chatml": Template("chatml", _chatml, "<|im_end|>"),
     "llama_3": Template("llama_3", _llama_3, "<|eot_id|>"),
-    "tokenizer": Template("tokenizer", _tokenizer_template, None),
+    "tokenizer": Template("tokenizer", _tokenizer_template, None, tokenizer_chat_template=True),
 }
 
 
@@ -230,7 +239,7 @@ def stop_token_ids(template: str | Template, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     end = t.end
-    if t.name == "tokenizer":
+    if t.tokenizer_chat_template:
         probe = _tokenizer_template([Message("user", "hi"), Message("assistant", "Q7")], tokenizer, False, "stop-probe")
         reply = next(s.text for s in reversed(probe) if s.supervised)
         end = reply.partition("Q7")[2]
@@ -246,8 +255,16 @@ def stop_token_ids(template: str | Template, tokenizer: Any) -> list[int]:
 
 
 def chat_template_jinja(name: str) -> str:
-    """A jinja chat template rendering the same text as template `name` (for HF `apply_chat_template`)."""
-    if name == "tokenizer":
-        raise ValueError("template 'tokenizer' already is the tokenizer's own chat_template")
-    get_template(name)
-    return resources.files("conversation").joinpath("chat_templates", f"{name}.jinja").read_text(encoding="utf-8")
+    """The Jinja chat template rendering the same text as template `name` (for HF `apply_chat_template`)."""
+    t = get_template(name)
+    if t.tokenizer_chat_template:
+        raise ValueError(f"template {t.name!r} already is the tokenizer's own chat_template")
+    path = resources.files("conversation").joinpath("chat_templates", f"{t.name}.jinja")
+    if not path.is_file():
+        raise FileNotFoundError(f"template {t.name!r} has no conversation/chat_templates/{t.name}.jinja")
+    return path.read_text(encoding="utf-8")
+
+
+def export_chat_template(name: str) -> str | None:
+    """The chat template an exported processor carries: ours as Jinja, or None where the tokenizer's own is used."""
+    return None if get_template(name).tokenizer_chat_template else chat_template_jinja(name)

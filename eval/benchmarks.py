@@ -17,7 +17,7 @@ from eval.metrics.exact_match import gqa_normalize, score_gqa, score_text_qa
 from eval.metrics.mme import MMEQuestion, score_mme
 from eval.metrics.pope import score_pope
 from eval.metrics.vqa import VQAGroundTruth, score_vqa
-from eval.types import BenchmarkFileError, EvalItem, read_json
+from eval.items import BenchmarkFileError, EvalItem, read_json
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from eval.benchmarks import BENCHMARKS, BenchmarkPaths, get_benchmark, score_items
-from eval.types import BenchmarkFileError
+from eval.items import BenchmarkFileError
 
 
 def _add_paths(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from eval.types import EvalItem
+from eval.items import EvalItem
+from vlm.batch import Batch
 
 
 class GenerateFn(Protocol):
@@ -48,13 +49,9 @@ def cut_at_stop(tokens: list[int], stops: set[int], pad_id: int) -> list[int]:
 
 
 def _stop_ids(model: Any) -> set[int]:
-    try:
-        from conversation.tokenize import stop_token_ids
-    except ImportError:  # older instruct_data without it: the tokenizer's eos is the only stop
-        eos = model.tokenizer.eos_token_id
-        return {eos} if eos is not None else set()
-    ids = stop_token_ids(model.config.template, model.tokenizer)
-    return {ids} if isinstance(ids, int) else set(ids)
+    from conversation.tokenize import stop_token_ids
+
+    return set(stop_token_ids(model.config.template, model.tokenizer))
 
 
 class ModelGenerator:
@@ -82,13 +79,12 @@ class ModelGenerator:
     def __call__(self, items: list[EvalItem]) -> list[str]:
         cfg = self.model.config
         ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
-        device = next(self.model.parameters()).device
         images = [self.model.image_processor(open_image(it, self.blank_images)) for it in items
                   if it.image is not None]
-        pixel_values = torch.stack(images).to(device=device, dtype=self.model.dtype) if images else None
-        counts = torch.tensor([int(it.image is not None) for it in items], device=device)
-        new = self.model.generate(ids.to(device), mask.to(device), pixel_values=pixel_values, image_counts=counts,
-                                  max_new_tokens=self.max_new_tokens, do_sample=False,
+        prompts = Batch(ids, mask, image_counts=torch.tensor([int(it.image is not None) for it in items]),
+                        pixel_values=torch.stack(images).to(self.model.dtype) if images else None)
+        device = next(self.model.parameters()).device
+        new = self.model.generate(prompts.to(device), max_new_tokens=self.max_new_tokens, do_sample=False,
                                   eos_token_id=sorted(self.stops) or None)
         tok = self.model.tokenizer
         return [tok.decode(cut_at_stop(row.tolist(), self.stops, cfg.pad_token_id), skip_special_tokens=True).strip()

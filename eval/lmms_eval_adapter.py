@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from eval.generation import load_generator
-from eval.types import EvalItem
+from eval.items import EvalItem
 
 try:
     from lmms_eval.api.model import lmms

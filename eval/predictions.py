@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from eval.types import BenchmarkFileError, read_json, read_jsonl
+from eval.items import BenchmarkFileError, read_json, read_jsonl
+from vlm.atomic import atomic_file
 
 
 def read_done(path: Path) -> dict[str, dict[str, Any]]:
@@ -43,18 +44,25 @@ def append_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Append records as JSON lines and fsync, so a killed run loses at most the batch in flight."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.writelines(_jsonl(r) for r in records)
         f.flush()
         os.fsync(f.fileno())
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write records as JSON lines atomically (a reader sees the old file or the whole new one)."""
+    with atomic_file(path) as f:
+        f.writelines(_jsonl(r) for r in records)
+
+
+def _jsonl(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 _ID_KEYS = ("question_id", "questionId", "image_id", "image")

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from eval.benchmarks import BenchmarkPaths, get_benchmark, score_items
-from eval.predictions import append_records, read_done, repair_tail, write_json
+from eval.predictions import append_records, read_done, repair_tail, write_json, write_records
 from eval.report import markdown_row, scores_record
-from eval.types import BenchmarkFileError, EvalItem
+from eval.items import BenchmarkFileError, EvalItem
 
 
 @dataclass
@@ -129,11 +129,7 @@ def _merge(out: Path, items: list[EvalItem], k: int) -> dict[str, str] | None:
         rows.update(read_done(_chunk_file(out, k, i)))
     if any(it.key not in rows for it in items):
         return None
-    path = out / "predictions.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.unlink(missing_ok=True)
-    append_records(tmp, (rows[it.key] for it in items))
-    tmp.replace(path)
+    write_records(out / "predictions.jsonl", (rows[it.key] for it in items))
     return {it.key: str(rows[it.key]["text"]) for it in items}
 
 

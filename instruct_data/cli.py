@@ -12,9 +12,9 @@ from instruct_data.converters.registry import CONVERTERS, get_converter
 from conversation.images import DEFAULT_MAX_PIXELS
 
 
-def register(parser: argparse.ArgumentParser) -> None:
-    """Add the nested `validate` and `convert <converter>` subcommands."""
-    sub = parser.add_subparsers(dest="data_command", metavar="{validate,convert}", required=True)
+def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """Add the nested `validate` and `convert <converter>` subcommands; returns them for the application to extend."""
+    sub = parser.add_subparsers(dest="data_command", metavar="{validate,convert,audit}", required=True)
 
     val = sub.add_parser("validate", help="check every record (schema, roles, images, token lengths)")
     val.add_argument("file", type=Path, help="records: .json (LLaVA list), .jsonl or .parquet")
@@ -38,6 +38,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         p = conv_sub.add_parser(name, help=converter.help, description=converter.help)
         converter.add_arguments(p)
         p.add_argument("--out", required=True, type=Path, help="output .json (LLaVA list) or .jsonl")
+    return sub
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Batch collation: right padding, attention masks, stacked images, skipped items reported."""
+"""Batch collation: dataset items -> a right-padded `Batch` (attention masks, stacked images, skipped items reported)."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
@@ -6,6 +6,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from conversation.tokenize import IGNORE_INDEX
+from vlm.batch import Batch
 
 
 class Skipped(NamedTuple):
@@ -15,7 +16,7 @@ class Skipped(NamedTuple):
     reason: str
 
 
-def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int) -> dict[str, Any]:
+def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int) -> Batch:
     """Stack dataset items; `Skipped`/None items are dropped and listed in `skipped` as (id, reason)."""
     skipped: list[tuple[str, str]] = []
     good: list[dict[str, Any]] = []
@@ -53,16 +54,16 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
     shapes = {tuple(p.shape[1:]) for p in pixels}
     if len(shapes) > 1:
         raise ValueError(f"images of different sizes in one batch: {sorted(shapes)} (ids {[it['id'] for it in good]})")
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "pixel_values": torch.cat(pixels) if pixels else None,
-        "image_counts": image_counts,
-        "image_keys": image_keys,
-        "ids": [it["id"] for it in good],
-        "skipped": skipped,
-    }
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        image_counts=image_counts,
+        pixel_values=torch.cat(pixels) if pixels else None,
+        image_keys=image_keys,
+        ids=[it["id"] for it in good],
+        skipped=skipped,
+    )
 
 
 class Collator:
@@ -71,33 +72,5 @@ class Collator:
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, items: Sequence[dict[str, Any] | Skipped | None]) -> dict[str, Any]:
+    def __call__(self, items: Sequence[dict[str, Any] | Skipped | None]) -> Batch:
         return collate(items, self.pad_token_id)
-
-
-def image_owners(batch: dict[str, Any]) -> list[int]:
-    """For each image of a collated `batch`, in order, the index of the sample (in `ids`) it belongs to."""
-    if batch.get("sample_lengths") is not None:  # packed rows: samples are not rows
-        from instruct_data.packed_collate import packed_image_owners
-
-        return packed_image_owners(batch)
-    return [i for i, n in enumerate(batch["image_counts"].tolist()) for _ in range(n)]
-
-
-def select_samples(batch: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
-    """The collated `batch` restricted to the samples at `keep` (images follow their samples; padding is kept)."""
-    owners = image_owners(batch)
-    images = [j for i in keep for j, owner in enumerate(owners) if owner == i]
-    rows = torch.as_tensor(list(keep), dtype=torch.long)
-    pixels = batch.get("pixel_values")
-    keys = batch.get("image_keys") or []
-    return {
-        **batch,
-        "input_ids": batch["input_ids"][rows],
-        "attention_mask": batch["attention_mask"][rows],
-        "labels": batch["labels"][rows],
-        "pixel_values": pixels[images] if pixels is not None and images else None,
-        "image_counts": batch["image_counts"][rows],
-        "image_keys": [keys[j] for j in images] if keys else [],
-        "ids": [batch["ids"][i] for i in keep],
-    }

@@ -5,7 +5,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,31 +17,39 @@ from conversation.errors import ImageLoadError, RecordError
 from instruct_data.sources import RecordSource
 from conversation.templates import Template, get_template
 from conversation.tokenize import tokenize_conversation
+from vlm.batch import Batch
 
 ImageProcessorFn = Callable[[Image.Image], torch.Tensor]
 TOKENS_PER_WORD = 1.5  # fallback for length estimates before a record is tokenized (calibrated when possible)
 TEMPLATE_OVERHEAD = 8  # role markers per turn, same purpose
 CALIBRATION_RECORDS = 64
-LOGGED_SKIPS = 10  # skips logged as warnings per process; the rest at debug level (all are counted)
+LOGGED_SKIPS = 3  # skips logged as warnings per reason kind and process; the rest counted (debug level)
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SkipLog:
-    """Skipped records (id, reason); mergeable across workers and ranks via `add_batch` / `merge`."""
+    """Skipped records (id, reason); gathered from worker batches via `add_batch`."""
 
     entries: list[tuple[str, str]] = field(default_factory=list)
+    logged: Counter = field(default_factory=Counter)  # reason kind -> skips seen by `add` (for the log only)
 
     def add(self, record_id: str, reason: str) -> None:
-        level = logging.WARNING if len(self.entries) < LOGGED_SKIPS else logging.DEBUG
-        log.log(level, "skipping record %r: %s", record_id, reason)
+        """Record a skip; the first few of each kind are logged, the rest only counted (one line says so)."""
+        kind = reason.split(":", 1)[0]
+        self.logged[kind] += 1
+        seen = self.logged[kind]
+        if seen <= LOGGED_SKIPS:
+            log.warning("skipping record %r: %s", record_id, reason)
+            if seen == LOGGED_SKIPS:
+                log.warning("further %r skips are counted, not logged one by one (the run's summary has the count)",
+                            kind)
+        else:
+            log.debug("skipping record %r: %s", record_id, reason)
         self.entries.append((record_id, reason))
 
-    def add_batch(self, batch: dict[str, Any]) -> None:
-        self.entries.extend(tuple(x) for x in batch.get("skipped", []))
-
-    def merge(self, other: "SkipLog") -> None:
-        self.entries.extend(other.entries)
+    def add_batch(self, batch: Batch) -> None:
+        self.entries.extend(tuple(x) for x in batch.skipped)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -57,7 +65,7 @@ class SkipLog:
         return f"skipped {len(self.entries)} records ({kinds}); first: {self.entries[0][0]!r}: {self.entries[0][1]}"
 
 
-def _skip_reason(exc: RecordError | ImageLoadError) -> str:
+def skip_reason(exc: RecordError | ImageLoadError) -> str:
     """`<kind>: <details>`, kind one of record / max_length / image, so summaries can count by kind."""
     if isinstance(exc, ImageLoadError):
         return f"image: {exc}"
@@ -146,7 +154,7 @@ class InstructDataset(Dataset):
         except (RecordError, ImageLoadError) as exc:
             if self.strict:
                 raise
-            reason = _skip_reason(exc)
+            reason = skip_reason(exc)
             rid = exc.record_id if isinstance(exc, RecordError) else rid
             self.skip_log.add(rid, reason)
             return Skipped(rid, reason)
@@ -221,8 +229,3 @@ class InstructDataset(Dataset):
             n, n_images = self._estimate(i)
             out.append(n if n_images else -n)
         return out
-
-
-def iter_good(items: Iterable[dict[str, Any] | Skipped | None]) -> Iterable[dict[str, Any]]:
-    """The items that are not skips (for code that walks a dataset without a DataLoader)."""
-    return (it for it in items if isinstance(it, dict))

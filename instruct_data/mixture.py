@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import yaml
@@ -113,14 +113,6 @@ class MixtureRecords(ConcatRecords):
         super().__init__(sources, items)
         self.entries = entries
 
-    def counts(self) -> dict[str, int]:
-        """Records selected per dataset name."""
-        out: dict[str, int] = {}
-        for s in self.which:
-            name = self.sources[s].source_name(0) if len(self.sources[s]) else str(s)
-            out[name] = out.get(name, 0) + 1
-        return out
-
 
 def load_mixture(path: str | Path, seed: int = 0, image_roots: Sequence[str | Path] = ()) -> MixtureRecords:
     """Parse a mixture YAML and build its record source, deterministic for `seed`.
@@ -131,12 +123,3 @@ def load_mixture(path: str | Path, seed: int = 0, image_roots: Sequence[str | Pa
     for e in entries:
         e.image_folders += [Path(r) for r in image_roots]
     return MixtureRecords(entries, seed=seed)
-
-
-def mixture_summary(mix: MixtureRecords) -> list[dict[str, Any]]:
-    """One row per dataset: name, file, strategy, weight, selected count."""
-    counts = mix.counts()
-    return [
-        {"name": e.name, "file": str(e.json_path), "strategy": e.sampling_strategy, "weight": e.weight, "selected": counts.get(e.name, 0)}
-        for e in mix.entries
-    ]

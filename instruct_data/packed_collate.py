@@ -2,12 +2,14 @@
 sample boundary, images stacked in the order of their samples."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import torch
 
 from conversation.tokenize import IGNORE_INDEX
 from instruct_data.collate import Skipped, collate
+from vlm.batch import Batch
 
 Item = dict[str, Any]
 
@@ -17,10 +19,10 @@ def _image_count(item: Item) -> int:
     return len(item.get("image_keys", [])) if pv is None else int(pv.shape[0])  # keys only: feature-cache mode
 
 
-def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id: int) -> dict[str, Any]:
+def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id: int) -> Batch:
     """One batch row per packed row (rows whose items were all skipped are dropped), right padded.
 
-    Keys as `collate`, with `image_counts` per row, `ids` per sample in row order, and also `position_ids`
+    As `collate`, with `image_counts` per row, `ids` per sample in row order, and also `position_ids`
     ([B, L], 0.. per sample; the padding tail counts from 0 too), `sample_lengths` (per row, its samples' lengths)
     and `sample_image_counts` (per row, its samples' image counts). The first label of every sample is
     IGNORE_INDEX: as in an unpacked batch, a sample's first token is never a target (here: of the sample before).
@@ -52,16 +54,10 @@ def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id
             start += n
         attention_mask[b, :start] = 1
         position_ids[b, start:] = torch.arange(width - start)
-    return {
-        **base,
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "position_ids": position_ids,
-        "sample_lengths": lengths,
-        "sample_image_counts": [[_image_count(it) for it in row] for row in good_rows],
-        "image_counts": torch.tensor([sum(_image_count(it) for it in row) for row in good_rows], dtype=torch.long),
-    }
+    return dataclasses.replace(
+        base, input_ids=input_ids, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
+        sample_lengths=lengths, sample_image_counts=[[_image_count(it) for it in row] for row in good_rows],
+        image_counts=torch.tensor([sum(_image_count(it) for it in row) for row in good_rows], dtype=torch.long))
 
 
 class PackedCollator:
@@ -70,7 +66,7 @@ class PackedCollator:
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, rows: Sequence[Sequence[Item | Skipped | None]]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[Sequence[Item | Skipped | None]]) -> Batch:
         return collate_packed(rows, self.pad_token_id)
 
 
@@ -87,37 +83,34 @@ class PackedRows:
         return [self.dataset[int(i)] for i in row]
 
 
-def packed_image_owners(batch: dict[str, Any]) -> list[int]:
+def packed_image_owners(batch: Batch) -> list[int]:
     """For each image of a packed batch, in order, the index (into `ids`) of the sample it belongs to."""
-    counts = [n for row in batch["sample_image_counts"] for n in row]
+    counts = [n for row in batch.sample_image_counts or [] for n in row]
     return [i for i, n in enumerate(counts) for _ in range(n)]
 
 
-def split_packed(batch: dict[str, Any]) -> list[list[Item]]:
+def split_packed(batch: Batch) -> list[list[Item]]:
     """The packed batch back into its rows of items (tokens, labels as packed, images, keys, ids)."""
-    pixels = batch.get("pixel_values")
-    keys = batch.get("image_keys") or []
+    assert batch.sample_lengths is not None and batch.sample_image_counts is not None and batch.labels is not None
     rows: list[list[Item]] = []
     sample = image = 0
-    for b, (lengths, counts) in enumerate(zip(batch["sample_lengths"], batch["sample_image_counts"])):
+    for b, (lengths, counts) in enumerate(zip(batch.sample_lengths, batch.sample_image_counts)):
         row, start = [], 0
         for n, k in zip(lengths, counts):
-            row.append({"id": batch["ids"][sample], "input_ids": batch["input_ids"][b, start:start + n],
-                        "labels": batch["labels"][b, start:start + n],
-                        "pixel_values": pixels[image:image + k] if pixels is not None and k else None,
-                        "image_keys": list(keys[image:image + k])})
+            pixels = batch.pixel_values[image:image + k] if batch.pixel_values is not None and k else None
+            row.append({"id": batch.ids[sample], "input_ids": batch.input_ids[b, start:start + n],
+                        "labels": batch.labels[b, start:start + n], "pixel_values": pixels,
+                        "image_keys": list(batch.image_keys[image:image + k])})
             sample, image, start = sample + 1, image + k, start + n
         rows.append(row)
     return rows
 
 
-def select_packed(batch: dict[str, Any], keep: Sequence[int], pad_token_id: int) -> dict[str, Any]:
+def select_packed(batch: Batch, keep: Sequence[int], pad_token_id: int) -> Batch:
     """The packed `batch` restricted to the samples at `keep` (indices into `ids`); rows keep their other samples."""
     wanted = set(keep)
     rows, sample = [], 0
     for row in split_packed(batch):
         rows.append([it for j, it in enumerate(row, start=sample) if j in wanted])
         sample += len(row)
-    out = collate_packed(rows, pad_token_id)
-    out["skipped"] = batch.get("skipped", [])
-    return out
+    return dataclasses.replace(collate_packed(rows, pad_token_id), skipped=list(batch.skipped))

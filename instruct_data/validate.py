@@ -19,6 +19,7 @@ from conversation.images import (
     resolve_image_path,
 )
 from conversation.records import IMAGE_TOKEN, Conversation, parse_record
+from conversation.tokenize import IGNORE_INDEX
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
@@ -337,7 +338,7 @@ class RecordValidator:
         except ValueError as exc:
             return [("tokens", "tokenization", str(exc), "error")]
         ids, labels = list(sample.input_ids), list(sample.labels)
-        if all(label == -100 for label in labels):
+        if all(label == IGNORE_INDEX for label in labels):
             return [("tokens", "no supervised tokens", f"{len(ids)} tokens, none supervised", "error")]
         limit = cfg.max_length
         if limit is None or len(ids) <= limit:
@@ -346,7 +347,7 @@ class RecordValidator:
         if image_positions and image_positions[-1] >= limit:
             return [("tokens", "images beyond max length",
                      f"{len(ids)} tokens; the last image ends at {image_positions[-1] + 1} > {limit}", "error")]
-        if all(label == -100 for label in labels[:limit]):
+        if all(label == IGNORE_INDEX for label in labels[:limit]):
             return [("tokens", "no supervised token within max length",
                      f"{len(ids)} tokens; nothing supervised in the first {limit}", "error")]
         return [("tokens", "will be truncated", f"{len(ids)} tokens > max length {limit}", "warning")]

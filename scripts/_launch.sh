@@ -1,25 +1,44 @@
 #!/usr/bin/env bash
-# Shared launcher for the real-model scripts: counts GPUs, then runs `vlm train` under torchrun (one process per GPU).
+# Shared launcher for the real-model scripts: `vlm train` under torchrun from the project's .venv, one process per GPU.
 # Usage (from another script): source scripts/_launch.sh; launch_train CONFIG [key=value overrides...]
+# Env: NUM_GPUS (processes per node; default: every CUDA device torch sees), CUDA_VISIBLE_DEVICES (which ones; set and
+#      empty: no GPU, a CPU run of NUM_PROCS processes, default 1), multi-node: NNODES, NODE_RANK, MASTER_ADDR,
+#      MASTER_PORT (default 29500), the same on every node but NODE_RANK. VENV (default .venv), VLM (a `vlm` executable
+#      to run instead of `python -m app.cli`).
 set -euo pipefail
-
-count_gpus() {
-    if [[ -n "${NUM_GPUS:-}" ]]; then echo "$NUM_GPUS"; return; fi
-    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-        awk -F, '{print NF}' <<<"$CUDA_VISIBLE_DEVICES"; return
-    fi
-    if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L | grep -c '^GPU' || true; return; fi
-    echo 0
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
 launch_train() {
     local config=$1; shift
-    local gpus; gpus=$(count_gpus)
-    if [[ "$gpus" -lt 1 ]]; then
-        echo "no GPU found (set NUM_GPUS or CUDA_VISIBLE_DEVICES); on a CPU run scripts/train_synthetic.sh" >&2
-        exit 1
+    ensure_venv
+    local nproc
+    if cuda_hidden; then
+        [[ -z "${NUM_GPUS:-}" || "${NUM_GPUS}" == 0 ]] || die "NUM_GPUS=$NUM_GPUS but CUDA_VISIBLE_DEVICES is empty (no GPU visible)"
+        nproc=${NUM_PROCS:-1}
+        echo "[launch] CUDA_VISIBLE_DEVICES is empty: a CPU run of $nproc process(es) (gloo, fp32: add precision=fp32)" >&2
+    else
+        torch_cuda_info
+        if [[ "$TORCH_GPUS" -lt 1 ]]; then
+            die "no CUDA device for torch: $(why_cuda). To run on the CPU anyway set CUDA_VISIBLE_DEVICES= (empty); on a CPU, scripts/train_synthetic.sh is the tested path"
+        fi
+        nproc=${NUM_GPUS:-$TORCH_GPUS}
+        [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS=$nproc is not a positive integer"
+        if [[ "$nproc" -gt "$TORCH_GPUS" ]]; then
+            die "NUM_GPUS=$nproc is more than the CUDA devices torch sees: $(why_cuda)"
+        fi
     fi
-    echo "launching $config on $gpus GPU(s)" >&2
-    # --no-python: every worker runs the `vlm` console script itself, with torchrun's RANK/WORLD_SIZE env.
-    exec torchrun --standalone --nproc_per_node="$gpus" --no-python "${VLM:-vlm}" train "$config" "$@"
+    [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "NUM_PROCS=$nproc is not a positive integer"
+    local nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0}
+    [[ "$nnodes" =~ ^[1-9][0-9]*$ && "$node_rank" =~ ^[0-9]+$ && "$node_rank" -lt "$nnodes" ]] \
+        || die "NNODES=$nnodes NODE_RANK=$node_rank: need NNODES >= 1 and 0 <= NODE_RANK < NNODES"
+    local rendezvous=(--standalone)
+    if [[ "$nnodes" -gt 1 ]]; then
+        [[ -n "${MASTER_ADDR:-}" ]] || die "NNODES=$nnodes needs MASTER_ADDR (node 0's address, the same on every node)"
+        rendezvous=(--nnodes="$nnodes" --node_rank="$node_rank" --master_addr="$MASTER_ADDR"
+                    --master_port="${MASTER_PORT:-29500}")
+    fi
+    local program=(-m app.cli)
+    [[ -z "${VLM:-}" ]] || program=(--no-python "$VLM")  # every worker runs that executable itself
+    echo "[launch] $config: $nnodes node(s) x $nproc process(es), node rank $node_rank" >&2
+    exec "$PY" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="$nproc" "${program[@]}" train "$config" "$@"
 }

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vlm.config import CONFIG_NAME
+
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,13 @@ class Demo:
         self.stage("backbones", lambda: (w / "backbones" / "llm" / "config.json").is_file(),
                    [["pretrain-backbones", "--world", str(w), *p.backbones]])
         align_out = self.out / "align"
-        self.stage("align", lambda: (align_out / "vlm_config.json").is_file(),
+        self.stage("align", lambda: (align_out / CONFIG_NAME).is_file(),
                    [["train", self.config(ALIGN_CONFIG), *self.world_overrides(),
                      f"data.data_path=[{w / 'align.json'}]", f"output_dir={align_out}", *p.align]])
-        self.stage("instruct", lambda: (self.out / "instruct" / "vlm_config.json").is_file(),
+        self.stage("instruct", lambda: (self.out / "instruct" / CONFIG_NAME).is_file(),
                    [self.instruct_argv(align_out, self.out / "instruct")])
         scratch = self.out / "noalign_init"
-        self.stage("instruct_without_alignment", lambda: (self.out / "noalign" / "vlm_config.json").is_file(),
+        self.stage("instruct_without_alignment", lambda: (self.out / "noalign" / CONFIG_NAME).is_file(),
                    [["build", "--vision", f"hf:{w / 'backbones' / 'vit'}", "--projector", "mlp2x_gelu",
                      "--llm", str(w / "backbones" / "llm"), "--template", "vicuna_v1", "--out", str(scratch)],
                     self.instruct_argv(scratch, self.out / "noalign")])

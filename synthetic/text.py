@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from synthetic.world import SHAPE_PLURALS, Scene, SceneObject, position_phrase
+from synthetic.world import Scene, SceneObject, position_phrase
 
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -64,10 +64,6 @@ def join_list(items: list[str]) -> str:
 
 def count_phrase(n: int) -> str:
     return f"{NUMBER_WORDS[n]} object" + ("" if n == 1 else "s")
-
-
-def plural(shape: str, n: int) -> str:
-    return shape if n == 1 else SHAPE_PLURALS[shape]
 
 
 def brief_caption(scene: Scene, rng: random.Random) -> str:

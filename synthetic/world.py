@@ -76,10 +76,6 @@ class Scene:
         """Path relative to the world's `images/` folder (the LLaVA `image` field)."""
         return f"{self.split}/{self.file_name}"
 
-    @property
-    def has_held_out(self) -> bool:
-        return any(o.pair in HELD_OUT for o in self.objects)
-
     def to_dict(self) -> dict:
         return {"id": self.id, "split": self.split, "image": self.image, "background": self.background,
                 "background_tint": list(self.background_tint),

@@ -24,6 +24,25 @@ from vision_encoders.config import VisionEncoderConfig
 from vlm.model import VisionLanguageModel
 from vlm.testing import make_tiny_llm
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip, with the reason, on a machine where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_hidden_unless_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test not marked `gpu` sees no CUDA, so the suite runs the same (CPU, fp32, gloo) on a GPU machine;
+    subprocesses get CUDA_VISIBLE_DEVICES="" in their environment for the same reason."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 WORDS = (
     "the a cat dog red blue green square circle triangle image photo what is color of in on left right "
     "how many there are two three one yes no describe picture shows small large bus white answer question "

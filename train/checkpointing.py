@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from train.strategy import Strategy
+from train.strategies.base import Strategy
+from vlm.atomic import replace_directory
 
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -149,9 +150,7 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strat
         _fsync_dir(tmp)
     strategy.barrier()
     if strategy.is_main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        replace_directory(tmp, final)
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     strategy.barrier()

@@ -1,4 +1,6 @@
-"""`vlm train CONFIG [key.sub=value ...] [--resume auto|none|PATH]`: run a recipe from a YAML config."""
+"""`vlm train CONFIG [key.sub=value ...] [--resume auto|none|PATH]`: run a recipe from a YAML config.
+
+Exit codes: 0 done, 2 configuration, 3 non-finite loss, 4 data (pre-flight audit or run-time data guard)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +31,8 @@ def main(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from instruct_data.audit import AuditError
+    from train.guards import DataFailure, summary_line
     from train.loop import NonFiniteLossError
     from train.recipes import run
 
@@ -37,9 +41,12 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"vlm train: {err}", file=sys.stderr)
         return 3
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"vlm train: {err}", file=sys.stderr)
         return 2
+    except (AuditError, DataFailure) as err:
+        print(f"vlm train: {err}", file=sys.stderr)
+        return 4
     print(f"done: {result.steps} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
-          f"model in {result.output_dir}")
+          f"{summary_line(result.trained, result.skipped)}, model in {result.output_dir}")
     return 0

@@ -10,12 +10,15 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from train.recipe_registry import LLM_MODES, RECIPES
+from train.strategies.registry import STRATEGIES
 from vision_encoders.config import VisionEncoderConfig
 
-Recipe = Literal["align", "instruct"]
-LLMMode = Literal["full", "lora", "qlora", "frozen"]
+# The choices come from the registries: a new row there is a new valid `recipe:` / `strategy:` value.
+RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
+LLMMode = Literal[LLM_MODES]  # type: ignore[valid-type]
 Precision = Literal["auto", "fp32", "bf16"]
-StrategyName = Literal["single", "ddp", "deepspeed"]
+StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 GroupBy = Literal["none", "length", "modality_length"]
 
 
@@ -33,8 +36,11 @@ class ModelConfig:
     llm: str | None = None
     # Training template; with `init_from` it replaces the checkpoint's (phase 2 trains vicuna_v1 on a `plain` phase 1).
     template: str | None = None
-    attn_implementation: str = "sdpa"
-    trust_remote_code: bool = False
+    # null: the `init_from` checkpoint's own (a new model: sdpa, no remote code, float32); a value given here
+    # takes effect over `init_from` too (the LLM is loaded with it) and is recorded in the saved vlm_config.json.
+    attn_implementation: str | None = None
+    trust_remote_code: bool | None = None
+    torch_dtype: str | None = None  # float32 | bfloat16 | float16: the dtype the weights are loaded in
 
 
 @dataclass
@@ -48,6 +54,15 @@ class DataConfig:
     group_by: GroupBy = "none"
     num_workers: int = 0
     strict: bool = False  # True: a bad record stops the run; False: skipped and counted
+    # Fail loud: the run stops (non-zero exit, naming the cause and the first records) when more than this
+    # share of the records seen is skipped, checked once `skip_warmup` records were seen and at the end...
+    max_skip_ratio: float = 0.01
+    skip_warmup: int = 200
+    # ... or when its first N micro-batches (per process) carried no supervised token.
+    fail_no_supervised_after: int = 20
+    # Pre-flight audit before training: records drawn evenly (-1: all, 0: no audit); strict: warnings stop too.
+    audit_sample: int = 2000
+    audit_strict: bool = False
     # Sequence packing: each step's samples packed whole into rows of at most `pack_length` tokens (default
     # `max_length`); `micro_batch_size` then counts rows. Every packed run first checks one packed micro-batch
     # against the same samples unpacked.
@@ -87,7 +102,7 @@ class LoraSettings:
 class TrainConfig:
     """One training run."""
 
-    recipe: Recipe = "instruct"
+    recipe: RecipeName = "instruct"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -127,6 +142,10 @@ class TrainConfig:
             raise ConfigError("give epochs > 0 or max_steps > 0")
         if self.keep_last < 1:
             raise ConfigError("keep_last must be >= 1")
+        if not 0.0 <= self.data.max_skip_ratio <= 1.0:
+            raise ConfigError(f"data.max_skip_ratio must be within [0, 1], got {self.data.max_skip_ratio}")
+        if self.data.skip_warmup < 1 or self.data.fail_no_supervised_after < 1:
+            raise ConfigError("data.skip_warmup and data.fail_no_supervised_after must be >= 1")
         if self.data.pack_length is not None and not self.data.packing:
             raise ConfigError("data.pack_length is set but data.packing is false")
         if self.data.packing and self.data.resolved_pack_length() < self.data.max_length:

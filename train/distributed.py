@@ -1,7 +1,6 @@
 """Process-group setup from torchrun's environment (gloo on CPU, nccl on GPU) and small collective helpers."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,6 +56,16 @@ def read_env() -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
+def cuda_unavailable_reason() -> str:
+    """Why torch sees no GPU, for error messages: hidden, a CPU-only build, or (likely) a driver too old for its CUDA."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return "CUDA_VISIBLE_DEVICES is empty (every GPU hidden)"
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build"
+    return (f"this torch is built for CUDA {torch.version.cuda} but finds no usable GPU: none installed, or an NVIDIA "
+            "driver older than that CUDA needs (compare `nvidia-smi`'s 'CUDA Version')")
+
+
 def default_backend() -> str:
     """nccl when CUDA is usable, gloo otherwise (CPU)."""
     return "nccl" if torch.cuda.is_available() else "gloo"
@@ -81,21 +90,6 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def _collective_device() -> torch.device:
-    """nccl only moves CUDA tensors; gloo moves CPU ones."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def barrier() -> None:
     """Wait for every process; nothing to wait for in a single process."""
     if is_initialized():
@@ -107,32 +101,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def all_reduce_mean(values: dict[str, float], device: torch.device | None = None) -> dict[str, float]:
-    """Average scalar metrics over processes in one collective (float64 so the sum does not round)."""
-    if not is_initialized() or not values:
-        return dict(values)
-    keys = sorted(values)
-    packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device or _collective_device())
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    packed /= dist.get_world_size()
-    return {k: float(v) for k, v in zip(keys, packed.tolist())}
-
-
-def broadcast_json(obj: object, src: int = 0) -> object:
-    """Send a small JSON-able object from `src` to every process (JSON, not pickle: nothing is unpickled)."""
-    if not is_initialized():
-        return obj
-    payload = json.dumps(obj).encode() if get_rank() == src else b""
-    device = _collective_device()
-    length = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    dist.broadcast(length, src=src)
-    buffer = torch.zeros(int(length.item()), dtype=torch.uint8, device=device)
-    if get_rank() == src:
-        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device))
-    dist.broadcast(buffer, src=src)
-    return json.loads(bytes(buffer.tolist()).decode())
 
 
 def destroy() -> None:

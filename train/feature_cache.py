@@ -15,13 +15,15 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from vlm.atomic import atomic_file
 
 IdentityMode = Literal["stat", "content", "raw"]
 _FORMAT_VERSION = 1
@@ -76,15 +78,6 @@ def image_identity(path: str | os.PathLike[str], mode: IdentityMode = "stat") ->
                 digest.update(chunk)
         return digest.hexdigest()[:32]
     raise ValueError(f"unknown identity mode {mode!r}; known: ['content', 'raw', 'stat']")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class FeatureCache:
@@ -193,11 +186,16 @@ class FeatureCache:
         shard_id, row = located
         return self._array(shard_id)[row]
 
-    def contains(self, key: str) -> bool:
-        ident = image_identity(key, self.identity_mode)
-        if ident not in self._index and ident not in self._pending:
-            self.refresh()
-        return ident in self._index or ident in self._pending
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """The keys not (yet) cached, in order, without duplicates (the ZeRO-3 pre-fill's work list)."""
+        self.refresh()
+        out: list[str] = []
+        seen: set[str] = set()
+        for key, ident in zip(keys, self.identities(keys)):
+            if ident not in self._index and ident not in self._pending and ident not in seen:
+                out.append(key)
+                seen.add(ident)
+        return out
 
     def get(self, keys: Sequence[str]) -> torch.Tensor | None:
         """Float32 [N, T, D] features of `keys` in order when all are cached; None if any is missing."""
@@ -232,17 +230,6 @@ class FeatureCache:
             raise FeatureCacheError(f"feature cache: images changed while being cached: {list(keys)}")
         return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
 
-    def missing(self, keys: Sequence[str]) -> list[str]:
-        """The keys not (yet) cached, in order, without duplicates."""
-        self.refresh()
-        out: list[str] = []
-        seen: set[str] = set()
-        for key, ident in zip(keys, self.identities(keys)):
-            if ident not in self._index and ident not in self._pending and ident not in seen:
-                out.append(key)
-                seen.add(ident)
-        return out
-
     def __len__(self) -> int:
         self.refresh()
         return len(set(self._index) | set(self._pending))
@@ -270,14 +257,11 @@ class FeatureCache:
         keys = list(self._pending)
         data = np.ascontiguousarray(np.stack([self._pending[k] for k in keys]))
         npy_path = self.shard_dir / f"{shard_id}.npy"
-        tmp = npy_path.with_name(f".{npy_path.name}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_file(npy_path, binary=True) as handle:
             np.save(handle, data, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, npy_path)
         index = {"keys": keys, "shape": list(data.shape), "dtype": str(data.dtype), "format": _FORMAT_VERSION}
-        _atomic_write_bytes(self.shard_dir / f"{shard_id}.json", json.dumps(index).encode())
+        with atomic_file(self.shard_dir / f"{shard_id}.json") as handle:
+            handle.write(json.dumps(index))
         self._pending.clear()
         self.refresh()
         return shard_id
@@ -288,52 +272,6 @@ class FeatureCache:
         except FileNotFoundError:
             pass  # the cache directory was removed before exit: nothing left to write into
 
-    def write_meta(self, description: dict[str, Any]) -> None:
-        """Record what the fingerprint stands for (for people inspecting the cache); safe to call from any rank."""
-        path = self.directory / "meta.json"
-        if not path.exists():
-            _atomic_write_bytes(path, json.dumps(description, indent=2, default=str).encode())
-
     def close(self) -> None:
         self.flush()
         self._arrays.clear()
-
-
-def fill_feature_cache(
-    cache: FeatureCache,
-    image_paths: Iterable[str],
-    encode: Callable[[list[str]], torch.Tensor],
-    *,
-    batch_size: int = 32,
-    rank: int = 0,
-    world_size: int = 1,
-) -> int:
-    """Encode every image not yet cached, this rank taking every `world_size`-th missing one; returns the count.
-
-    `encode(paths) -> [n, T, D]` decodes, preprocesses and runs the frozen encoder (no grad).
-    Callers on several ranks must `barrier()` afterwards and then `cache.refresh()`.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    unique = list(dict.fromkeys(image_paths))
-    todo = cache.missing(unique)[rank::world_size]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        with torch.no_grad():
-            features = encode(chunk)
-        cache.put(chunk, features)
-    cache.flush()
-    return len(todo)
-
-
-def image_file_encoder(encoder: nn.Module, image_processor: Any) -> Callable[[list[str]], torch.Tensor]:
-    """`encode(paths)` for `fill_feature_cache`: decode each file, preprocess, run the frozen encoder."""
-    from conversation.images import load_image
-
-    def encode(paths: list[str]) -> torch.Tensor:
-        param = next(encoder.parameters())
-        pixels = torch.stack([image_processor(load_image(p)) for p in paths])
-        with torch.no_grad():
-            return encoder(pixels.to(device=param.device, dtype=param.dtype)).float()
-
-    return encode

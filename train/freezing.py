@@ -1,4 +1,4 @@
-"""Which parts of the VLM train in each recipe: requires_grad flags, and a summary that proves it."""
+"""Which parts of the VLM train in a recipe (the rules are the recipe's row): requires_grad flags, and a summary."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,26 +6,25 @@ from collections import Counter
 from torch import nn
 
 from train.optim import part_of
+from train.recipe_registry import Recipe
 
 
-def set_trainable(model: nn.Module, *, recipe: str, llm_mode: str, unfreeze_vision_last_n: int = 0) -> None:
-    """Apply the recipe's freezing to a VisionLanguageModel (before LoRA wrapping, which sets its own flags).
+def set_trainable(model: nn.Module, *, recipe: Recipe, llm_mode: str, unfreeze_vision_last_n: int = 0) -> None:
+    """Apply `recipe`'s freezing to a VisionLanguageModel (before LoRA wrapping, which sets its own flags).
 
-    align: projector only. instruct: projector, the LLM unless `llm_mode` is `frozen` (lora/qlora: frozen here,
-    the adapters train), and the last `unfreeze_vision_last_n` vision blocks.
+    Every part outside `recipe.trains` is frozen. The projector trains when listed; the LLM when listed and
+    `llm_mode` is `full` (lora/qlora: frozen here, the adapters train); the last `unfreeze_vision_last_n`
+    vision blocks when the vision encoder is listed (asking for them otherwise is an error).
     """
-    if recipe not in ("align", "instruct"):
-        raise ValueError(f"unknown recipe {recipe!r}; known: ['align', 'instruct']")
+    llm_mode = recipe.llm_mode(llm_mode)
+    if unfreeze_vision_last_n and "vision" not in recipe.trains:
+        raise ValueError(f"recipe={recipe.name} trains {' and '.join(sorted(recipe.trains))} only; "
+                         "unfreeze_vision_last_n needs a recipe that trains the vision encoder")
     model.requires_grad_(False)
-    model.projector.requires_grad_(True)
-    if recipe == "align":
-        if unfreeze_vision_last_n:
-            raise ValueError("align trains the projector only; unfreeze_vision_last_n needs recipe=instruct")
-        return
+    if "projector" in recipe.trains:
+        model.projector.requires_grad_(True)
     if llm_mode == "full":
         model.llm.requires_grad_(True)
-    elif llm_mode not in ("frozen", "lora", "qlora"):
-        raise ValueError(f"unknown llm_mode {llm_mode!r}; known: ['full', 'lora', 'qlora', 'frozen']")
     if unfreeze_vision_last_n > 0:
         model.vision_encoder.freeze(unfreeze_vision_last_n)
 

@@ -11,21 +11,21 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from instruct_data.collate import image_owners, select_samples
-from instruct_data.packed_collate import select_packed
 from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
-from train.logging import RunLogger, plot_loss_curve, truncate_metrics
+from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
-from train.strategy import Strategy, build_strategy
+from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
+from train.strategies.base import Strategy
+from train.strategies.registry import build_strategy
+from instruct_data.packed_collate import packed_image_owners, select_packed
+from vlm.batch import Batch
 
-IGNORE_INDEX = -100
 CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
 
 
@@ -38,7 +38,7 @@ class TrainData:
     """What the loop needs from the data layer (assembled by the recipe)."""
 
     dataset: Any  # map-style: __getitem__(i) -> item dict (see docs/architecture.md), or None when skipped
-    collate: Callable[[list[Any]], dict[str, Any] | None]
+    collate: Callable[[list[Any]], Batch | None]
     epoch_batches: Callable[[int], list[list[int]]]  # this rank's micro-batches (index lists) of an epoch
     # reason -> count of records the data layer dropped outside batches (e.g. at indexing); batches also
     # carry `skipped: [(id, reason)]`, which the loop counts itself
@@ -47,7 +47,7 @@ class TrainData:
     # Packing (`data.packing`): the packer (state_dict / load_state_dict, saved per rank in checkpoints), and
     # rows -> (packed batch, the same samples unpacked) for the self-check at the start of the run.
     packer: Any = None
-    check_pair: Callable[[list[tuple[int, ...]]], tuple[dict[str, Any], dict[str, Any]]] | None = None
+    check_pair: Callable[[list[tuple[int, ...]]], tuple[Batch, Batch]] | None = None
     lengths: list[int] | None = None
 
 
@@ -60,6 +60,7 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     resumed_from: Path | None = None
+    trained: int = 0  # records that reached the model (all processes, whole run)
 
 
 def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -83,7 +84,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if gpu_bf16 else "fp32"
     if precision == "bf16" and not gpu_bf16:
-        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device} "
+        from train.distributed import cuda_unavailable_reason
+
+        why = f" ({cuda_unavailable_reason()})" if not torch.cuda.is_available() else ""
+        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device}{why} "
                          "(bf16 on this CPU runs at under 1 GFLOP/s): use precision=fp32 or precision=auto")
     return precision
 
@@ -97,35 +101,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def supervised_tokens(labels: torch.Tensor) -> int:
-    """Positions that contribute to the next-token loss (labels shifted by one)."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
-
-
-def summed_token_loss(model: nn.Module, batch: dict[str, Any], device: torch.device,
+def summed_token_loss(model: nn.Module, batch: Batch, device: torch.device,
                       vision_features: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum (not mean) of next-token cross-entropy over supervised positions of one micro-batch."""
-    inputs: dict[str, Any] = {"input_ids": batch["input_ids"].to(device),
-                              "attention_mask": batch["attention_mask"].to(device),
-                              "image_counts": batch.get("image_counts")}
-    if batch.get("sample_lengths") is not None:  # packed rows: samples isolated (vlm.packing)
-        inputs["sample_lengths"] = batch["sample_lengths"]
-        inputs["position_ids"] = batch["position_ids"].to(device)
-    if vision_features is not None:
-        inputs["vision_features"] = vision_features
-    elif batch.get("pixel_values") is not None:
-        inputs["pixel_values"] = batch["pixel_values"].to(device)
-    logits = model(**inputs).logits
-    labels = batch["labels"].to(device)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    """Sum (not mean) of fp32 next-token cross-entropy over the supervised positions of one micro-batch.
+
+    Calls the (possibly DDP/DeepSpeed-wrapped) model on the Batch, so the wrappers' hooks run; the model applies
+    the LM head to supervised positions only (`vlm.lm_loss`), never building [B, T, V] logits."""
+    return model(batch.to(device), vision_features=vision_features).loss
 
 
 class Trainer:
     """One run of one recipe: `Trainer(cfg, model, data, strategy).fit()`."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy | None = None,
-                 features_fn: Callable[[dict[str, Any]], torch.Tensor | None] | None = None) -> None:
+                 features_fn: Callable[[Batch], torch.Tensor | None] | None = None) -> None:
         self.cfg = cfg
         self.strategy = strategy or build_strategy(cfg.strategy, cfg)
         self.data = data
@@ -145,6 +134,7 @@ class Trainer:
                                   global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
         self.resumed_from: Path | None = None
         self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
+        self.guard = DataGuard(cfg.data, getattr(getattr(model, "config", None), "num_image_tokens", None))
 
     # ------------------------------------------------------------------ setup
     def _resume(self) -> None:
@@ -173,7 +163,7 @@ class Trainer:
         if self.strategy.is_main:
             truncate_metrics(self.output_dir, state.step)
 
-    def _loader(self, epoch: int, skip: int) -> Iterator[dict[str, Any] | None]:
+    def _loader(self, epoch: int, skip: int) -> Iterator[Batch | None]:
         batches = self.data.epoch_batches(epoch)[skip:]
         # A private generator keeps DataLoader from drawing on the global RNG, which resume restores exactly.
         loader = DataLoader(self.data.dataset, batch_sampler=batches, collate_fn=self.data.collate,
@@ -186,54 +176,57 @@ class Trainer:
         self.state.skipped[kind] = self.state.skipped.get(kind, 0) + 1
         self.skip_log.append((str(record_id), str(reason)))
 
-    def _cached_features(self, batch: dict[str, Any] | None) -> tuple[dict[str, Any] | None, torch.Tensor | None]:
+    def _cached_features(self, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:
         """The feature-cache hook's features for `batch`, before any token is counted: with the cache on, images
         are decoded on first use, so a record whose image cannot be decoded is dropped here (skipped and counted
         like the data layer's skips), or stops the run when `data.strict` is set."""
-        if self.features_fn is None or batch is None or len(batch["input_ids"]) == 0:
+        if self.features_fn is None or batch is None or batch.num_samples == 0:
             return batch, None
         while True:
             try:
                 return batch, self.features_fn(batch)
             except ImageLoadError as err:
-                keys = batch.get("image_keys") or []
-                bad = sorted({owner for owner, key in zip(image_owners(batch), keys) if key == err.path})
+                packed = batch.sample_lengths is not None
+                owners = packed_image_owners(batch) if packed else batch.image_owners()  # sample per image
+                bad = sorted({owner for owner, key in zip(owners, batch.image_keys) if key == err.path})
                 if not bad:
                     raise
                 if self.cfg.data.strict:
-                    raise ImageLoadError(err.path, f"{err.reason} (records {[batch['ids'][i] for i in bad]}; "
+                    raise ImageLoadError(err.path, f"{err.reason} (records {[batch.ids[i] for i in bad]}; "
                                          "data.strict stops on a bad image)") from None
                 for i in bad:
-                    self._count_skip(batch["ids"][i], f"image: {err}")
-                keep = [i for i in range(len(batch["ids"])) if i not in bad]
-                if batch.get("sample_lengths") is not None:
-                    pad = int(self.strategy.unwrap(self.model).config.pad_token_id)
-                    batch = select_packed(batch, keep, pad)
+                    self._count_skip(batch.ids[i], f"image: {err}")
+                keep = [i for i in range(len(batch.ids)) if i not in bad]
+                if packed:  # the sample leaves its row; its row-mates stay
+                    batch = select_packed(batch, keep, int(self.strategy.unwrap(self.model).config.pad_token_id))
                 else:
-                    batch = select_samples(batch, keep)
-                if len(batch["input_ids"]) == 0:
+                    batch = batch.select(keep)
+                if batch.num_samples == 0:
                     return batch, None
 
-    def _step(self, window: list[dict[str, Any] | None]) -> dict[str, float]:
+    def _step(self, window: list[Batch | None]) -> dict[str, float]:
         device = self.strategy.device
         t0 = time.perf_counter()
+        skips_before = len(self.skip_log)
         for batch in window:
-            for record_id, reason in (batch or {}).get("skipped", []):
+            for record_id, reason in batch.skipped if batch is not None else []:
                 self._count_skip(record_id, reason)
         features: list[torch.Tensor | None] = []
         with self.strategy.autocast(self.precision):
             for index, batch in enumerate(window):
                 window[index], batch_features = self._cached_features(batch)
                 features.append(batch_features)
-        window = [b if b is not None and len(b["input_ids"]) > 0 else None for b in window]
-        counts = torch.tensor([float(sum(supervised_tokens(b["labels"]) for b in window if b)),
-                               float(sum(int(b["attention_mask"].sum()) for b in window if b)),
-                               float(sum(len(b["ids"]) for b in window if b)),
-                               float(sum(b["input_ids"].numel() for b in window if b)),
-                               float(sum(len(b["input_ids"]) for b in window if b))], dtype=torch.float64,
+        window = [b if b is not None and b.num_samples > 0 else None for b in window]
+        counts = torch.tensor([float(sum(b.supervised_tokens() for b in window if b)),
+                               float(sum(int(b.attention_mask.sum()) for b in window if b)),
+                               float(sum(len(b.ids) for b in window if b)),  # records (packed: several a row)
+                               float(sum(b.input_ids.numel() for b in window if b)),
+                               float(sum(b.num_samples for b in window if b))], dtype=torch.float64,
                               device=device)
         self.strategy.all_reduce_sum(counts)
         total_sup, total_tokens, samples, padded, rows = (float(x) for x in counts.tolist())
+        self.guard.after_step(self.strategy, len(window), samples, total_sup, len(self.skip_log) - skips_before,
+                              self.skip_log)  # fail loud (same verdict on every rank) before any forward
         # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
         # x world_size because DDP/DeepSpeed average gradients over ranks.
         scale = self.strategy.world_size / total_sup if total_sup > 0 else 0.0
@@ -288,10 +281,7 @@ class Trainer:
         """0 from a forward of the (wrapped) model on one unsupervised pad token, so that DDP/ZeRO see a real
         forward + backward (their gradient hooks and unused-branch touches run as for any text-only batch)."""
         config = getattr(self.strategy.unwrap(self.model), "config", None)
-        pad = int(getattr(config, "pad_token_id", 0) or 0)
-        one = torch.full((1, 1), pad, dtype=torch.long)
-        batch = {"input_ids": one, "attention_mask": torch.ones_like(one), "labels": torch.full_like(one, IGNORE_INDEX),
-                 "image_counts": torch.zeros(1, dtype=torch.long)}
+        batch = Batch.empty(int(getattr(config, "pad_token_id", 0) or 0))
         with autocast:
             loss = summed_token_loss(self.model, batch, self.strategy.device)  # a sum over no positions: 0
         if not loss.requires_grad:
@@ -349,13 +339,15 @@ class Trainer:
                     exhausted = self.state.micro_batches_in_epoch >= self.steps_per_epoch * self.accum
                 if exhausted:
                     self._end_epoch(logger)
+            self.guard.at_end(self.skip_log)  # a run that trained nothing keeps no "final" checkpoint
             self._save()
         finally:
             self.model.train(was_training)
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
-        return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from)
+        return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from,
+                         self.state.samples_seen)
 
     def _skipped_totals(self) -> dict[str, int]:
         totals = dict(self.state.skipped)

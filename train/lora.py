@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from train.config import LoraSettings
+from train.config import ConfigError, LoraSettings, TrainConfig
 
 from vlm.checkpoint import LORA_ADAPTER_DIR as ADAPTER_DIR  # one name for the writer and the reader
 
@@ -31,24 +32,56 @@ def lora_config(settings: LoraSettings):  # noqa: ANN201 - peft.LoraConfig
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
-def quantize_llm_4bit(model: nn.Module) -> None:
-    """Reload the VLM's LLM in 4-bit NF4 (bitsandbytes) for QLoRA; GPU only."""
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+ZERO3_REFUSAL = ("llm_mode=qlora cannot run under DeepSpeed ZeRO-3 ({config}): ZeRO-3 partitions every parameter "
+                 "across ranks, and bitsandbytes' packed 4-bit weights (with their quantization state) cannot be "
+                 "partitioned or gathered. Use ZeRO-2 (deepspeed_config=configs/deepspeed/zero2.json: the 4-bit base "
+                 "is replicated, adapters and optimizer state are sharded) or one GPU (strategy=single)")
 
+
+def check_qlora_strategy(cfg: TrainConfig) -> None:
+    """Refuse QLoRA + ZeRO-3 at start, naming the alternative (reads the JSON only: no DeepSpeed needed)."""
+    if cfg.llm_mode != "qlora" or cfg.strategy != "deepspeed" or not cfg.deepspeed_config:
+        return
+    from train.strategies.deepspeed_config import load_json_config
+
+    stage = load_json_config(cfg.deepspeed_config).get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        raise ConfigError(ZERO3_REFUSAL.format(config=cfg.deepspeed_config))
+
+
+def qlora_llm_kwargs(init_from: str | None = None) -> dict[str, Any]:
+    """`from_pretrained` kwargs that load the LLM straight from disk into 4-bit NF4 on this process's GPU.
+
+    Given to `VisionLanguageModel.load(init_from, llm_kwargs=...)` (or `build`), so the LLM quantized is the one
+    `init_from` holds (its `llm/` weights, or the base it refers to plus its saved rows of the added tokens),
+    loaded once, never first in fp32. Embeddings and the LM head stay unquantized (transformers keeps the
+    output embeddings out of 4-bit), so the added tokens' input and output rows are restored as for any load.
+    GPU only: on a CPU, or without bitsandbytes, this raises with the reason.
+    """
+    if init_from and (Path(init_from) / ADAPTER_DIR).is_dir():
+        raise ConfigError(f"model.init_from={init_from} holds LoRA adapters ({ADAPTER_DIR}/), which cannot be merged "
+                          "into 4-bit weights: merge them first (vlm merge-lora --model DIR --out MERGED) and start "
+                          "QLoRA from the merged model")
     check_qlora_available()
-    source = model.config.llm
+    from transformers import BitsAndBytesConfig
+
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
-    embeddings = model.llm.get_input_embeddings().weight.detach().clone()
-    llm = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, dtype=torch.bfloat16,
-                                               attn_implementation=model.config.attn_implementation,
-                                               trust_remote_code=model.config.trust_remote_code,
-                                               device_map={"": torch.cuda.current_device()})
-    llm.resize_token_embeddings(embeddings.shape[0], mean_resizing=False)
-    with torch.no_grad():
-        llm.get_input_embeddings().weight.copy_(embeddings.to(llm.get_input_embeddings().weight))
-    model.llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+    # torch.cuda.current_device(): the strategy (built before the model) has set this rank's GPU.
+    return {"quantization_config": quant, "dtype": torch.bfloat16, "device_map": {"": torch.cuda.current_device()}}
+
+
+def prepare_4bit_llm(model: nn.Module) -> None:
+    """peft's k-bit preparation of an LLM loaded by `qlora_llm_kwargs`: base frozen, its non-4-bit parameters
+    (norms, embeddings, LM head) in fp32. The projector is not touched: it trains in its own dtype (fp32
+    unless `model.torch_dtype` says otherwise) under bf16 autocast, as with `lora`."""
+    from peft import prepare_model_for_kbit_training
+
+    if not getattr(model.llm, "is_loaded_in_4bit", False):
+        raise RuntimeError("llm_mode=qlora: the LLM is not loaded in 4-bit; load it with "
+                           "VisionLanguageModel.load(..., llm_kwargs=qlora_llm_kwargs(...)) (train.recipes.build_model "
+                           "does) instead of quantizing an fp32 copy")
+    model.llm = prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=False)
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings, qlora: bool = False) -> None:
@@ -56,7 +89,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings, qlora: bool = False) ->
     from peft import get_peft_model
 
     if qlora:
-        quantize_llm_4bit(model)
+        prepare_4bit_llm(model)
     model.llm = get_peft_model(model.llm, lora_config(settings))
 
 

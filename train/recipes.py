@@ -1,41 +1,25 @@
-"""The two recipes, `align` (phase 1) and `instruct` (phase 2): model, freezing, data and final save for the loop."""
+"""Running a recipe (its row in `train.recipe_registry`): model, freezing, data and final save for the loop."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
+from conversation.errors import ImageLoadError
 from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
-from train.strategy import Strategy, build_strategy
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What distinguishes a phase: its default template and whether its LLM can train."""
-
-    name: str
-    default_template: str | None  # None: the model checkpoint's own template
-    llm_trains: bool
-
-
-RECIPES: dict[str, Recipe] = {
-    "align": Recipe("align", default_template="plain", llm_trains=False),
-    "instruct": Recipe("instruct", default_template=None, llm_trains=True),
-}
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
-    return RECIPES[name]
+from train.preflight import load_train_records, run_preflight, training_template
+from train.recipe_registry import get_recipe
+from train.strategies.base import Strategy
+from train.strategies.registry import build_strategy
+from vlm.atomic import replace_directory
+from vlm.batch import Batch
 
 
 # ---------------------------------------------------------------------------- model
@@ -45,22 +29,27 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
     recipe = get_recipe(cfg.recipe)
     m = cfg.model
+    llm_kwargs = None
+    if cfg.llm_mode == "qlora" and "llm" in recipe.trains:
+        from train.lora import qlora_llm_kwargs
+
+        llm_kwargs = qlora_llm_kwargs(m.init_from)  # the LLM goes straight from disk into 4-bit: no fp32 copy
     if m.init_from:
-        model = VisionLanguageModel.load(m.init_from)
-        inherited = model.config.template
-        model.config.template = m.template or recipe.default_template or inherited
-        if cfg.recipe == "instruct" and model.config.template == "plain" and not m.template:
-            raise ConfigError(f"recipe=instruct from {m.init_from} would inherit its template 'plain' (phase 1's); "
-                              "set model.template (e.g. vicuna_v1)")
+        # The config's attention implementation, remote-code policy and dtype take effect over the checkpoint's.
+        model = VisionLanguageModel.load(m.init_from, torch_dtype=m.torch_dtype,
+                                         attn_implementation=m.attn_implementation,
+                                         trust_remote_code=m.trust_remote_code, llm_kwargs=llm_kwargs)
+        model.config.template = training_template(cfg, model.config.template)
     else:
         assert m.vision is not None and m.llm is not None  # validate() checked
         template = m.template or recipe.default_template
         if template is None:
-            raise ConfigError("model.template is required when building a new model for recipe=instruct")
+            raise ConfigError(f"model.template is required when building a new model for recipe={recipe.name}")
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
-                                          attn_implementation=m.attn_implementation,
-                                          trust_remote_code=m.trust_remote_code)
+                                          attn_implementation=m.attn_implementation or "sdpa",
+                                          trust_remote_code=bool(m.trust_remote_code), torch_dtype=m.torch_dtype,
+                                          llm_kwargs=llm_kwargs)
     return model
 
 
@@ -79,10 +68,11 @@ def _absolute_spec(spec: str) -> str:
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
     """Freezing, LoRA and gradient checkpointing for the recipe; returns trainable counts per part."""
     recipe = get_recipe(cfg.recipe)
-    llm_mode = cfg.llm_mode if recipe.llm_trains else "frozen"
-    if not recipe.llm_trains and cfg.llm_mode not in ("frozen", "full"):
-        raise ConfigError(f"recipe=align keeps the LLM frozen; llm_mode={cfg.llm_mode!r} needs recipe=instruct")
-    set_trainable(model, recipe=cfg.recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
+    try:
+        llm_mode = recipe.llm_mode(cfg.llm_mode)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
     if cfg.unfreeze_vision_last_n:
         model.config.vision.unfreeze_last_n = cfg.unfreeze_vision_last_n
     if llm_mode in ("lora", "qlora"):
@@ -105,26 +95,19 @@ def enable_gradient_checkpointing(llm: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- data
-def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True) -> TrainData:
+def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixels: bool = True,
+               records: Any = None) -> TrainData:
     """InstructDataset over the configured records, this rank's deterministic micro-batches per epoch.
 
     `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
     cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
-    from instruct_data.sources import load_records
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
-    if d.mixture:
-        try:
-            from instruct_data.mixture import load_mixture  # type: ignore[import-not-found]
-        except ImportError as err:
-            raise ConfigError(f"data.mixture needs instruct_data.mixture, which is not available: {err}") from None
-        records = load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
-    else:
-        records = load_records(d.data_path, image_roots=roots)
+    records = records if records is not None else load_train_records(cfg)
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=model.config.num_image_tokens,
@@ -173,7 +156,7 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
                                 micro_batches_per_step=per_rank_step // cfg.micro_batch_size)
     packed, plain = PackedCollator(model.config.pad_token_id), Collator(model.config.pad_token_id)
 
-    def check_pair(rows: list[tuple[int, ...]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def check_pair(rows: list[tuple[int, ...]]) -> tuple[Batch, Batch]:
         items = [[dataset[i] for i in row] for row in rows]
         return packed(items), plain([it for row in items for it in row])
 
@@ -182,56 +165,79 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
 
 
 # ---------------------------------------------------------------------------- feature cache hook
-def feature_hook(cfg: TrainConfig, model: nn.Module) -> Callable[[dict[str, Any]], torch.Tensor | None] | None:
-    """batch -> cached vision features, when the feature cache is on (align with a frozen encoder)."""
+def feature_hook(cfg: TrainConfig, model: nn.Module,
+                 encode_on_miss: bool = True) -> Callable[[Batch], torch.Tensor | None] | None:
+    """batch -> cached vision features, when the feature cache is on (align with a frozen encoder).
+
+    `encode_on_miss=False` (ZeRO-3, cache filled before training by `prefill`): the hook never runs the
+    encoder; an image the fill could not decode raises ImageLoadError (its records are skipped)."""
     wanted = cfg.feature_cache
     if wanted is None:  # auto
-        wanted = cfg.recipe == "align" and vision_is_frozen(model)
+        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model)
     if not wanted:
         return None
     if not vision_is_frozen(model):
         raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
-    try:
-        from train.feature_cache import FeatureCache, encoder_fingerprint
-    except ImportError as err:
-        if cfg.feature_cache is None:
-            return None  # auto and not available: encode images as usual
-        raise ConfigError(f"feature_cache=true but train.feature_cache cannot be imported: {err}") from None
+    from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
+
     directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
+    bad: dict[str, str] = {}  # image key -> why the fill could not decode it
 
-    def features(batch: dict[str, Any]) -> torch.Tensor | None:
-        keys = batch.get("image_keys") or []
+    def features(batch: Batch) -> torch.Tensor | None:
+        keys, pixels = batch.image_keys, batch.pixel_values
         if not keys:
             return None
-        pixels = batch.get("pixel_values")
+        if not encode_on_miss:
+            for key in keys:
+                if key in bad:
+                    raise ImageLoadError(key, bad[key])
+            cached = cache.get(keys)
+            if cached is None:
+                raise FeatureCacheError(
+                    f"images {cache.missing(keys)[:3]} are not in the feature cache filled before training; under "
+                    "ZeRO-3 no rank may run the partitioned encoder alone. Did an image change on disk during the run?")
+            return cached
 
-        def pixel_values_fn(missing: list[str]) -> torch.Tensor:
+        def encode(missing: list[str]) -> torch.Tensor:
             from conversation.images import load_image
 
             if pixels is not None:
                 index = {k: i for i, k in enumerate(keys)}
-                return pixels[[index[k] for k in missing]]
-            # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
-            # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
-            return torch.stack([model.image_processor(load_image(k)) for k in missing])
-
-        def encode(missing: list[str]) -> torch.Tensor:
+                values = pixels[[index[k] for k in missing]]
+            else:
+                # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
+                # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
+                values = torch.stack([model.image_processor(load_image(k)) for k in missing])
             with torch.no_grad():
                 param = next(model.vision_encoder.parameters())
-                return model.vision_encoder(pixel_values_fn(missing).to(param.device, param.dtype))
+                return model.vision_encoder(values.to(param.device, param.dtype))
 
-        if hasattr(cache, "get_or_compute"):
-            return cache.get_or_compute(keys, encode)
-        cached = cache.get(keys)  # all-or-nothing per batch
-        if cached is None:
-            cached = encode(list(keys))
-            cache.put(keys, cached)
-            cache.flush()
-        return cached
+        return cache.get_or_compute(keys, encode)
 
     features.flush = cache.flush  # type: ignore[attr-defined]  # rows buffered by get_or_compute reach disk
+    features.cache = cache  # type: ignore[attr-defined]
+    features.bad = bad  # type: ignore[attr-defined]
     return features
+
+
+def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy,
+            hook: Callable[[dict[str, Any]], torch.Tensor | None]) -> None:
+    """Before the engine starts: every rank encodes the images of its own micro-batches (the encoder still whole
+    on each rank), then all wait at a barrier; the hook then only reads (see `train.feature_prefill`)."""
+    from train.feature_prefill import planned_micro_batches, prefill_features
+
+    model.vision_encoder.to(strategy.device)
+    batches, dataset = planned_micro_batches(cfg, data, strategy.world_size), data.dataset
+    if data.packer is not None:  # packed micro-batches are lists of rows of indices
+        batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
+    report = prefill_features(hook.cache, dataset, batches, model.vision_encoder, model.image_processor,  # type: ignore[attr-defined]
+                              batch_size=max(cfg.micro_batch_size, 32))
+    hook.bad.update(report.bad)  # type: ignore[attr-defined]
+    strategy.barrier()
+    if strategy.is_main:
+        print(f"feature cache filled before training (parameters partitioned): rank 0 encoded {report.encoded} "
+              f"image(s), found {report.cached} cached, {len(report.bad)} undecodable", flush=True)
 
 
 # ---------------------------------------------------------------------------- final output
@@ -266,10 +272,10 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
     else:
         model.save(staging, projector_only=projector_only)
     for entry in staging.iterdir():  # move into place: output_dir also holds checkpoints and logs
-        target = out / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+        if entry.is_dir():
+            replace_directory(entry, out / entry.name)
+        else:
+            os.replace(entry, out / entry.name)
     staging.rmdir()
 
 
@@ -277,25 +283,41 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
 def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     """Everything `vlm train CONFIG` does."""
     cfg.validate()
+    if cfg.llm_mode == "qlora":
+        from train.lora import check_qlora_strategy
+
+        check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     seed_everything(cfg.seed)
+    records = load_train_records(cfg)
+    early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
+    if early:
+        run_preflight(cfg, records, strategy)
     model = build_model(cfg)
+    if not early:
+        run_preflight(cfg, records, strategy, model=model)
     if cfg.data.packing:  # sdpa -> SDPA per packed sample (vlm.packing); before LoRA wraps the LLM
         from vlm.packing import use_varlen_attention
 
         use_varlen_attention(model.llm)
     counts = prepare_model(model, cfg)
-    hook = feature_hook(cfg, model)
+    # ZeRO-3 partitions even the frozen encoder: the cache is then filled before the engine starts and no rank
+    # runs the encoder during training (one rank alone would hang the others' collectives).
+    partitioned = bool(getattr(strategy, "partitions_parameters", False))
+    hook = feature_hook(cfg, model, encode_on_miss=not partitioned)
     # With the cache on, items carry image paths only: a warm cache never decodes an image.
-    data = build_data(cfg, model, strategy, load_pixels=hook is None)
+    data = build_data(cfg, model, strategy, load_pixels=hook is None, records=records)
+    if hook is not None and partitioned:
+        prefill(cfg, model, data, strategy, hook)
+        strategy.encoder_in_forward = False  # type: ignore[attr-defined]  # its text-only touch skips the encoder
     trainer = Trainer(cfg, model, data, strategy, features_fn=hook)
     if strategy.is_main:
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
         print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
               f"feature cache {'on' if hook else 'off'}", flush=True)
     result = trainer.fit()
-    if hook is not None and hasattr(hook, "flush"):
-        hook.flush()
+    if hook is not None:
+        hook.flush()  # type: ignore[attr-defined]
     save_final_model(cfg, trainer.model, strategy)
     strategy.close()
     return result

@@ -48,11 +48,6 @@ def _model_type(path_or_id: str) -> str:
     return model_type
 
 
-def hf_vision_class(path_or_id: str) -> type[PreTrainedModel]:
-    """The vision-tower class for a checkpoint, chosen from its config's `model_type`."""
-    return HF_VISION_CLASSES[_model_type(path_or_id)]
-
-
 def load_hf_vision_tower(path_or_id: str) -> PreTrainedModel:
     """`<VisionClass>.from_pretrained(path_or_id)`; for a full CLIP/SigLIP checkpoint, its vision half.
 

@@ -95,10 +95,6 @@ class TimmVisionEncoder(VisionEncoder):
                              f"({num_layers + 1} hidden states, 0 = embeddings)")
         self.freeze(config.unfreeze_last_n)
 
-    @staticmethod
-    def create(name: str, **model_args: Any) -> VisionTransformer:
-        return create_timm_vit(name, **model_args)
-
     @property
     def hidden_size(self) -> int:
         return int(self.timm_model.embed_dim)

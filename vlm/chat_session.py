@@ -12,6 +12,7 @@ from conversation.records import Message
 from conversation.templates import stop_token_ids
 from conversation.tokenize import encode_prompt
 from vision_encoders.preprocess import to_rgb
+from vlm.batch import Batch
 
 
 class ChatError(Exception):
@@ -113,16 +114,12 @@ class ChatSession:
     def ask(self, question: str, streamer=None) -> tuple[str, int]:
         """Answer `question` about the attached images; returns (answer, oldest turns dropped to fit)."""
         ids, images, dropped = self.prepare(question)
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        pixel_values = torch.stack(images).to(device) if images else None
-        image_counts = torch.tensor([len(images)], device=device)
+        input_ids = torch.tensor([ids])
+        prompt = Batch(input_ids, torch.ones_like(input_ids), image_counts=torch.tensor([len(images)]),
+                       pixel_values=torch.stack(images) if images else None)
         do_sample = self.temperature > 0
         new_tokens = self.model.generate(
-            input_ids,
-            torch.ones_like(input_ids),
-            pixel_values=pixel_values,
-            image_counts=image_counts,
+            prompt.to(next(self.model.parameters()).device),
             max_new_tokens=self.max_new_tokens,
             do_sample=do_sample,
             temperature=self.temperature if do_sample else 1.0,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,8 +13,8 @@ from projectors.registry import build_projector
 from vision_encoders.preprocess import ImageProcessor
 from vision_encoders.registry import load_vision_encoder, parse_spec, resolve_path
 from vlm.config import CONFIG_NAME, VLMConfig
-from vlm.io import atomic_directory
-from vlm.model import VisionLanguageModel, load_llm, resolve_dtype
+from vlm.atomic import atomic_directory
+from vlm.model import VisionLanguageModel, dtype_name, load_llm, resolve_dtype
 from vlm.tokens import embedding_rows
 
 PROJECTOR_FILE = "projector.safetensors"
@@ -127,11 +128,18 @@ def load(
     device: str | torch.device | None = None,
     torch_dtype: str | None = None,
     lora: str = "merge",
+    *,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool | None = None,
+    llm_kwargs: dict[str, Any] | None = None,
 ) -> VisionLanguageModel:
     """Rebuild the model saved in `directory` (full or projector-only) with no other argument needed.
 
     A LoRA run's output (`lora_adapter/` beside the config) gets its adapters: merged into the LLM weights
     (`lora="merge"`, for inference and export), attached as a peft model (`"attach"`), or left out (`"ignore"`).
+    `torch_dtype`, `attn_implementation` and `trust_remote_code` (None: the saved ones) replace the saved
+    values: the LLM is loaded with them and the in-memory config (what a later save writes) records what was
+    used. `llm_kwargs` go to the LLM's `from_pretrained` (QLoRA: 4-bit quantization, straight from disk).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -145,9 +153,15 @@ def load(
     config.vision.spec = absolute_spec(config.vision.spec, directory)
     if torch_dtype is not None:
         config.torch_dtype = torch_dtype
+    if attn_implementation is not None:
+        config.attn_implementation = attn_implementation
+    if trust_remote_code is not None:
+        config.trust_remote_code = trust_remote_code
     dtype = resolve_dtype(config.torch_dtype)
+    if dtype is not None:
+        config.torch_dtype = dtype_name(dtype)  # what was used (half precision degrades on a CPU)
     encoder = load_vision_encoder(config.vision)
-    llm = load_llm(config.llm, config, dtype)
+    llm = load_llm(config.llm, config, dtype, **(llm_kwargs or {}))
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, trust_remote_code=config.trust_remote_code)
     image_id = tokenizer.convert_tokens_to_ids(config.image_token)
     if image_id != config.image_token_id:

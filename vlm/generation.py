@@ -5,14 +5,33 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vlm.batch import Batch
+
 if TYPE_CHECKING:
     from vlm.model import VisionLanguageModel
+
+
+def prompt_batch(
+    model: "VisionLanguageModel",
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    pixel_values: torch.Tensor | None = None,
+    image_counts: torch.Tensor | list[int] | None = None,
+) -> Batch:
+    """Left-padded prompt tensors as a `Batch`; without `image_counts`, each row's images are its image tokens / K."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if image_counts is None and pixel_values is not None:
+        image_counts = (input_ids == model.config.image_token_id).sum(dim=1) // model.config.num_image_tokens
+    if image_counts is not None:
+        image_counts = torch.as_tensor(image_counts, dtype=torch.long)
+    return Batch(input_ids, attention_mask, image_counts=image_counts, pixel_values=pixel_values)
 
 
 @torch.no_grad()
 def generate(
     model: "VisionLanguageModel",
-    input_ids: torch.Tensor,
+    prompts: Batch | torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None,
     image_counts: torch.Tensor | list[int] | None = None,
@@ -25,18 +44,21 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     **generate_kwargs: Any,
 ) -> torch.LongTensor:
-    """Continue left-padded prompts; returns only the new tokens, [B, new] (finished rows padded with pad id).
+    """Continue left-padded prompts (a `Batch`, or its tensors); returns only the new tokens, [B, new] (finished
+    rows padded with pad id).
 
     `eos_token_id` may be a list (the template's stop tokens); default: the tokenizer's eos.
     `streamer` is any transformers streamer (`TextStreamer`, `TextIteratorStreamer`); batch size 1 only.
     """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    batch = prompts if isinstance(prompts, Batch) else prompt_batch(model, prompts, attention_mask, pixel_values,
+                                                                     image_counts)
+    input_ids, attention_mask = batch.input_ids, batch.attention_mask
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
     if input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("generate needs LEFT-padded prompts: some rows end with padding (attention_mask[:, -1] == 0)")
-    embeds = model.embed(input_ids, pixel_values, vision_features, image_counts)
+    pixels = None if vision_features is not None else batch.pixel_values
+    embeds = model.embed(input_ids, pixels, vision_features, batch.image_counts)
     if eos_token_id is None:
         eos_token_id = model.tokenizer.eos_token_id
     options: dict[str, Any] = {"do_sample": do_sample}

@@ -27,7 +27,7 @@ from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.hf_encoder import HFVisionEncoder
 from vision_encoders.registry import load_vision_encoder
 from vlm.config import VLMConfig
-from vlm.io import atomic_directory
+from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, resolve_dtype
 from vlm.tokens import add_special_tokens, resize_for_tokenizer
 
@@ -141,7 +141,7 @@ def hf_image_processor(model: VisionLanguageModel):
 
 
 def llava_processor(model: VisionLanguageModel) -> LlavaProcessor:
-    from conversation.templates import chat_template_jinja
+    from conversation.templates import export_chat_template
 
     config = llava_config(model)
     return LlavaProcessor(
@@ -149,7 +149,7 @@ def llava_processor(model: VisionLanguageModel) -> LlavaProcessor:
         tokenizer=model.tokenizer,
         patch_size=int(model.vision_encoder.hf_config.patch_size),
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        chat_template=chat_template_jinja(model.config.template) if model.config.template != "tokenizer" else None,
+        chat_template=export_chat_template(model.config.template),
         image_token=model.config.image_token,
         num_additional_image_tokens=1 if model.vision_encoder.has_cls_token else 0,
     )

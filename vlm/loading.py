@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from vlm.config import CONFIG_NAME
 from vlm.model import VisionLanguageModel
 
 
@@ -27,9 +28,9 @@ def check_model_dir(directory: str | Path) -> None:
     directory = Path(directory)
     if not directory.is_dir():
         raise NotAModelError(f"model directory not found: {directory}")
-    if not (directory / "vlm_config.json").is_file() and not is_hf_llava(directory):
+    if not (directory / CONFIG_NAME).is_file() and not is_hf_llava(directory):
         raise NotAModelError(
-            f"{directory} is not a model directory: expected vlm_config.json (this trainer) "
+            f"{directory} is not a model directory: expected {CONFIG_NAME} (this trainer) "
             "or a config.json with model_type 'llava' (HF Llava)"
         )
 
@@ -37,10 +38,10 @@ def check_model_dir(directory: str | Path) -> None:
 def load_model_dir(
     directory: str | Path, device: str | None = None, torch_dtype: str | None = None, hf_template: str = "vicuna_v1"
 ) -> VisionLanguageModel:
-    """Our checkpoint (`vlm_config.json`), or a HF Llava directory imported into a temporary checkpoint."""
+    """Our checkpoint (`CONFIG_NAME`), or a HF Llava directory imported into a temporary checkpoint."""
     directory = Path(directory)
     check_model_dir(directory)
-    if (directory / "vlm_config.json").is_file():
+    if (directory / CONFIG_NAME).is_file():
         model = VisionLanguageModel.load(directory, device=device, torch_dtype=torch_dtype)
     elif is_hf_llava(directory):
         from vlm.hf_llava import import_hf

@@ -17,7 +17,9 @@ from vision_encoders.base import VisionEncoder
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.preprocess import ImageProcessor
 from vision_encoders.registry import load_vision_encoder
+from vlm.batch import Batch
 from vlm.config import VLMConfig
+from vlm.lm_loss import TokenLoss, supervised_loss
 from vlm.tokens import add_special_tokens, resize_for_tokenizer
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,18 +42,25 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return dtype
 
 
-def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None) -> PreTrainedModel:
-    """Any `AutoModelForCausalLM`, with the config's attention implementation and remote-code policy."""
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None, **load_kwargs: Any) -> PreTrainedModel:
+    """Any `AutoModelForCausalLM`, with the config's attention implementation and remote-code policy.
+
+    `load_kwargs` go to `from_pretrained` as they are (e.g. QLoRA's `quantization_config` and `device_map`).
+    `config.attn_implementation` is set to what the loaded LLM actually runs, so a saved config records it."""
     attn = config.attn_implementation
     if attn.startswith("flash_attention") and not torch.cuda.is_available():
         warnings.warn(f"attn_implementation {attn!r} needs a CUDA GPU; using 'sdpa' on this machine", stacklevel=3)
         attn = "sdpa"
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        attn_implementation=attn,
-        trust_remote_code=config.trust_remote_code,
-        dtype=dtype if dtype is not None else torch.float32,
-    )
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": config.trust_remote_code,
+                              "dtype": dtype if dtype is not None else torch.float32, **load_kwargs}
+    llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    used = getattr(llm.config, "_attn_implementation", None)
+    config.attn_implementation = used if isinstance(used, str) else attn
+    return llm
 
 
 class VisionLanguageModel(nn.Module):
@@ -87,8 +96,11 @@ class VisionLanguageModel(nn.Module):
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         torch_dtype: str | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
     ) -> "VisionLanguageModel":
-        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector."""
+        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector.
+
+        `llm_kwargs` go to the LLM's `from_pretrained` (e.g. QLoRA's 4-bit `quantization_config`)."""
         from conversation.templates import get_template
 
         get_template(template)  # an unknown name fails here, before minutes of loading
@@ -98,8 +110,10 @@ class VisionLanguageModel(nn.Module):
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype,
         )
         dtype = resolve_dtype(torch_dtype)
+        if dtype is not None:
+            config.torch_dtype = dtype_name(dtype)  # what was used (half precision degrades on a CPU)
         encoder = load_vision_encoder(vision)
-        language_model = load_llm(llm, config, dtype)
+        language_model = load_llm(llm, config, dtype, **(llm_kwargs or {}))
         tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=trust_remote_code)
         added = add_special_tokens(tokenizer, image_token)
         config.added_token_ids = resize_for_tokenizer(language_model, tokenizer, added)
@@ -124,11 +138,13 @@ class VisionLanguageModel(nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None, lora: str = "merge"
+        cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None,
+        lora: str = "merge", **overrides: Any,
     ) -> "VisionLanguageModel":
+        """See `vlm.checkpoint.load` (overrides: attn_implementation, trust_remote_code, llm_kwargs)."""
         from vlm.checkpoint import load
 
-        return load(path, device=device, torch_dtype=torch_dtype, lora=lora)
+        return load(path, device=device, torch_dtype=torch_dtype, lora=lora, **overrides)
 
     def save(self, path: str | Path, projector_only: bool = False) -> Path:
         from vlm.checkpoint import save
@@ -227,7 +243,7 @@ class VisionLanguageModel(nn.Module):
     # ----------------------------------------------------------------- language path
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | Batch,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
@@ -236,9 +252,14 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         sample_lengths: list[list[int]] | None = None,
         **llm_kwargs: Any,
-    ) -> CausalLMOutputWithPast:
-        """`sample_lengths` (packed rows: per row, the lengths of its samples) isolates the samples of a row:
-        positions restart per sample and attention stays inside each (`vlm.packing`)."""
+    ) -> CausalLMOutputWithPast | TokenLoss:
+        """On a `Batch` (training): `TokenLoss`, the summed fp32 next-token CE over its supervised positions,
+        computed without [B, T, V] logits (`vision_features` may stand in for its pixels). On tensors: the LLM's
+        own output with full logits (and its mean loss when `labels` are given), as HF models do. Packed rows
+        (`sample_lengths`: per row, the lengths of its samples; in a Batch or as arguments) keep their samples
+        apart: positions restart per sample and attention stays inside each (`vlm.packing`)."""
+        if isinstance(input_ids, Batch):
+            return self.batch_loss(input_ids, vision_features)
         embeds = self.embed(input_ids, pixel_values, vision_features, image_counts)
         if sample_lengths is not None:
             from vlm.packing import packed_llm_kwargs
@@ -254,8 +275,23 @@ class VisionLanguageModel(nn.Module):
             labels = labels.to(embeds.device)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """New tokens only, [B, new]; see `vlm.generation.generate` for the options."""
+    def batch_loss(self, batch: Batch, vision_features: torch.Tensor | None = None) -> TokenLoss:
+        if batch.labels is None:
+            raise ValueError("the training loss needs a Batch with labels")
+        pixels = None if vision_features is not None else batch.pixel_values
+        embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts)
+        packed = None
+        if batch.sample_lengths is not None:
+            from vlm.packing import packed_llm_kwargs
+
+            packed = packed_llm_kwargs(self.llm, batch.sample_lengths, embeds.shape[1], dtype=embeds.dtype,
+                                       device=embeds.device, position_ids=batch.position_ids)
+        return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
+                               batch.position_ids, packed=packed)
+
+    def generate(self, prompts: Batch | torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """New tokens only, [B, new], for left-padded prompts (a `Batch` or its tensors); see `vlm.generation`."""
         from vlm.generation import generate
 
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return generate(self, prompts, attention_mask, **kwargs)

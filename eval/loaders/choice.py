@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from eval.metrics.choice import LETTERS
-from eval.types import CHOICE_ANSWER, BenchmarkFileError, EvalItem, confined, read_json, require
+from eval.items import CHOICE_ANSWER, BenchmarkFileError, EvalItem, confined, read_json, require
 
 
 def options_block(options: list[str]) -> str:

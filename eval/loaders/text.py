@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from eval.types import CAPTION_PROMPT, BenchmarkFileError, EvalItem, confined, read_json, read_jsonl, require
+from eval.items import CAPTION_PROMPT, BenchmarkFileError, EvalItem, confined, read_json, read_jsonl, require
 
 
 def load_coco_captions(file: Path, image_root: Path, split: str = "test") -> list[EvalItem]:

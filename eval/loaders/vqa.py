@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.types import (
+from eval.items import (
     SHORT_ANSWER,
     VIZWIZ_ANSWER,
     BenchmarkFileError,

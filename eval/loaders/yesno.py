@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.types import SHORT_ANSWER, BenchmarkFileError, EvalItem, confined, read_jsonl, require
+from eval.items import SHORT_ANSWER, BenchmarkFileError, EvalItem, confined, read_jsonl, require
 
 POPE_SPLITS: tuple[str, ...] = ("adversarial", "popular", "random")
 

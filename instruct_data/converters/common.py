@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm.atomic import atomic_file
+
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 LETTER_ANSWER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 IMAGE_TOKEN = "<image>"
@@ -82,25 +84,19 @@ def write_records(records: Iterable[dict[str, Any]], out: str | Path) -> int:
     out = Path(out)
     if out.suffix not in (".json", ".jsonl"):
         raise ValueError(f"output {out}: use a .json (LLaVA list) or .jsonl file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    tmp = out.with_name(out.name + ".partial")  # renamed at the end: a failed run leaves no half file
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            if out.suffix == ".jsonl":
-                for record in records:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
-            else:
-                # Written record by record so a large conversion never holds the whole JSON text in memory.
-                f.write("[")
-                for record in records:
-                    f.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
-                    count += 1
-                f.write("\n]\n")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out) as f:  # a failed run leaves no half file
+        if out.suffix == ".jsonl":
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        else:
+            # Written record by record so a large conversion never holds the whole JSON text in memory.
+            f.write("[")
+            for record in records:
+                f.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+                count += 1
+            f.write("\n]\n")
     return count
 
 

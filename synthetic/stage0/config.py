@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vlm.atomic import atomic_file
+
 CACHE_FILE = "stage0.json"
 
 
@@ -81,4 +83,6 @@ def cached_metrics(out: Path, key: str, weights: str = "model.safetensors") -> d
 
 
 def write_cache(out: Path, key: str, config: LLMPretrainConfig | ViTPretrainConfig, metrics: dict) -> None:
-    (out / CACHE_FILE).write_text(json.dumps({"key": key, "config": asdict(config), "metrics": metrics}, indent=2) + "\n")
+    """Record a finished run (written last and atomically: it is what marks the run finished)."""
+    with atomic_file(out / CACHE_FILE) as f:
+        f.write(json.dumps({"key": key, "config": asdict(config), "metrics": metrics}, indent=2) + "\n")

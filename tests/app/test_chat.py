@@ -106,7 +106,7 @@ def test_interactive_piped_session_streams_and_handles_commands(checkpoint, imag
         "And now?",
         "/exit",
     ]) + "\n"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli", "chat", "--model", str(checkpoint), "--max-new-tokens", "5"],
         input=script, capture_output=True, text=True, env=env, cwd=REPO, timeout=300,

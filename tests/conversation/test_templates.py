@@ -1,6 +1,8 @@
 """Tests for conversation.templates: exact renderings, label properties for every template x tokenizer kind."""
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,7 +12,9 @@ from conversation.records import Message, parse_record
 from conversation.templates import (
     TEMPLATES,
     VICUNA_SYSTEM,
+    Template,
     chat_template_jinja,
+    export_chat_template,
     get_template,
     render_spans,
     render_text,
@@ -83,14 +87,44 @@ def test_unknown_template_lists_known_names():
         get_template("vicuna")  # exact names only, no substring guessing
 
 
-@pytest.mark.parametrize("name", ["plain", "vicuna_v1", "llama_2", "chatml", "llama_3"])
-def test_jinja_export_renders_the_same_text(name, tokenizer):
+# Every registered template except the tokenizer's own: a template added without its Jinja fails here.
+JINJA_TEMPLATES = sorted(n for n, t in TEMPLATES.items() if not t.tokenizer_chat_template)
+
+
+def assert_jinja_renders_the_same_text(name, tokenizer):
     msgs = [Message("system", "Be kind."), Message("user", "<image>\nq1"), Message("assistant", "a1"),
             Message("user", "q2"), Message("assistant", "a2")]
     for view in (msgs, msgs[1:]):
         as_dicts = [{"role": m.role, "content": m.content} for m in view]
         hf = tokenizer.apply_chat_template(as_dicts, chat_template=chat_template_jinja(name), tokenize=False)
         assert hf == render_text(view, name, tokenizer)
+
+
+def test_every_template_but_the_tokenizers_own_is_checked():
+    assert JINJA_TEMPLATES == ["chatml", "llama_2", "llama_3", "plain", "vicuna_v1"]
+    assert export_chat_template("tokenizer") is None
+    assert export_chat_template("chatml") == chat_template_jinja("chatml")
+    folder = resources.files("conversation").joinpath("chat_templates")
+    shipped = {p.name.removesuffix(".jinja") for p in folder.iterdir() if p.name.endswith(".jinja")}
+    assert shipped == set(JINJA_TEMPLATES)  # no Jinja file without its registered template either
+
+
+@pytest.mark.parametrize("name", JINJA_TEMPLATES)
+def test_jinja_export_renders_the_same_text(name, tokenizer):
+    assert_jinja_renders_the_same_text(name, tokenizer)
+
+
+def test_a_template_registered_without_jinja_fails_the_parity_check(tokenizer, monkeypatch):
+    monkeypatch.setitem(TEMPLATES, "new_chat", Template("new_chat", TEMPLATES["chatml"].render, "<|im_end|>"))
+    assert "new_chat" in sorted(n for n, t in TEMPLATES.items() if not t.tokenizer_chat_template)
+    with pytest.raises(FileNotFoundError, match="template 'new_chat' has no conversation/chat_templates/new_chat.jinja"):
+        assert_jinja_renders_the_same_text("new_chat", tokenizer)
+
+
+def test_a_jinja_that_renders_differently_fails_the_parity_check(tokenizer, monkeypatch):
+    monkeypatch.setitem(TEMPLATES, "chatml", Template("chatml", TEMPLATES["vicuna_v1"].render, None))
+    with pytest.raises(AssertionError):
+        assert_jinja_renders_the_same_text("chatml", tokenizer)
 
 
 def test_stop_token_ids(bpe_tokenizer):

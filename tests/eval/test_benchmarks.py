@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from eval.benchmarks import BENCHMARKS, BenchmarkPaths, get_benchmark, score_items
-from eval.types import BenchmarkFileError
+from eval.items import BenchmarkFileError
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from eval.generation import ModelGenerator, cut_at_stop, left_pad, load_generator, open_image
-from eval.types import EvalItem
+from eval.items import EvalItem
 from app.cli import main
 
 

@@ -13,7 +13,7 @@ def test_adapter_answers_like_our_generator(tmp_path: Path):
 
     from eval.generation import load_generator
     from eval.lmms_eval_adapter import MODEL_ID, VLMTrainerLMM, register
-    from eval.types import EvalItem
+    from eval.items import EvalItem
     from vlm.testing import make_tiny_vlm
 
     make_tiny_vlm(tmp_path / "build").save(tmp_path / "ckpt")

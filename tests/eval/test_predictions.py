@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from eval.predictions import append_records, read_done, read_prediction_file, repair_tail
-from eval.types import BenchmarkFileError
+from eval.items import BenchmarkFileError
 
 
 @pytest.mark.parametrize("rows,expected", [

@@ -6,7 +6,7 @@ import pytest
 
 from eval.benchmarks import BenchmarkPaths
 from eval.runner import RunConfig, chunk, run
-from eval.types import BenchmarkFileError, EvalItem
+from eval.items import BenchmarkFileError, EvalItem
 
 
 def echo_answers(items: list[EvalItem]) -> list[str]:

@@ -314,7 +314,7 @@ def test_write_records_round_trip(tmp_path: Path, suffix: str) -> None:
     text = out.read_text(encoding="utf-8")
     back = json.loads(text) if suffix == ".json" else [json.loads(line) for line in text.splitlines()]
     assert back == records
-    assert not list(out.parent.glob("*.partial"))
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp file left
     assert write_records([], tmp_path / "empty.json") == 0 and json.loads((tmp_path / "empty.json").read_text()) == []
     with pytest.raises(ValueError, match="use a .json"):
         write_records(records, tmp_path / "out.txt")

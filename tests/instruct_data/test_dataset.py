@@ -104,7 +104,7 @@ def test_dataloader_workers_carry_skips_in_the_batch(data, bpe_tokenizer):
     ids = []
     for batch in loader:
         log.add_batch(batch)
-        ids += batch["ids"]
+        ids += batch.ids
     assert ids == ["ok-red", "text", "ok-two"]
     assert sorted(r for r, _ in log.entries) == sorted(["missing", "escape", "broken", "roles", "#7"])
     assert "skipped 5 records" in log.summary()
@@ -152,7 +152,22 @@ def test_end_to_end_mixture_sampler_loader(tmp_path, bpe_tokenizer):
     sampler = ModalityLengthGroupedSampler(ds.modality_lengths(), 2, seed=0)
     loader = DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=Collator(bpe_tokenizer.pad_token_id))
     batches = list(loader)
-    assert sorted(i for b in batches for i in b["ids"]) == sorted([f"i{k}" for k in range(6)] + [f"t{k}" for k in range(4)])
+    assert sorted(i for b in batches for i in b.ids) == sorted([f"i{k}" for k in range(6)] + [f"t{k}" for k in range(4)])
     for b in batches:  # 6 image + 4 text records in batches of 2: no batch mixes modalities
-        assert b["image_counts"].tolist() in ([1, 1], [0, 0])
-        assert (b["pixel_values"] is None) == (b["image_counts"].sum().item() == 0)
+        assert b.image_counts.tolist() in ([1, 1], [0, 0])
+        assert (b.pixel_values is None) == (b.image_counts.sum().item() == 0)
+
+
+def test_skip_log_prints_the_first_few_of_each_kind_then_counts(caplog):
+    import logging
+
+    log = SkipLog()
+    with caplog.at_level(logging.WARNING, logger="instruct_data.dataset"):
+        for i in range(50):
+            log.add(f"r{i}", "max_length: images do not fit in max_length")
+        log.add("img", "image: missing file")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:3] == [f"skipping record 'r{i}': max_length: images do not fit in max_length" for i in range(3)]
+    assert "further 'max_length' skips are counted" in lines[3]
+    assert lines[4:] == ["skipping record 'img': image: missing file"]
+    assert len(log) == 51 and log.by_reason() == {"max_length": 50, "image": 1}

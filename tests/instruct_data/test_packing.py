@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from conversation.tokenize import IGNORE_INDEX
-from instruct_data.collate import Skipped, image_owners, collate
+from instruct_data.collate import Skipped, collate
+from instruct_data.packed_collate import packed_image_owners
 from instruct_data.dataset import InstructDataset
 from instruct_data.packed_collate import PackedRows, collate_packed, select_packed, split_packed
 from instruct_data.packing import (PackedBatchSampler, balanced_rows, first_fit_decreasing, micro_batches, pack_stats,
@@ -140,19 +141,19 @@ def test_packed_collation() -> None:
     rows = [[item("a", 3, 1, first_label=99), item("bb", 4, 0, first_label=98)], [item("c", 2, 2)],
             [Skipped("x", "image: gone")]]
     batch = collate_packed(rows, pad_token_id=0)
-    assert batch["input_ids"].shape == (2, 7)  # the all-skipped row is dropped
-    assert batch["sample_lengths"] == [[3, 4], [2]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 2, 3, 4]]
-    assert batch["attention_mask"].tolist() == [[1] * 7, [1, 1, 0, 0, 0, 0, 0]]
+    assert batch.input_ids.shape == (2, 7)  # the all-skipped row is dropped
+    assert batch.sample_lengths == [[3, 4], [2]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 2, 3, 4]]
+    assert batch.attention_mask.tolist() == [[1] * 7, [1, 1, 0, 0, 0, 0, 0]]
     # A sample's first token is never a target (of the sample before it); the rest of the labels are kept.
-    assert batch["labels"][0].tolist() == [IGNORE_INDEX, 3, 4, IGNORE_INDEX, -100, 4, 5]
-    assert batch["labels"][1].tolist() == [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 5
-    assert batch["input_ids"][1, 2:].tolist() == [0] * 5
-    assert batch["image_counts"].tolist() == [1, 2] and batch["sample_image_counts"] == [[1, 0], [2]]
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [3.0, 2.0, 2.0]
-    assert batch["image_keys"] == ["a/0.png", "c/0.png", "c/1.png"]
-    assert batch["ids"] == ["a", "bb", "c"] and batch["skipped"] == [("x", "image: gone")]
-    assert image_owners(batch) == [0, 2, 2]
+    assert batch.labels[0].tolist() == [IGNORE_INDEX, 3, 4, IGNORE_INDEX, -100, 4, 5]
+    assert batch.labels[1].tolist() == [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 5
+    assert batch.input_ids[1, 2:].tolist() == [0] * 5
+    assert batch.image_counts.tolist() == [1, 2] and batch.sample_image_counts == [[1, 0], [2]]
+    assert batch.pixel_values[:, 0, 0, 0].tolist() == [3.0, 2.0, 2.0]
+    assert batch.image_keys == ["a/0.png", "c/0.png", "c/1.png"]
+    assert batch.ids == ["a", "bb", "c"] and batch.skipped == [("x", "image: gone")]
+    assert packed_image_owners(batch) == [0, 2, 2]
 
 
 def test_split_and_select_keep_rows_and_images_matched() -> None:
@@ -161,9 +162,9 @@ def test_split_and_select_keep_rows_and_images_matched() -> None:
     assert [[it["id"] for it in row] for row in rows] == [["a", "bb", "c"], ["d"]]
     assert rows[0][2]["image_keys"] == ["c/0.png", "c/1.png"] and rows[1][0]["pixel_values"].shape[0] == 1
     kept = select_packed(batch, [1, 3], pad_token_id=0)
-    assert kept["ids"] == ["bb", "d"] and kept["sample_lengths"] == [[4], [5]]
-    assert kept["image_keys"] == ["d/0.png"] and kept["image_counts"].tolist() == [0, 1]
-    assert kept["pixel_values"][:, 0, 0, 0].tolist() == [5.0]
+    assert kept.ids == ["bb", "d"] and kept.sample_lengths == [[4], [5]]
+    assert kept.image_keys == ["d/0.png"] and kept.image_counts.tolist() == [0, 1]
+    assert kept.pixel_values[:, 0, 0, 0].tolist() == [5.0]
 
 
 def test_mixed_image_sizes_are_still_an_error() -> None:
@@ -199,8 +200,15 @@ def test_tokenize_all_gives_exact_lengths_without_loading_images(tmp_path, bpe_t
     # Packed rows of real items collate with their images in order.
     rows = [tuple(r) for r in first_fit_decreasing(list(range(6)), lengths, 256)]
     batch = collate_packed([PackedRows(ds)[row] for row in rows], pad_token_id=0)
-    assert sum(map(len, batch["sample_lengths"])) == 6 and batch["pixel_values"].shape[0] == 5
-    assert int(batch["attention_mask"].sum()) == sum(lengths[:6])
-    assert np.all(batch["attention_mask"].sum(1).numpy() <= 256)
+    assert sum(map(len, batch.sample_lengths)) == 6 and batch.pixel_values.shape[0] == 5
+    assert int(batch.attention_mask.sum()) == sum(lengths[:6])
+    assert np.all(batch.attention_mask.sum(1).numpy() <= 256)
     plain = collate([ds[i] for row in rows for i in row], pad_token_id=0)
-    assert torch.equal(plain["pixel_values"], batch["pixel_values"]) and plain["ids"] == batch["ids"]
+    assert torch.equal(plain.pixel_values, batch.pixel_values) and plain.ids == batch.ids
+
+
+def test_batch_select_keeps_packed_rows_with_their_samples_ids() -> None:
+    batch = collate_packed([[item("a", 3, 1), item("bb", 4, 0)], [item("c", 2, 2)], [item("d", 5, 0)]], pad_token_id=0)
+    kept = batch.select([2, 0])
+    assert kept.ids == ["d", "a", "bb"] and kept.sample_lengths == [[5], [3, 4]]
+    assert kept.sample_image_counts == [[0], [1, 0]] and kept.image_keys == ["a/0.png"]

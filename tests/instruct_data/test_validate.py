@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instruct_data.testing import noise_image, png_with_declared_size
+from conversation.testing import noise_image, png_with_declared_size
 from instruct_data.validate import (
     RawItem,
     RecordValidator,

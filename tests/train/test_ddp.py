@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve()
 def launch(script: Path, args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N script args` with one thread per process and no hub access."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu")
+               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu",
+               CUDA_VISIBLE_DEVICES="")  # gloo on CPU even on a GPU machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(script), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

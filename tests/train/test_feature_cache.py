@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint, fill_feature_cache, image_file_encoder
+from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.registry import load_vision_encoder
 from vision_encoders.testing import make_tiny_clip
@@ -49,13 +49,13 @@ def test_round_trip_is_exact_and_memory_mapped(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache" / "ab12" / "shards").glob("*.npy"))) == 2
 
 
-def test_partial_hit_is_a_miss_and_missing_lists_only_absent(tmp_path: Path) -> None:
+def test_partial_hit_is_a_miss(tmp_path: Path) -> None:
     keys = _images(tmp_path / "img", 3)
     cache = FeatureCache(tmp_path / "cache", "ab12")
     cache.put(keys[:2], torch.ones(2, 2, 2))
     cache.flush()
     assert cache.get(keys) is None
-    assert cache.missing(keys + [keys[2]]) == [keys[2]]
+    assert torch.equal(cache.get(keys[:2]), torch.ones(2, 2, 2)) and cache.get([keys[2]]) is None
 
 
 def test_float16_storage_and_shape_errors(tmp_path: Path) -> None:
@@ -109,24 +109,6 @@ def test_fingerprint_tracks_weights_layer_and_preprocessing(tmp_path: Path, clip
     assert encoder_fingerprint(other_seed, processor) != fp
 
 
-def test_fill_computes_each_image_once_and_matches_the_encoder(tmp_path: Path, clip_spec: str) -> None:
-    encoder = load_vision_encoder(VisionEncoderConfig(spec=clip_spec))
-    processor = encoder.image_processor()
-    keys = _images(tmp_path / "img", 5)
-    cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(encoder, processor))
-    calls: list[int] = []
-    encode = image_file_encoder(encoder, processor)
-
-    def counting(paths: list[str]) -> torch.Tensor:
-        calls.append(len(paths))
-        return encode(paths)
-
-    assert fill_feature_cache(cache, keys + keys[:2], counting, batch_size=2) == 5
-    assert calls == [2, 2, 1]
-    assert fill_feature_cache(cache, keys, counting) == 0 and calls == [2, 2, 1]
-    assert torch.equal(cache.get(keys), encode(keys))
-
-
 def _writer(root: str, keys: list[str], seed: int, rounds: int) -> None:
     torch.manual_seed(0)
     table = torch.randn(len(keys), 4, 8)  # the same "features" in every process, as a real encoder would give
@@ -177,7 +159,8 @@ def test_get_or_compute_encodes_only_missing_images_once(tmp_path: Path) -> None
     assert seen == [keys[0], keys[1], keys[2]]
     assert torch.equal(second, torch.stack([table[keys[1]], table[keys[2]]]))
     cache.flush()
-    assert FeatureCache(tmp_path / "cache", "ee").missing(keys) == [keys[3]]
+    reopened = FeatureCache(tmp_path / "cache", "ee")
+    assert reopened.get([keys[3]]) is None and torch.equal(reopened.get(keys[:3]), torch.stack([table[k] for k in keys[:3]]))
 
 
 @pytest.mark.slow
@@ -236,8 +219,8 @@ def test_cold_cache_skips_a_record_whose_image_cannot_be_decoded(make_cfg, tiny_
     from train.recipes import run
 
     data, images = _records_with_corrupt_image(tiny_world, tmp_path)
-    result = run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images)}, feature_cache=True,
-                          feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))
+    result = run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images), "max_skip_ratio": 1.0},
+                          feature_cache=True, feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))
     assert result.steps == 2
     assert result.skipped == {"image": 1}, result.skipped
     assert all(loss == loss for loss in result.losses)

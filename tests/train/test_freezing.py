@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from train.freezing import set_trainable, trainable_summary
+from train.recipe_registry import RECIPES
 from train.recipes import build_model, prepare_model
 from train.loop import Trainer
 from train.recipes import build_data
-from train.strategy import SingleProcessStrategy
+from train.strategies.single import SingleProcessStrategy
 
 
 def test_align_step_changes_only_the_projector(make_cfg) -> None:
@@ -26,13 +27,13 @@ def test_align_step_changes_only_the_projector(make_cfg) -> None:
 
 def test_instruct_modes(make_cfg) -> None:
     model = build_model(make_cfg())
-    set_trainable(model, recipe="instruct", llm_mode="full")
+    set_trainable(model, recipe=RECIPES["instruct"], llm_mode="full")
     full = trainable_summary(model)
     assert full["llm"] > 0 and full["projector"] > 0 and "vision" not in full
-    set_trainable(model, recipe="instruct", llm_mode="frozen", unfreeze_vision_last_n=1)
+    set_trainable(model, recipe=RECIPES["instruct"], llm_mode="frozen", unfreeze_vision_last_n=1)
     part = trainable_summary(model)
     assert "llm" not in part and 0 < part["vision"] < sum(p.numel() for p in model.vision_encoder.parameters())
     with pytest.raises(ValueError, match="unknown llm_mode"):
-        set_trainable(model, recipe="instruct", llm_mode="half")
+        set_trainable(model, recipe=RECIPES["instruct"], llm_mode="half")
     with pytest.raises(ValueError, match="projector only"):
-        set_trainable(model, recipe="align", llm_mode="frozen", unfreeze_vision_last_n=1)
+        set_trainable(model, recipe=RECIPES["align"], llm_mode="frozen", unfreeze_vision_last_n=1)

@@ -64,7 +64,8 @@ def test_bad_records_are_skipped_and_counted(make_cfg, tiny_world, tmp_path) -> 
                   "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(records))
-    result = run(make_cfg(data={"data_path": [str(path)]}, global_batch_size=4, micro_batch_size=2, max_steps=-1,
+    result = run(make_cfg(data={"data_path": [str(path)], "max_skip_ratio": 1.0}, global_batch_size=4,
+                          micro_batch_size=2, max_steps=-1,
                           epochs=1))
     assert result.steps == 2
     assert result.skipped == {"image": 2, "record": 1}, result.skipped
@@ -124,7 +125,7 @@ def _trainer(cfg, batches, strategy=None):
     """A Trainer over the recipe's model and dataset, with the micro-batches (index lists) fixed by the test."""
     from train.loop import Trainer
     from train.recipes import build_data, build_model, prepare_model
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     strategy = strategy or SingleProcessStrategy()
     model = build_model(cfg)
@@ -139,17 +140,31 @@ def test_fit_trains_in_training_mode_and_restores_eval(make_cfg) -> None:
     trainer, model = _trainer(make_cfg(max_steps=1), [[0, 1], [2, 3]])
     assert not model.training  # as loaded
     seen: list[tuple[bool, bool, bool]] = []
-    model.llm.register_forward_pre_hook(lambda module, args: seen.append(
+    model.llm.model.register_forward_pre_hook(lambda module, args: seen.append(
         (module.training, all(m.training for m in module.modules()), model.vision_encoder.training)))
     trainer.fit()
     assert seen and all(llm and every_llm_module and not encoder for llm, every_llm_module, encoder in seen), seen
     assert not any(m.training for m in model.modules()), "fit() must leave the caller's (eval) mode"
 
 
+def test_the_head_sees_supervised_rows_only_in_a_run(make_cfg) -> None:
+    """The LM head runs on the hidden states of supervised positions only (no [B, T, V] logits in training)."""
+    from pathlib import Path
+
+    cfg = make_cfg(max_steps=1)
+    trainer, model = _trainer(cfg, [[0, 1], [2, 3]])
+    calls: list[tuple[int, ...]] = []
+    model.llm.get_output_embeddings().register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    trainer.fit()
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()[0])
+    assert calls and all(len(shape) == 2 for shape in calls)  # [rows, hidden], never [B, T, hidden]
+    assert sum(shape[0] for shape in calls) == 2 * metrics["supervised_tokens"]  # forward + recomputed in backward
+
+
 def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg, tiny_world, tmp_path) -> None:
     """A window whose last micro-batch is all skipped must still run its last backward outside no_sync
     (DDP/ZeRO reduce gradients only there); the update equals a run where the bad records are absent."""
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     class Recording(SingleProcessStrategy):
         def __init__(self) -> None:
@@ -178,7 +193,8 @@ def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg,
     without.write_text(json.dumps(good))
     common = dict(max_steps=1, global_batch_size=4, micro_batch_size=2)
     strategy = Recording()
-    trainer, skipped_model = _trainer(make_cfg(data={"data_path": [str(with_bad)]}, output_dir=str(tmp_path / "a"),
+    trainer, skipped_model = _trainer(make_cfg(data={"data_path": [str(with_bad)], "max_skip_ratio": 1.0},
+                                               output_dir=str(tmp_path / "a"),
                                                **common), [[0, 1], [2, 3]], strategy)
     result = trainer.fit()
     assert result.steps == 1 and result.skipped == {"image": 2}

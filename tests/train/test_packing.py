@@ -9,7 +9,7 @@ import torch
 
 from train.checkpointing import list_checkpoints
 from train.config import ConfigError
-from train.logging import read_metrics
+from train.run_logger import read_metrics
 from train.pack_check import PackingCheckError
 
 
@@ -109,7 +109,7 @@ def test_packing_with_the_feature_cache_and_a_corrupt_image(make_cfg, tiny_world
                  data={"group_by": "none"}, **common)
     assert run(cfg).losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
     data, images = _records_with_corrupt_image(tiny_world, tmp_path)
-    bad = {"data_path": [str(data)], "image_folder": str(images), "group_by": "none"}
+    bad = {"data_path": [str(data)], "image_folder": str(images), "group_by": "none", "max_skip_ratio": 1.0}
     common.update(max_steps=-1, epochs=1, global_batch_size=4)
     unpacked = run(make_cfg(output_dir=str(tmp_path / "bad_off"), data=bad, feature_cache_dir=str(tmp_path / "fc3"),
                             **common))

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from train.config import ConfigError
-from train.recipes import RECIPES, get_recipe, prepare_model, build_model, run
+from train.recipe_registry import RECIPES, get_recipe
+from train.recipes import prepare_model, build_model, run
 
 
 def test_recipe_registry_is_exact() -> None:

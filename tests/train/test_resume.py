@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from train.checkpointing import list_checkpoints
-from train.logging import read_metrics
+from train.run_logger import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,8 @@ def _cmd(config: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.mark.parametrize("packing", [False, True], ids=["unpacked", "packed"])

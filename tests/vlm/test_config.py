@@ -43,3 +43,16 @@ def test_unknown_and_missing_keys_are_errors(tmp_path: Path) -> None:
         VLMConfig.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="no vlm_config.json"):
         VLMConfig.load(tmp_path / "nowhere")
+
+
+def test_the_config_file_name_is_spelled_once() -> None:
+    """Every reader and writer of `vlm_config.json` names it through `vlm.config.CONFIG_NAME`."""
+    from pathlib import Path
+
+    from vlm.config import CONFIG_NAME
+
+    repo = Path(__file__).resolve().parents[2]
+    packages = [p.parent for p in repo.glob("*/__init__.py")]
+    spelled = [str(f.relative_to(repo)) for pkg in packages for f in pkg.rglob("*.py")
+               if CONFIG_NAME in f.read_text(encoding="utf-8")]
+    assert spelled == ["vlm/config.py"]

@@ -170,3 +170,38 @@ def test_flash_kwargs_cut_the_flattened_rows_at_every_sample() -> None:
     kw = flash_kwargs([[3, 2], [4]], 6, torch.device("cpu"))
     assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12]  # row 0: 3, 2, pad 1; row 1: 4, pad 2
     assert kw["max_length_q"] == 4 and kw["cu_seq_lens_q"].dtype == torch.int32
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_packed_batch_through_the_training_loss(tiny, arch: str, attn: str) -> None:
+    """The training path: `model(batch)` (supervised-only LM head) on a packed Batch = on the same samples unpacked,
+    values and gradients."""
+    from vlm.batch import Batch
+
+    model = tiny.vlm(arch).float().eval()
+    set_attention(model, attn)
+    samples = _samples(model)
+    pixels = torch.randn(sum(IMAGES), 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids, mask = pad_batch([s[0] for s in samples], model.config.pad_token_id, "right")
+    labels = torch.full_like(ids, -100)
+    for b, (_, lab) in enumerate(samples):
+        labels[b, : len(lab)] = lab
+    plain = Batch(ids, mask, labels=labels, image_counts=torch.tensor(IMAGES), pixel_values=pixels)
+    p_ids, p_labels, lengths, counts = packed_inputs(model, samples)
+    used = torch.tensor([sum(row) for row in lengths])
+    p_mask = (torch.arange(p_ids.shape[1])[None] < used[:, None]).long()
+    packed = Batch(p_ids, p_mask, labels=p_labels, image_counts=counts, pixel_values=pixels,
+                   position_ids=packed_position_ids(lengths, p_ids.shape[1]), sample_lengths=lengths)
+    reference = model(plain)
+    reference.loss.backward()
+    expected = _grads(model)
+    model.zero_grad(set_to_none=True)
+    got_loss = model(packed)
+    got_loss.loss.backward()
+    assert got_loss.tokens == reference.tokens
+    torch.testing.assert_close(got_loss.loss, reference.loss, rtol=1e-5, atol=1e-5)
+    got = _grads(model)
+    assert set(got) == set(expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")

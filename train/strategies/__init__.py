@@ -1,1 +1,1 @@
-"""Multi-process strategies (DDP, DeepSpeed ZeRO) implementing `train.strategy.Strategy`; imported only when chosen."""
+"""Training strategies: the `Strategy` interface (base), single process, DDP, DeepSpeed ZeRO, and the registry by name."""

@@ -11,10 +11,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from train import distributed
-from train.strategy import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step, load_optimizer_state
+from train.strategies.base import OPTIMIZER_FILE, OptimizerFactory, ProcessGroupStrategy, clip_and_step, load_optimizer_state
 
 
-class DDPStrategy(Strategy):
+class DDPStrategy(ProcessGroupStrategy):
     """One model replica per process; `no_sync` skips the all-reduce on non-final micro-batches.
 
     `find_unused_parameters` defaults to True because a text-only micro-batch leaves the projector
@@ -30,18 +30,6 @@ class DDPStrategy(Strategy):
     @classmethod
     def from_train_config(cls, config: Any) -> "DDPStrategy":
         return cls()
-
-    @property
-    def rank(self) -> int:
-        return self.env.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.env.world_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.env.device
 
     def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
         model.to(self.device)
@@ -76,17 +64,11 @@ class DDPStrategy(Strategy):
         assert self.optimizer is not None, "setup() first"
         self.optimizer.zero_grad(set_to_none=True)
 
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return distributed.all_reduce_sum(tensor)
-
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DistributedDataParallel) else model
 
     def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return self.unwrap(model).state_dict()
-
-    def barrier(self) -> None:
-        distributed.barrier()
 
     def save_optimizer(self, directory: str) -> None:
         # Replicas hold identical optimizer states after every step: rank 0 writes the one file.

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from eval.loaders.choice import load_mmbench, load_scienceqa, load_seed
-from eval.types import CHOICE_ANSWER, BenchmarkFileError
+from eval.items import CHOICE_ANSWER, BenchmarkFileError
 
 
 def test_scienceqa_keeps_test_problems_with_images(tmp_path: Path, save_image, write_json):

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from eval.loaders.text import load_coco_captions, load_llava_jsonl, load_text_qa
-from eval.types import CAPTION_PROMPT
+from eval.items import CAPTION_PROMPT
 
 
 def test_coco_captions_annotations(tmp_path: Path, write_json):

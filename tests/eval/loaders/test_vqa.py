@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from eval.loaders.vqa import load_gqa, load_textvqa, load_vizwiz, load_vqav2
-from eval.types import SHORT_ANSWER, VIZWIZ_ANSWER, BenchmarkFileError
+from eval.items import SHORT_ANSWER, VIZWIZ_ANSWER, BenchmarkFileError
 
 
 def test_vqav2_official_files(vqav2_root: Path):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from eval.loaders.yesno import load_mme, load_pope
-from eval.types import SHORT_ANSWER, BenchmarkFileError
+from eval.items import SHORT_ANSWER, BenchmarkFileError
 
 
 def _pope(tmp_path: Path, save_image) -> Path:

@@ -13,8 +13,8 @@ from torch import nn
 
 from train import distributed
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
-from train.strategies.unused_branches import touch_unused_branches
-from train.strategy import OptimizerFactory, Strategy
+from train.strategies.text_only_grads import touch_unused_branches
+from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
 
 OPTIMIZER_FILE_PATTERN = "zero_optimizer_rank{rank}.pt"
 
@@ -51,7 +51,7 @@ def _hidden_size(model: nn.Module) -> int | None:
     return None
 
 
-class DeepSpeedStrategy(Strategy):
+class DeepSpeedStrategy(ProcessGroupStrategy):
     """Runs the loop's steps through a DeepSpeed engine.
 
     The loop already divides each micro-batch loss by the global token count, so `backward` passes
@@ -84,6 +84,8 @@ class DeepSpeedStrategy(Strategy):
         self.optimizer: torch.optim.Optimizer | None = None
         self.resolved_config: dict[str, Any] | None = None
         self._boundary = True
+        # False when the vision features come from a cache filled before training (no rank runs the encoder)
+        self.encoder_in_forward = True
 
     @classmethod
     def from_train_config(cls, config: Any) -> "DeepSpeedStrategy":
@@ -98,16 +100,9 @@ class DeepSpeedStrategy(Strategy):
         )
 
     @property
-    def rank(self) -> int:
-        return self.env.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.env.world_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.env.device
+    def partitions_parameters(self) -> bool:
+        """ZeRO-3: every parameter (frozen ones too) is partitioned; known from the JSON before `setup`."""
+        return self.user_config.get("zero_optimization", {}).get("stage", 0) == 3
 
     @property
     def zero_stage(self) -> int:
@@ -137,7 +132,7 @@ class DeepSpeedStrategy(Strategy):
         self.engine = engine
         # After initialize: ZeRO-3's own module hooks must run first, so that on text-only batches the
         # parameters are gathered (forward and backward) in the same order as with images.
-        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3)
+        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3 and self.encoder_in_forward)
         # The torch optimizer's param_groups are the ones DeepSpeed steps (it swaps in its flat fp32
         # partitions but keeps the group dicts), so an lr scheduler built on it drives DeepSpeed's lr.
         self.optimizer = optimizer
@@ -176,9 +171,6 @@ class DeepSpeedStrategy(Strategy):
     def zero_grad(self) -> None:
         return None  # the engine clears gradients in step()
 
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return distributed.all_reduce_sum(tensor)
-
     def unwrap(self, model: nn.Module) -> nn.Module:
         return getattr(model, "module", model)
 
@@ -210,9 +202,6 @@ class DeepSpeedStrategy(Strategy):
             return contextlib.nullcontext()
         params = list(self.unwrap(model).parameters())
         return self.deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
-
-    def barrier(self) -> None:
-        distributed.barrier()
 
     def save_optimizer(self, directory: str) -> None:
         """Each rank writes its own ZeRO partition of the optimizer (master weights + Adam moments)."""

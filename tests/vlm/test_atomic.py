@@ -1,11 +1,11 @@
-"""Tests for atomic_directory: all-or-nothing directory writes."""
+"""Tests for vlm.atomic: all-or-nothing file and directory writes."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from vlm.io import atomic_directory
+from vlm.atomic import atomic_directory, atomic_file
 
 
 def test_writes_then_renames(tmp_path: Path) -> None:
@@ -38,3 +38,29 @@ def test_error_leaves_the_old_directory_and_no_debris(tmp_path: Path) -> None:
             raise RuntimeError("disk full")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "scores.json"
+    with atomic_file(target) as f:
+        f.write("é new")
+        assert not target.exists()  # nothing at the target until the write is finished
+    assert target.read_text(encoding="utf-8") == "é new"
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_file(target) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text(encoding="utf-8") == "é new"
+    with atomic_file(target, binary=True) as f:
+        f.write(b"\x00bytes")
+    assert target.read_bytes() == b"\x00bytes"
+    assert [p.name for p in target.parent.iterdir()] == ["scores.json"]  # no temp file left either way
+
+
+def test_atomic_file_writers_of_one_target_do_not_share_a_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "index.json"
+    with atomic_file(target) as first, atomic_file(target) as second:
+        assert first.name != second.name
+        first.write("first")
+        second.write("second")
+    assert target.read_text() == "first"  # the outer writer finished last: its whole file wins

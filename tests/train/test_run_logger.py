@@ -1,4 +1,4 @@
-"""Tests for train.logging: JSONL records, truncation before resume, the loss-curve PNG, the progress bar."""
+"""Tests for train.run_logger: JSONL records, truncation before resume, the loss-curve PNG, the progress bar."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import time
 
 from PIL import Image
 
-from train.logging import LOSS_PNG, RunLogger, plot_loss_curve, read_metrics, truncate_metrics
+from train.run_logger import LOSS_PNG, RunLogger, plot_loss_curve, read_metrics, truncate_metrics
 
 
 def test_jsonl_truncate_and_plot(tmp_path) -> None:

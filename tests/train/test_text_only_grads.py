@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from train.strategies.unused_branches import touch_unused_branches
+from train.strategies.text_only_grads import touch_unused_branches
 
 
 def test_text_only_batch_gives_projector_zero_gradients_and_same_loss(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Images for tests of the data layer: noise pictures and a PNG that declares a huge size (a bomb's shape)."""
+"""Images for tests of image loading and validation: noise pictures and a PNG that declares a huge size (a bomb's shape)."""
 from __future__ import annotations
 
 import struct

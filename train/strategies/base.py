@@ -1,4 +1,4 @@
-"""The `Strategy` interface the training loop talks to, and its single-process implementation.
+"""The `Strategy` interface the training loop talks to, and the helpers its implementations share.
 
 A strategy owns everything that differs between one process, DDP (torchrun) and DeepSpeed ZeRO:
 wrapping model + optimizer, backward, the optimizer step with clipping, metric all-reduce, gathering
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
+
+from train import distributed
+from train.distributed import DistEnv
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -112,94 +115,29 @@ class Strategy(ABC):
         return cls()
 
 
-class SingleProcessStrategy(Strategy):
-    """One process, one device: plain PyTorch."""
+class ProcessGroupStrategy(Strategy):
+    """A strategy over torchrun's process group: rank, world size and device are `self.env`'s (set by the
+    subclass from `train.distributed`), metrics are summed and processes wait through `train.distributed`."""
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self._device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-
-    @classmethod
-    def from_train_config(cls, config: object) -> "SingleProcessStrategy":
-        return cls("cuda:0" if torch.cuda.is_available() else "cpu")
+    env: DistEnv
 
     @property
     def rank(self) -> int:
-        return 0
+        return self.env.rank
 
     @property
     def world_size(self) -> int:
-        return 1
+        return self.env.world_size
 
     @property
     def device(self) -> torch.device:
-        return self._device
-
-    def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
-        model.to(self._device)
-        self.model = model
-        self.optimizer = optimizer_factory(model)
-        return model, self.optimizer
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def _trainable(self) -> Iterable[torch.Tensor]:
-        assert self.model is not None, "setup() first"
-        return [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
-
-    def clip_and_step(self, max_norm: float) -> float:
-        assert self.optimizer is not None, "setup() first"
-        return clip_and_step(list(self._trainable()), self.optimizer, max_norm)
-
-    def zero_grad(self) -> None:
-        assert self.optimizer is not None, "setup() first"
-        self.optimizer.zero_grad(set_to_none=True)
+        return self.env.device
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return self.unwrap(model).state_dict()
+        return distributed.all_reduce_sum(tensor)
 
     def barrier(self) -> None:
-        return None
-
-    def save_optimizer(self, directory: str) -> None:
-        assert self.optimizer is not None, "setup() first"
-        torch.save(self.optimizer.state_dict(), os.path.join(directory, OPTIMIZER_FILE))
-
-    def load_optimizer(self, directory: str) -> None:
-        assert self.optimizer is not None, "setup() first"
-        load_optimizer_state(self.optimizer, directory, self._device)
-
-
-# Strategy name -> "module:Class" (exact names). `ddp` and `deepspeed` live in their own modules and are
-# imported only when asked for.
-#
-# Loss contract: the loop scales each micro-batch's summed token loss by world_size / (supervised tokens
-# of the whole accumulation window over all ranks), so a strategy that averages gradients over ranks
-# (DDP, DeepSpeed) ends with d(sum of token losses)/d(theta) / global token count, same as one process.
-STRATEGIES: dict[str, str] = {
-    "single": "train.strategy:SingleProcessStrategy",
-    "ddp": "train.strategies.ddp:DDPStrategy",
-    "deepspeed": "train.strategies.deepspeed_strategy:DeepSpeedStrategy",
-}
-
-
-def build_strategy(name: str, config: object | None = None) -> Strategy:
-    """The strategy registered under exactly `name`, built by `from_train_config(config)` (a TrainConfig)."""
-    import importlib
-
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
-    module_name, cls_name = STRATEGIES[name].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.from_train_config(config) if config is not None else cls()
+        distributed.barrier()
 
 
 def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:

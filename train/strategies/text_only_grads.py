@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from vlm.batch import Batch
+
 
 def _zero_touch(model: nn.Module, run_encoder: bool) -> torch.Tensor | None:
     """0 x the image branch run on nothing: the projector on an empty batch, behind the encoder on one blank
@@ -38,13 +40,12 @@ def touch_unused_branches(model: nn.Module, run_encoder: bool = False) -> list[R
     parameters are partitioned and gathered by the module that runs, so `run_encoder=True` runs the frozen
     encoder too (not with the feature cache, where no rank runs the encoder).
     """
-    if not all(hasattr(model, name) for name in ("projector", "vision_encoder", "llm", "config")):
-        return []
     text_only = {"on": False}
 
     def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        text_only["on"] = torch.is_grad_enabled() and kwargs.get("pixel_values") is None and \
-            kwargs.get("vision_features") is None
+        batch = args[0] if args and isinstance(args[0], Batch) else None  # the training call: model(batch, ...)
+        pixels = batch.pixel_values if batch is not None else kwargs.get("pixel_values")
+        text_only["on"] = torch.is_grad_enabled() and pixels is None and kwargs.get("vision_features") is None
 
     def after_embedding(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if not text_only["on"]:

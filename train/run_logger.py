@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlm.atomic import atomic_file
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_PNG = "loss_curve.png"
 TB_DIR = "tensorboard"
@@ -27,7 +29,8 @@ def truncate_metrics(output_dir: str | Path, last_step: int) -> None:
             continue  # a line cut by kill -9
         if record.get("step", 0) <= last_step:
             kept.append(json.dumps(record))
-    path.write_text("".join(k + "\n" for k in kept))
+    with atomic_file(path) as f:  # a kill while rewriting keeps the old file, not half of it
+        f.writelines(k + "\n" for k in kept)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,0 +1,88 @@
+"""Fill the feature cache before the engine starts (ZeRO-3): each rank encodes the images of its own micro-batches.
+
+Under ZeRO-3 every parameter, the frozen encoder's too, is partitioned across ranks and gathered by collectives
+when its module runs; a rank that met an uncached image during training would run the encoder alone and the
+collectives would diverge (a hang). So before `deepspeed.initialize` (while each rank still holds the whole
+encoder) every rank encodes the images its micro-batches of this run will use; during training no rank runs
+the encoder, and an image the fill could not decode skips its records as usual.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from conversation.errors import ImageLoadError
+from train.config import TrainConfig
+from train.feature_cache import FeatureCache
+from train.loop import TrainData, grad_accum_steps
+
+
+@dataclass
+class PrefillReport:
+    """What one rank's fill did: images encoded now, found cached, and undecodable (key -> reason)."""
+
+    encoded: int = 0
+    cached: int = 0
+    bad: dict[str, str] = field(default_factory=dict)
+
+
+def planned_micro_batches(cfg: TrainConfig, data: TrainData, world_size: int) -> Iterator[list[int]]:
+    """This rank's micro-batches (index lists) the run will train on, in order, as `Trainer.fit` walks them
+    (whole optimizer steps per epoch, `max_steps` or `epochs` of them)."""
+    accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, world_size)
+    steps_per_epoch = len(data.epoch_batches(0)) // accum
+    if steps_per_epoch == 0:
+        return
+    remaining = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    epoch = 0
+    while remaining > 0:
+        steps = min(remaining, steps_per_epoch)
+        yield from data.epoch_batches(epoch)[: steps * accum]
+        remaining -= steps
+        epoch += 1
+
+
+def prefill_features(cache: FeatureCache, dataset: Any, micro_batches: Iterator[list[int]], encoder: nn.Module,
+                     image_processor: Any, batch_size: int = 32) -> PrefillReport:
+    """Encode every image of `micro_batches` not yet cached (each once), `batch_size` at a time, and flush.
+
+    Items come from `dataset[i]` exactly as training will see them (skipped records need no image); an image
+    that cannot be decoded is recorded in `report.bad` rather than stopping the fill."""
+    from conversation.images import load_image
+
+    report = PrefillReport()
+    keys: list[str] = []
+    for batch in micro_batches:
+        for index in batch:
+            item = dataset[index]
+            if isinstance(item, dict):
+                keys.extend(item.get("image_keys") or [])
+    unique = list(dict.fromkeys(keys))
+    todo = cache.missing(unique)
+    report.cached = len(unique) - len(todo)
+    param = next(encoder.parameters())
+    pending: list[tuple[str, torch.Tensor]] = []
+
+    def encode(rows: list[tuple[str, torch.Tensor]]) -> None:
+        pixels = torch.stack([p for _, p in rows]).to(device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            cache.put([k for k, _ in rows], encoder(pixels).float())
+        report.encoded += len(rows)
+
+    for key in todo:
+        try:
+            pending.append((key, image_processor(load_image(key))))
+        except ImageLoadError as err:
+            report.bad[key] = err.reason
+            continue
+        if len(pending) == batch_size:
+            encode(pending)
+            pending = []
+    if pending:
+        encode(pending)
+    cache.flush()
+    return report
