@@ -1,4 +1,4 @@
-"""Error types shared by the instruct_data package: bad records and unreadable images."""
+"""Error types of the data path: bad records, unreadable record files and unreadable images."""
 from __future__ import annotations
 
 
@@ -13,6 +13,18 @@ class RecordError(ValueError):
 
     def __reduce__(self):  # keep the three fields when pickled across DataLoader workers
         return (type(self), (self.record_id, self.field, self.reason))
+
+
+class RecordFileError(ValueError):
+    """A record file that cannot be used (or not past some position): the message names the file and where."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
 
 
 class ImageLoadError(OSError):

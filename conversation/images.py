@@ -5,7 +5,7 @@ import functools
 import io
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -35,6 +35,7 @@ REASON_CODES = (
     "empty file",
     "not an image",
     "decompression bomb",
+    "extreme aspect ratio",
     "truncated",
     "undecodable",
 )
@@ -67,6 +68,11 @@ def resolve_image_path(ref: str, roots: Sequence[Path | str]) -> Path:
         raise ImageLoadError(str(ref), "empty path")
     if "\x00" in ref:
         raise ImageLoadError(ref, "not a file: the path contains a NUL byte")
+    try:
+        os.fsencode(ref)
+    except UnicodeEncodeError:  # a lone surrogate (e.g. from a JSON "\ud800" escape) names no file
+        raise ImageLoadError(ref.encode("utf-8", "backslashreplace").decode("utf-8"),
+                             "not a file: the path is not valid Unicode") from None
     real_roots = _real_roots(tuple(str(r) for r in roots))
     roots_text = ", ".join(real_roots)
 
@@ -92,10 +98,13 @@ def resolve_image_path(ref: str, roots: Sequence[Path | str]) -> Path:
     raise ImageLoadError(ref, f"missing file: not found under {roots_text}")
 
 
-def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               check_size: Callable[[int, int], str | None] | None = None) -> Image.Image:
     """Open and fully decode an image, in its own mode; the format is sniffed from the content, not the name.
 
-    The declared size is checked against `max_pixels` (None: no limit of our own) before any pixel is decoded.
+    The declared size is checked against `max_pixels` (None: no limit of our own) and by `check_size` (e.g. an
+    image processor's `size_problem`: why its resize or pad-to-square canvas would be too large) before any
+    pixel is decoded. Animated images decode their first frame.
     """
     path = Path(path)
     try:
@@ -120,6 +129,9 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
                     str(path),
                     f"decompression bomb: declared {width}x{height} = {width * height} pixels > limit {max_pixels}",
                 )
+            problem = check_size(width, height) if check_size is not None else None
+            if problem:
+                raise ImageLoadError(str(path), f"extreme aspect ratio: {problem}")
             image.load()
     except ImageLoadError:
         raise

@@ -9,10 +9,43 @@ from conversation.errors import RecordError
 IMAGE_TOKEN = "<image>"
 Role = Literal["system", "user", "assistant"]
 
-_LLAVA_ROLES: dict[str, Role] = {"human": "user", "gpt": "assistant", "system": "system"}
-_OPENAI_ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system"}
-_LLAVA_TURN_KEYS = frozenset({"from", "value"})
-_OPENAI_TURN_KEYS = frozenset({"role", "content"})
+
+@dataclass(frozen=True)
+class TurnFormat:
+    """How one record flavour spells its turns: the list key, the role and text keys, and its role names."""
+
+    key: str
+    role_key: str
+    text_key: str
+    roles: dict[str, Role]
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return frozenset({self.role_key, self.text_key})
+
+
+# The one role map: LLaVA (`conversations`, human/gpt) and OpenAI-style (`messages`, user/assistant) records.
+TURN_FORMATS: dict[str, TurnFormat] = {
+    "conversations": TurnFormat("conversations", "from", "value",
+                                {"human": "user", "gpt": "assistant", "system": "system"}),
+    "messages": TurnFormat("messages", "role", "content",
+                           {"user": "user", "assistant": "assistant", "system": "system"}),
+}
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False for text holding lone surrogates (a JSON `\\ud800` escape, or invalid UTF-8 bytes read leniently)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unicode_text(text: str, rid: str, where: str) -> str:
+    if not is_valid_unicode(text):
+        raise RecordError(rid, where, "text is not valid Unicode (a lone surrogate such as \\ud800, or invalid UTF-8)")
+    return text
 
 
 @dataclass(frozen=True)
@@ -32,9 +65,11 @@ class Conversation:
     images: list[str] = field(default_factory=list)
 
 
-def _record_id(raw: Any, index: int) -> str:
+def record_id(raw: Any, index: int) -> str:
+    """The id used in messages: the record's `id` (string or int), else `#<index>`."""
     if isinstance(raw, dict) and isinstance(raw.get("id"), (str, int)) and not isinstance(raw.get("id"), bool):
-        return str(raw["id"])
+        # printable and writable whatever it holds: lone surrogates become \\udXXX escapes
+        return str(raw["id"]).encode("utf-8", "backslashreplace").decode("utf-8")
     return f"#{index}"
 
 
@@ -48,7 +83,7 @@ def _images_of(raw: dict, rid: str) -> list[str]:
     refs = [value] if isinstance(value, str) else value
     if not isinstance(refs, list) or not all(isinstance(r, str) and r.strip() for r in refs):
         raise RecordError(rid, key, "must be a non-empty string or a list of non-empty strings")
-    return list(refs)
+    return [_unicode_text(r, rid, key) for r in refs]
 
 
 def _openai_content(content: Any, rid: str, where: str) -> tuple[str, list[str]]:
@@ -65,13 +100,13 @@ def _openai_content(content: Any, rid: str, where: str) -> tuple[str, list[str]]
         if part["type"] == "text":
             if not isinstance(part.get("text"), str):
                 raise RecordError(rid, f"{where}[{j}].text", "text part without a string 'text'")
-            pieces.append(part["text"])
+            pieces.append(_unicode_text(part["text"], rid, f"{where}[{j}].text"))
         else:
             ref = part.get("image", part.get("path"))
             if ref is not None:
                 if not isinstance(ref, str) or not ref.strip():
                     raise RecordError(rid, f"{where}[{j}].image", "image ref must be a non-empty string")
-                refs.append(ref)
+                refs.append(_unicode_text(ref, rid, f"{where}[{j}].image"))
             pieces.append(IMAGE_TOKEN)
     return "\n".join(pieces), refs
 
@@ -79,12 +114,10 @@ def _openai_content(content: Any, rid: str, where: str) -> tuple[str, list[str]]
 def _turns(raw: dict, rid: str) -> tuple[list[Message], list[str]]:
     if "conversations" in raw and "messages" in raw:
         raise RecordError(rid, "conversations", "both 'conversations' and 'messages' given")
-    if "conversations" in raw:
-        key, role_key, text_key, roles, allowed = "conversations", "from", "value", _LLAVA_ROLES, _LLAVA_TURN_KEYS
-    elif "messages" in raw:
-        key, role_key, text_key, roles, allowed = "messages", "role", "content", _OPENAI_ROLES, _OPENAI_TURN_KEYS
-    else:
+    fmt = TURN_FORMATS.get("conversations" if "conversations" in raw else "messages" if "messages" in raw else "")
+    if fmt is None:
         raise RecordError(rid, "conversations", "record has neither 'conversations' nor 'messages'")
+    key, role_key, text_key, roles, allowed = fmt.key, fmt.role_key, fmt.text_key, fmt.roles, fmt.allowed
     turns = raw[key]
     if not isinstance(turns, list) or not turns:
         raise RecordError(rid, key, "must be a non-empty list of turns")
@@ -107,6 +140,7 @@ def _turns(raw: dict, rid: str) -> tuple[list[Message], list[str]]:
             text = turn.get(text_key)
             if not isinstance(text, str):
                 raise RecordError(rid, f"{where}.{text_key}", "turn text must be a string")
+            _unicode_text(text, rid, f"{where}.{text_key}")
         if not text.strip():
             raise RecordError(rid, f"{where}.{text_key}", "empty turn")
         messages.append(Message(role, text))
@@ -152,7 +186,7 @@ def _place_images(messages: list[Message], n_images: int, rid: str) -> list[Mess
 
 def parse_record(raw: dict, index: int) -> Conversation:
     """Parse one LLaVA (`conversations`) or OpenAI-style (`messages`) record; RecordError on anything wrong."""
-    rid = _record_id(raw, index)
+    rid = record_id(raw, index)
     if not isinstance(raw, dict):
         raise RecordError(rid, "record", f"must be a JSON object, got {type(raw).__name__}")
     messages, inline_refs = _turns(raw, rid)

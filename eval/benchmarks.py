@@ -70,6 +70,8 @@ class Benchmark:
     max_new_tokens: int = 16
     submission: Submitter | None = None
     submission_name: str = ""
+    # The answer scored for an item that could not be answered: one the scorer counts as wrong.
+    failed_answer: Callable[[EvalItem], str] = lambda item: ""
 
 
 def _needs_gold(items: list[EvalItem], key: str, name: str) -> None:
@@ -238,7 +240,9 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "accuracy", "val"),
         Benchmark("vizwiz", _load_vizwiz, lambda i, p: _score_vqa(i, p, evalai=True, name="vizwiz"), "accuracy",
                   "val", submission=_submit_vizwiz, submission_name="vizwiz_results.json"),
-        Benchmark("pope", _load_pope, _score_pope, "f1", "all"),
+        # POPE's parser reads anything without "no" as yes: a failed item gets the opposite of its label.
+        Benchmark("pope", _load_pope, _score_pope, "f1", "all",
+                  failed_answer=lambda item: "yes" if item.meta.get("label") == "no" else "no"),
         Benchmark("mme", _load_mme, _score_mme, "perception", "test"),
         Benchmark("scienceqa_img", _load_scienceqa, _score_sqa, "accuracy", "test"),
         Benchmark("mmbench", _load_mmbench, lambda i, p: _score_choice(i, p, circular=True, name="mmbench"),

@@ -72,6 +72,10 @@ def _run(args: argparse.Namespace) -> int:
                                                     args.blank_images, args.device, args.hf_template,
                                                     args.dtype))
     result = run(config, generate)
+    if result.total and len(result.failed) == result.total:
+        print(f"vlm eval run: every one of the {result.total} questions failed (first: "
+              f"{next(iter(result.failed.values()))})", file=sys.stderr)
+        return 1
     if result.row is None and args.no_finalize:
         print(f"chunk {args.chunk_idx + 1}/{args.num_chunks} answered: {result.predictions}")
     elif result.row is None:

@@ -8,22 +8,31 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from eval.items import EvalItem
+from conversation.errors import ImageLoadError
+from conversation.records import is_valid_unicode
+from eval.items import EvalItem, Failed
+from vision_encoders.preprocess import to_rgb
 from vlm.batch import Batch
 
 
 class GenerateFn(Protocol):
-    """Anything that answers a batch of questions (the real model, or a stand-in in tests)."""
+    """Anything that answers a batch of questions (the real model, or a stand-in in tests); an item it cannot
+    answer (its image cannot be read) gets a `Failed` with the reason instead of a text."""
 
-    def __call__(self, items: list[EvalItem]) -> list[str]: ...
+    def __call__(self, items: list[EvalItem]) -> list[str | Failed]: ...
 
 
-def open_image(item: EvalItem, blank: bool = False) -> Image.Image:
-    """The item's image as RGB; with `blank`, a black image of the same size (the 'blind' baseline)."""
-    from conversation.images import load_image  # confined, bomb-checked decoding (other package)
+def open_image(item: EvalItem, blank: bool = False,
+               check_size: Callable[[int, int], str | None] | None = None) -> Image.Image:
+    """The item's image as RGB; with `blank`, a black image of the same size (the 'blind' baseline).
 
-    image = item.image if isinstance(item.image, Image.Image) else load_image(Path(str(item.image)))
-    image = image.convert("RGB")
+    ImageLoadError (naming the file and why) for a missing, empty, corrupt, bomb-sized or, by `check_size`,
+    too extreme image; any mode (CMYK, 16-bit, palette, alpha) converts as in training."""
+    from conversation.images import load_image  # bomb-checked decoding, the format sniffed from the content
+
+    image = item.image if isinstance(item.image, Image.Image) else load_image(Path(str(item.image)),
+                                                                              check_size=check_size)
+    image = to_rgb(image)
     return Image.new("RGB", image.size, (0, 0, 0)) if blank else image
 
 
@@ -75,15 +84,39 @@ class ModelGenerator:
         return self._encode_prompt([Message(role="user", content=content)], cfg.template, self.model.tokenizer,
                                    image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens)
 
+    def pixels(self, item: EvalItem) -> torch.Tensor | None:
+        """The item's image as model pixels (None for a text-only item); ImageLoadError / ValueError if unusable."""
+        if item.image is None:
+            return None
+        processor = self.model.image_processor
+        return processor(open_image(item, self.blank_images, getattr(processor, "size_problem", None)))
+
+    def __call__(self, items: list[EvalItem]) -> list[str | Failed]:
+        """Answers in order; an item whose image or prompt is unusable gets a `Failed`, the others are answered."""
+        answers: list[str | Failed | None] = [None] * len(items)
+        ready: list[tuple[int, torch.Tensor | None]] = []
+        for i, item in enumerate(items):
+            try:
+                if not is_valid_unicode(item.prompt):
+                    raise ValueError("the question is not valid Unicode (a lone surrogate)")
+                ready.append((i, self.pixels(item)))
+            except ImageLoadError as err:
+                answers[i] = Failed(f"image {err.path}: {err.reason}")
+            except ValueError as err:  # the image processor's last guard, an unusable prompt
+                answers[i] = Failed(str(err))
+        if ready:
+            texts = self._generate([items[i] for i, _ in ready], [p for _, p in ready if p is not None])
+            for (i, _), text in zip(ready, texts, strict=True):
+                answers[i] = text
+        return answers  # type: ignore[return-value]
+
     @torch.no_grad()
-    def __call__(self, items: list[EvalItem]) -> list[str]:
+    def _generate(self, items: list[EvalItem], images: list[torch.Tensor]) -> list[str]:
         cfg = self.model.config
         ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
-        images = [self.model.image_processor(open_image(it, self.blank_images)) for it in items
-                  if it.image is not None]
+        device = next(self.model.parameters()).device
         prompts = Batch(ids, mask, image_counts=torch.tensor([int(it.image is not None) for it in items]),
                         pixel_values=torch.stack(images).to(self.model.dtype) if images else None)
-        device = next(self.model.parameters()).device
         new = self.model.generate(prompts.to(device), max_new_tokens=self.max_new_tokens, do_sample=False,
                                   eos_token_id=sorted(self.stops) or None)
         tok = self.model.tokenizer
@@ -114,7 +147,7 @@ class LazyGenerator:
         self._factory = factory
         self._generate: GenerateFn | None = None
 
-    def __call__(self, items: list[EvalItem]) -> list[str]:
+    def __call__(self, items: list[EvalItem]) -> list[str | Failed]:
         if self._generate is None:
             self._generate = self._factory()
         return self._generate(items)

@@ -18,6 +18,13 @@ class BenchmarkFileError(ValueError):
     """A benchmark file is missing or malformed; the message names the file (and record) and why."""
 
 
+@dataclass(frozen=True)
+class Failed:
+    """An answer that could not be produced (e.g. the item's image cannot be read): recorded, scored as wrong."""
+
+    reason: str
+
+
 @dataclass
 class EvalItem:
     """One question: id, image (path, PIL image, or None for text-only), full prompt, gold/meta data."""

@@ -11,7 +11,7 @@ from typing import Any
 from eval.benchmarks import BenchmarkPaths, get_benchmark, score_items
 from eval.predictions import append_records, read_done, repair_tail, write_json, write_records
 from eval.report import markdown_row, scores_record
-from eval.items import BenchmarkFileError, EvalItem
+from eval.items import BenchmarkFileError, EvalItem, Failed
 
 
 @dataclass
@@ -47,6 +47,8 @@ class RunResult:
     seconds: float
     scores: dict[str, Any] | None = None
     row: str | None = None
+    total: int = 0  # questions of this run (the whole benchmark once merged, else this chunk)
+    failed: dict[str, str] = field(default_factory=dict)  # question id -> why it could not be answered
 
 
 def chunk(items: list[EvalItem], num_chunks: int, chunk_idx: int) -> list[EvalItem]:
@@ -81,8 +83,11 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="q", desc="eval", disable=not enabled, dynamic_ncols=True)
 
 
-def run(config: RunConfig, generate: Callable[[list[EvalItem]], list[str]]) -> RunResult:
-    """Answer this chunk's unanswered questions; when all chunks are complete, merge and score."""
+def run(config: RunConfig, generate: Callable[[list[EvalItem]], list[str | Failed]]) -> RunResult:
+    """Answer this chunk's unanswered questions; when all chunks are complete, merge and score.
+
+    An item the generator cannot answer (a `Failed`: its image is missing, corrupt, ...) is recorded with the
+    reason, counted, scored as wrong, and asked again by the next run over the same folder."""
     bench = get_benchmark(config.benchmark)
     items = bench.load(config.paths)
     if config.limit is not None:
@@ -97,7 +102,7 @@ def run(config: RunConfig, generate: Callable[[list[EvalItem]], list[str]]) -> R
     pred_file = _chunk_file(out, config.num_chunks, config.chunk_idx)
     repair_tail(pred_file)
     done = read_done(pred_file)
-    todo = [it for it in mine if it.key not in done]
+    todo = [it for it in mine if it.key not in done or "failed" in done[it.key]]
     start = time.perf_counter()
     bar = _progress(len(mine), config.progress)
     bar.update(len(mine) - len(todo))
@@ -106,23 +111,45 @@ def run(config: RunConfig, generate: Callable[[list[EvalItem]], list[str]]) -> R
         texts = generate(batch)
         if len(texts) != len(batch):
             raise RuntimeError(f"generator returned {len(texts)} answers for {len(batch)} questions")
-        append_records(pred_file, ({"question_id": it.question_id, "prompt": it.prompt, "text": t,
-                                    "model_id": config.model_name} for it, t in zip(batch, texts, strict=True)))
+        append_records(pred_file, (_row(config, it, t) for it, t in zip(batch, texts, strict=True)))
         bar.update(len(batch))
     bar.close()
     seconds = time.perf_counter() - start
-    result = RunResult(pred_file, len(todo), seconds)
+    rows = read_done(pred_file)
+    failed = {it.key: str(rows[it.key]["failed"]) for it in mine if "failed" in rows.get(it.key, {})}
+    result = RunResult(pred_file, len(todo), seconds, total=len(mine), failed=failed)
     if config.progress and todo:
         print(f"{len(todo)} questions in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.2f} questions/s)")
     if not config.finalize:
+        _say_failed(result)
         return result
     merged = _merge(out, items, config.num_chunks)
     if merged is None:
+        _say_failed(result)
         return result
-    return finish(config, items, merged, result)
+    preds, result.failed = merged
+    result.total = len(items)
+    _say_failed(result)
+    return finish(config, items, preds, result)
 
 
-def _merge(out: Path, items: list[EvalItem], k: int) -> dict[str, str] | None:
+def _row(config: RunConfig, item: EvalItem, answer: str | Failed) -> dict[str, Any]:
+    prompt = item.prompt.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate stays writable
+    row = {"question_id": item.question_id, "prompt": prompt, "text": answer, "model_id": config.model_name}
+    if isinstance(answer, Failed):
+        row.update(text="", failed=answer.reason)
+    return row
+
+
+def _say_failed(result: RunResult) -> None:
+    if result.failed:
+        qid, reason = next(iter(result.failed.items()))
+        print(f"{len(result.failed)} of {result.total} questions failed and are scored as wrong "
+              f"(first: {qid}: {reason}); each is marked 'failed' in {result.predictions.name}, "
+              "and a rerun over the same --out asks them again")
+
+
+def _merge(out: Path, items: list[EvalItem], k: int) -> tuple[dict[str, str], dict[str, str]] | None:
     """All chunks' answers in benchmark order, written to predictions.jsonl; None while any is missing."""
     rows: dict[str, dict[str, Any]] = {}
     for i in range(k):
@@ -130,23 +157,29 @@ def _merge(out: Path, items: list[EvalItem], k: int) -> dict[str, str] | None:
     if any(it.key not in rows for it in items):
         return None
     write_records(out / "predictions.jsonl", (rows[it.key] for it in items))
-    return {it.key: str(rows[it.key]["text"]) for it in items}
+    failed = {it.key: str(rows[it.key]["failed"]) for it in items if "failed" in rows[it.key]}
+    return {it.key: str(rows[it.key]["text"]) for it in items}, failed
 
 
 def finish(config: RunConfig, items: list[EvalItem], preds: dict[str, str], result: RunResult) -> RunResult:
-    """Submission file (if the benchmark has one), scores JSON and the one-line markdown row."""
+    """Submission file (if the benchmark has one), scores JSON and the one-line markdown row.
+
+    Failed items (`result.failed`) are scored as wrong: they get the benchmark's `failed_answer`."""
     bench = get_benchmark(config.benchmark)
     out = config.out_dir
     if bench.submission is not None:
         write_json(out / bench.submission_name, bench.submission(items, preds))
+    scored = {it.key: bench.failed_answer(it) if it.key in result.failed else preds[it.key] for it in items}
     try:
-        scores = score_items(bench, items, preds, meteor=config.meteor)
+        scores = score_items(bench, items, scored, meteor=config.meteor)
     except BenchmarkFileError as err:  # e.g. a test split without answers: the submission is the result
         print(f"not scored locally: {err}")
         return result
     split = config.paths.split or ("test" if config.paths.is_world() else bench.default_split)
     record = scores_record(bench.name, split, config.model_name, bench.headline, scores,
                            blank_images=config.blank_images, limit=config.limit)
+    record["failed"] = len(result.failed)  # included in n, each scored as wrong
+    record["failed_items"] = dict(result.failed)
     write_json(out / "scores.json", record)
     row = markdown_row(record)
     (out / "results.md").write_text(row + "\n", encoding="utf-8")

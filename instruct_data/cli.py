@@ -9,6 +9,7 @@ from typing import Any
 
 from instruct_data.converters.common import ConversionError, write_records
 from instruct_data.converters.registry import CONVERTERS, get_converter
+from conversation.errors import RecordFileError
 from conversation.images import DEFAULT_MAX_PIXELS
 
 
@@ -24,6 +25,10 @@ def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     val.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help=f"decompression-bomb limit on declared width*height (default {DEFAULT_MAX_PIXELS})")
     val.add_argument("--no-decode", action="store_true", help="check that images exist, but do not decode them")
+    val.add_argument("--aspect-ratio", choices=("pad", "crop", "resize"), default="pad",
+                     help="the training image processor's aspect_ratio (default pad): images whose pad-to-square "
+                          "canvas or resize would be too large are flagged")
+    val.add_argument("--image-size", type=int, default=336, help="the encoder's image side (default 336)")
     val.add_argument("--workers", type=int, default=1, help="processes decoding images (default 1)")
     tok = val.add_argument_group("token lengths (all of --tokenizer, --template, --num-image-tokens)")
     tok.add_argument("--tokenizer", help="tokenizer directory (AutoTokenizer; trust_remote_code stays off)")
@@ -68,7 +73,8 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"vlm data validate: --image-folder {folder} is not a directory", file=sys.stderr)
             return 2
     config = ValidationConfig(image_roots=list(args.image_folders), max_pixels=args.max_pixels,
-                              decode_images=not args.no_decode, max_length=args.max_length)
+                              decode_images=not args.no_decode, max_length=args.max_length,
+                              aspect_ratio=args.aspect_ratio, image_size=args.image_size)
     token_args = (args.tokenizer, args.template, args.num_image_tokens)
     if any(a is not None for a in token_args):
         if any(a is None for a in token_args):
@@ -93,11 +99,15 @@ def _validate(args: argparse.Namespace) -> int:
         if args.report is not None:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             report = stack.enter_context(args.report.open("w", encoding="utf-8"))
-        summary = validate_file(args.file, config, report, workers=args.workers)
+        try:
+            summary = validate_file(args.file, config, report, workers=args.workers)
+        except RecordFileError as exc:  # not a record file at all (e.g. an unsupported suffix)
+            print(f"vlm data validate: {exc}", file=sys.stderr)
+            return 2
     print(summary.table())
     if args.report is not None:
         print(f"problems written to {args.report}")
-    return 1 if summary.bad else 0
+    return 1 if summary.failed else 0
 
 
 def _convert(args: argparse.Namespace) -> int:

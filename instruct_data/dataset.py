@@ -1,6 +1,7 @@
 """The training dataset: lazy parse -> template -> tokenize -> image load per item, bad records skipped and counted."""
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -127,7 +128,9 @@ class InstructDataset(Dataset):
             raise ValueError("records with images need an image_processor (or load_pixels=False)")
         if self._resolve is None or self._load is None:
             resolve, load = _default_image_fns()
-            self._resolve, self._load = self._resolve or resolve, self._load or load
+            check = getattr(self.image_processor, "size_problem", None)  # extreme aspect ratios, before decoding
+            self._resolve = self._resolve or resolve
+            self._load = self._load or functools.partial(load, check_size=check)
         if not roots:
             raise ImageLoadError(refs[0], "no image root configured for this record")
         paths = [self._resolve(ref, roots) for ref in refs]

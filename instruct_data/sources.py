@@ -7,11 +7,9 @@ from array import array
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from conversation.errors import RecordError
+from conversation.errors import RecordError, RecordFileError
 from conversation.records import Conversation, parse_record
-
-JSON_CHUNK_CHARS = 1 << 20  # characters read at a time while indexing a JSON list
-MAX_RECORD_CHARS = 1 << 26  # a JSON-list element longer than this is reported as malformed
+from instruct_data.record_files import entry_name, iter_raw_records
 
 
 def _stats(raw: Any) -> tuple[int, int]:
@@ -59,7 +57,12 @@ class RecordSource:
 
 
 class FileRecords(RecordSource):
-    """One .json (list) or .jsonl file, indexed by byte offsets: memory is ~16 bytes per record."""
+    """One .json (list) or .jsonl file, indexed by byte offsets: memory is ~16 bytes per record.
+
+    A malformed JSONL line (or a bad element of a list that still parses as a list) stays an entry that raises
+    RecordError naming its line when read, so it is skipped and counted like any bad record. A .json list that
+    cannot be read whole, or a file with no records, is a RecordFileError naming the file and position.
+    """
 
     def __init__(self, path: str | Path, image_roots: Sequence[str | Path] = (), name: str | None = None) -> None:
         self.path = Path(path)
@@ -69,14 +72,24 @@ class FileRecords(RecordSource):
         self.sizes = array("l")
         self.words = array("l")
         self.n_images = array("l")
+        self.bad: dict[int, tuple[int | None, str]] = {}  # entry -> (line, why it cannot be read)
         self._fh = None
         self._pid = -1
-        if self.path.suffix == ".jsonl":
-            self._index_jsonl()
-        elif self.path.suffix == ".json":
-            self._index_json_list()
-        else:
-            raise ValueError(f"{self.path}: unsupported record file suffix {self.path.suffix!r} (use .json, .jsonl or .parquet)")
+        if self.path.suffix not in (".json", ".jsonl"):
+            raise RecordFileError(str(self.path), f"unsupported record file suffix {self.path.suffix!r} "
+                                                  "(use .json, .jsonl or .parquet)")
+        for item in iter_raw_records(self.path):
+            if item.fatal:
+                why = ("a .json file must be one valid JSON list, so none of its records can be trusted and none "
+                       "is used" if self.path.suffix == ".json" else "none of its records is used")
+                raise RecordFileError(str(self.path), f"{item.error} (record #{item.index}); {why} "
+                                                      "(`vlm data validate FILE` lists every problem)")
+            if item.error is not None:
+                self.bad[len(self.offsets)] = (item.line, item.error)
+            self._add(item.offset, item.size, item.raw)
+        if not self.offsets:
+            what = "zero bytes" if not self.path.stat().st_size else "an empty list, or only blank lines"
+            raise RecordFileError(str(self.path), f"no records in the file ({what})")
 
     def _add(self, offset: int, size: int, raw: Any) -> None:
         w, n = _stats(raw)
@@ -85,76 +98,13 @@ class FileRecords(RecordSource):
         self.words.append(w)
         self.n_images.append(n)
 
-    def _index_jsonl(self) -> None:
-        offset = 0
-        with open(self.path, "rb") as fh:
-            for line in fh:
-                if line.strip():
-                    try:
-                        raw = json.loads(line)
-                    except ValueError:
-                        raw = None  # reported with its line when the record is read
-                    self._add(offset, len(line), raw)
-                offset += len(line)
-
-    def _index_json_list(self, chunk_chars: int | None = None) -> None:
-        # json.load would hold every record as Python objects (GBs for 665K); decode one element at a time.
-        decoder = json.JSONDecoder()
-        chunk_chars = chunk_chars or JSON_CHUNK_CHARS
-        with open(self.path, "rb") as probe:
-            bom = 3 if probe.read(3) == b"\xef\xbb\xbf" else 0
-        with open(self.path, "r", encoding="utf-8-sig") as fh:
-            buf = fh.read(chunk_chars)
-            pos, byte_pos = 0, bom
-
-            def skip(chars: str) -> None:
-                nonlocal buf, pos, byte_pos
-                while True:
-                    while pos < len(buf) and buf[pos] in chars:
-                        byte_pos += 1  # only ASCII whitespace is skipped
-                        pos += 1
-                    if pos < len(buf):
-                        return
-                    more = fh.read(chunk_chars)
-                    if not more:
-                        return
-                    buf, pos = buf[pos:] + more, 0
-
-            skip(" \t\r\n")
-            if buf[pos:pos + 1] != "[":
-                raise ValueError(f"{self.path}: a .json record file must hold a JSON list")
-            pos += 1
-            byte_pos += 1
-            while True:
-                skip(" \t\r\n")
-                if buf[pos:pos + 1] == "]":
-                    return
-                while True:
-                    try:
-                        raw, end = decoder.raw_decode(buf, pos)
-                        if end == len(buf):  # a number may continue in the next chunk
-                            raise ValueError
-                        break
-                    except ValueError:
-                        more = fh.read(chunk_chars)
-                        if not more or len(buf) - pos > MAX_RECORD_CHARS:
-                            raise ValueError(f"{self.path}: malformed JSON list at byte {byte_pos} (record #{len(self.offsets)})") from None
-                        buf, pos = buf[pos:] + more, 0
-                size = len(buf[pos:end].encode("utf-8"))
-                self._add(byte_pos, size, raw)
-                byte_pos += size
-                pos = end
-                skip(" \t\r\n")
-                if buf[pos:pos + 1] == ",":
-                    pos += 1
-                    byte_pos += 1
-                elif buf[pos:pos + 1] != "]":
-                    raise ValueError(f"{self.path}: expected ',' or ']' at byte {byte_pos} (after record #{len(self.offsets) - 1})")
-
     def __len__(self) -> int:
         return len(self.offsets)
 
     def raw(self, i: int) -> Any:
+        if i in self.bad:
+            line, why = self.bad[i]
+            raise RecordError(f"#{i}", "json", f"{self.path.name} line {line}: malformed JSON ({why})")
         if self._fh is None or self._pid != os.getpid():  # one handle per DataLoader worker process
             self._fh = open(self.path, "rb")
             self._pid = os.getpid()
@@ -189,7 +139,12 @@ class ParquetRecords(RecordSource):
         self.path = Path(path)
         self.name = name or self.path.stem
         self.roots = [Path(r) for r in image_roots]
-        self.table = datasets.Dataset.from_parquet(str(self.path))
+        try:
+            self.table = datasets.Dataset.from_parquet(str(self.path))
+        except Exception as exc:  # pyarrow / datasets raise their own types for a broken file
+            raise RecordFileError(str(self.path), f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
+        if not len(self.table):
+            raise RecordFileError(str(self.path), "no records in the file")
         self._stats = [_stats(r) for r in self.table]
 
     def __len__(self) -> int:
@@ -246,28 +201,9 @@ def load_records(paths: str | Path | Sequence[str | Path], image_roots: Sequence
     for p in paths:
         p = Path(p)
         if not p.is_file():
-            raise FileNotFoundError(f"record file not found: {p}")
+            raise RecordFileError(str(p), "record file not found")
         sources.append(ParquetRecords(p, image_roots) if p.suffix == ".parquet" else FileRecords(p, image_roots))
     return sources[0] if len(sources) == 1 else ConcatRecords(sources)
-
-
-def _raw_stream(path: Path) -> Iterator[Any]:
-    if path.suffix == ".jsonl":
-        with open(path, "rb") as fh:
-            for n, line in enumerate(fh):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as exc:
-                        yield RecordError(f"#{n}", "json", f"{path.name} line {n + 1}: malformed JSON ({exc})")
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # comes with `datasets`; reads one row group at a time
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                yield {k: v for k, v in row.items() if v is not None}
-    else:
-        yield from FileRecords(path)
 
 
 def stream_records(paths: str | Path | Sequence[str | Path]) -> Iterator[Conversation | RecordError]:
@@ -275,12 +211,12 @@ def stream_records(paths: str | Path | Sequence[str | Path]) -> Iterator[Convers
     files = [paths] if isinstance(paths, (str, Path)) else list(paths)
     i = 0
     for path in files:
-        for raw in _raw_stream(Path(path)):
-            if isinstance(raw, RecordError):
-                yield raw
+        for item in iter_raw_records(path):
+            if item.error is not None:
+                yield RecordError(f"line {item.line}", "json", f"{entry_name(path, item)}: malformed JSON ({item.error})")
             else:
                 try:
-                    yield parse_record(raw, i)
+                    yield parse_record(item.raw, i)
                 except RecordError as exc:
                     yield exc
             i += 1

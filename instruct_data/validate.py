@@ -1,6 +1,7 @@
 """Validate a record file in one memory-flat pass: schema, roles, turns, placeholders, images, token lengths."""
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
@@ -18,11 +19,19 @@ from conversation.images import (
     reason_code,
     resolve_image_path,
 )
-from conversation.records import IMAGE_TOKEN, Conversation, parse_record
+from conversation.records import (
+    IMAGE_TOKEN,
+    TURN_FORMATS,
+    Conversation,
+    is_valid_unicode,
+    parse_record,
+    record_id,
+)
+from instruct_data.record_files import RawItem, iter_raw_records
 from conversation.tokenize import IGNORE_INDEX
 
-_LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
-_OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+__all__ = ["Problem", "ValidationConfig", "ValidationSummary", "RawItem", "iter_raw_records", "record_id",
+           "classify_record", "RecordValidator", "validate_file"]
 
 
 @dataclass
@@ -45,6 +54,8 @@ class ValidationConfig:
     image_roots: list[Path]
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     decode_images: bool = True
+    aspect_ratio: str = "pad"  # the training image processor's: flags images whose resize / canvas is too large
+    image_size: int = 336
     tokenizer: Any = None
     template: Any = None
     num_image_tokens: int | None = None
@@ -63,6 +74,12 @@ class ValidationSummary:
     warned: int = 0
     bad_by_reason: Counter = field(default_factory=Counter)
     warnings_by_reason: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)  # about the file as a whole (unreadable rest, no records)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the file is not fit for training as it is: a bad record, or no record at all."""
+        return bool(self.bad) or self.records == 0
 
     def add(self, problems: list[Problem]) -> None:
         self.records += 1
@@ -82,118 +99,7 @@ class ValidationSummary:
             if counts:
                 lines.append(f"{title}:")
                 lines += [f"  {reason:<32}{n:>10}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        return "\n".join(lines)
-
-
-@dataclass
-class RawItem:
-    """One entry of a record file: the decoded record, or why it could not be decoded."""
-
-    index: int
-    line: int | None
-    raw: Any = None
-    error: str | None = None
-    fatal: bool = False  # nothing after it can be read
-
-
-def iter_raw_records(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[RawItem]:
-    """Stream records of a .jsonl, .json (list) or .parquet file; bad JSON comes back as items, never raises."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        yield from _iter_jsonl(path)
-    elif path.suffix == ".json":
-        yield from _iter_json_list(path, chunk_chars)
-    elif path.suffix == ".parquet":
-        yield from _iter_parquet(path)
-    else:
-        raise ValueError(f"{path}: unsupported suffix {path.suffix!r} (use .json, .jsonl or .parquet)")
-
-
-def _iter_jsonl(path: Path) -> Iterator[RawItem]:
-    index = 0
-    with path.open("r", encoding="utf-8-sig", errors="replace") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield RawItem(index, line_no, raw=json.loads(line))
-            except json.JSONDecodeError as exc:
-                yield RawItem(index, line_no, error=f"column {exc.colno}: {exc.msg}")
-            index += 1
-
-
-def _iter_json_list(path: Path, chunk_chars: int) -> Iterator[RawItem]:
-    # json.load would hold the whole list (GBs for LLaVA's 665K); stdlib has no streaming parser, so decode
-    # one element at a time from a sliding buffer, counting newlines for line numbers.
-    decoder = json.JSONDecoder()
-    with path.open("r", encoding="utf-8-sig", errors="replace") as f:
-        buf, pos, line, index = "", 0, 1, 0
-
-        def fill() -> bool:
-            nonlocal buf, pos
-            more = f.read(chunk_chars)
-            if more:
-                buf, pos = buf[pos:] + more, 0
-            return bool(more)
-
-        def skip_space() -> None:
-            nonlocal pos, line
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    line += buf[pos] == "\n"
-                    pos += 1
-                if pos < len(buf) or not fill():
-                    return
-
-        skip_space()
-        if buf[pos:pos + 1] != "[":
-            yield RawItem(0, line, error="a .json record file must hold a JSON list", fatal=True)
-            return
-        pos += 1
-        while True:
-            skip_space()
-            if buf[pos:pos + 1] == "]":
-                return
-            if pos >= len(buf):
-                yield RawItem(index, line, error="unexpected end of file: the list is not closed", fatal=True)
-                return
-            while True:
-                try:
-                    raw, end = decoder.raw_decode(buf, pos)
-                    if end < len(buf) or not fill():  # a number could go on in the next chunk
-                        break
-                except json.JSONDecodeError as exc:
-                    if not fill():
-                        yield RawItem(index, line + buf.count("\n", pos, exc.pos),
-                                      error=f"{exc.msg}; the rest of the file cannot be read", fatal=True)
-                        return
-            start_line = line
-            line += buf.count("\n", pos, end)
-            pos = end
-            yield RawItem(index, start_line, raw=raw)
-            index += 1
-            skip_space()
-            if buf[pos:pos + 1] == ",":
-                pos += 1
-            elif buf[pos:pos + 1] != "]":
-                yield RawItem(index, line, error="expected ',' or ']' after a record", fatal=True)
-                return
-
-
-def _iter_parquet(path: Path) -> Iterator[RawItem]:
-    import pyarrow.parquet as pq  # installed with datasets
-
-    index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
-        for row in batch.to_pylist():
-            yield RawItem(index, None, raw={k: v for k, v in row.items() if v is not None})
-            index += 1
-
-
-def record_id(raw: Any, index: int) -> str:
-    """The id used in reports: the record's `id`, else `#<index>` (as the parser names it)."""
-    value = raw.get("id") if isinstance(raw, dict) else None
-    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else f"#{index}"
+        return "\n".join(lines + self.notes)
 
 
 def classify_record(raw: Any) -> list[tuple[str, str, str]]:
@@ -209,7 +115,8 @@ def classify_record(raw: Any) -> list[tuple[str, str, str]]:
     turns = raw[key]
     if not isinstance(turns, list) or not turns:
         return [(key, "schema", "must be a non-empty list of turns")]
-    role_key, text_key, roles = ("from", "value", _LLAVA_ROLES) if key == "conversations" else ("role", "content", _OPENAI_ROLES)
+    fmt = TURN_FORMATS[key]
+    role_key, text_key, roles = fmt.role_key, fmt.text_key, fmt.roles
     found: list[tuple[str, str, str]] = []
     sequence: list[str] = []
     placeholders: list[int] = []
@@ -235,6 +142,8 @@ def classify_record(raw: Any) -> list[tuple[str, str, str]]:
             found.append((f"{where}.{text_key}", "schema", "turn text must be a string"))
             continue
         placeholders.append(n_placeholders)
+        if not is_valid_unicode(text):
+            found.append((f"{where}.{text_key}", "invalid unicode", "a lone surrogate (e.g. \\ud800) or invalid UTF-8"))
         if not text.strip() and not n_placeholders:
             found.append((f"{where}.{text_key}", "empty turn", "the turn has no text"))
         if n_placeholders and role not in ("user", None):
@@ -247,6 +156,9 @@ def classify_record(raw: Any) -> list[tuple[str, str, str]]:
     n_images = (1 if isinstance(images, str) else len(images) if isinstance(images, list) else 0) + inline_images
     if images is not None and not isinstance(images, (str, list)):
         found.append(("image", "schema", "must be a string or a list of strings"))
+    refs = [images] if isinstance(images, str) else images if isinstance(images, list) else []
+    if any(isinstance(r, str) and not is_valid_unicode(r) for r in refs):
+        found.append(("image", "invalid unicode", "an image ref holds a lone surrogate or invalid UTF-8"))
     total = sum(placeholders)
     if total != n_images and not (total == 0 and n_images == 1):  # the parser places a lone image itself
         found.append(("image", "image placeholder count", f"{total} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)"))
@@ -273,12 +185,21 @@ class RecordValidator:
                                              or config.image_token_id is None):
             raise ValueError("token checks need the template, num_image_tokens and image_token_id with the tokenizer")
         self.config = config
+        self._check_size = None
+        if config.decode_images:
+            from vision_encoders.preprocess import geometry_problem  # imports torch: only when decoding
+
+            self._check_size = functools.partial(geometry_problem, aspect_ratio=config.aspect_ratio,
+                                                 size=config.image_size)
         self._image_cache: OrderedDict[Path, tuple[str, str, str] | None] = OrderedDict()
 
     def check(self, item: RawItem) -> list[Problem]:
         """All problems of one raw item (an empty list when the record is fine)."""
         if item.error is not None:
-            return [Problem(f"line {item.line}", item.index, "json", "malformed json", item.error, line=item.line)]
+            has_id = isinstance(item.raw, dict) and "id" in item.raw
+            rid = record_id(item.raw, item.index) if has_id else f"line {item.line}" if item.line else f"#{item.index}"
+            detail = item.error + ("; the rest of the file cannot be read" if item.fatal else "")
+            return [Problem(rid, item.index, "json", "malformed json", detail, line=item.line)]
         rid = record_id(item.raw, item.index)
 
         def problem(fld: str, reason: str, detail: str = "", severity: str = "error") -> Problem:
@@ -313,7 +234,7 @@ class RecordValidator:
         verdict: tuple[str, str, str] | None = None
         if self.config.decode_images:
             try:
-                image = load_image(path, max_pixels=self.config.max_pixels)
+                image = load_image(path, max_pixels=self.config.max_pixels, check_size=self._check_size)
                 mismatch = extension_mismatch(path, image)
                 image.close()
                 if mismatch:
@@ -402,9 +323,26 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
                   workers: int = 1, chunk_size: int = 64) -> ValidationSummary:
     """Check every record of `path`; problems go to `report` as JSONL as they are found; returns the counts."""
     summary = ValidationSummary()
+    first_seen: dict[str, tuple[int, int | None]] = {}  # record id -> (index, line) where it first appeared
     for item, problems in _checked(iter_raw_records(path), config, workers, chunk_size):
+        if item.fatal:
+            summary.notes.append(f"{path}: {item.error}: the records after line {item.line} cannot be read, "
+                                 f"and training refuses the whole file")
+        rid = record_id(item.raw, item.index) if item.error is None else None
+        if rid is not None and not rid.startswith("#"):
+            if rid in first_seen:
+                index, line = first_seen[rid]
+                where = f"record #{index}" + (f" (line {line})" if line else "")
+                problems.append(Problem(rid, item.index, "id", "duplicate id", f"also the id of {where}",
+                                        "warning", item.line))
+            else:
+                first_seen[rid] = (item.index, item.line)
         summary.add(problems)
         if report is not None:
             for p in problems:
-                report.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+                line = json.dumps(asdict(p), ensure_ascii=False)
+                # a detail may quote a lone surrogate from the file: escape it rather than fail to write UTF-8
+                report.write((line if is_valid_unicode(line) else json.dumps(asdict(p))) + "\n")
+    if summary.records == 0:
+        summary.notes.append(f"no records in {path}" + (" (zero bytes)" if not Path(path).stat().st_size else ""))
     return summary

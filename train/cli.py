@@ -31,6 +31,7 @@ def main(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from conversation.errors import RecordFileError
     from instruct_data.audit import AuditError
     from train.guards import DataFailure, summary_line
     from train.loop import NonFiniteLossError
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"vlm train: {err}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, RecordFileError) as err:
         print(f"vlm train: {err}", file=sys.stderr)
         return 2
     except (AuditError, DataFailure) as err:

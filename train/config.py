@@ -37,7 +37,7 @@ class ModelConfig:
     # Training template; with `init_from` it replaces the checkpoint's (phase 2 trains vicuna_v1 on a `plain` phase 1).
     template: str | None = None
     # null: the `init_from` checkpoint's own (a new model: sdpa, no remote code, float32); a value given here
-    # takes effect over `init_from` too (the LLM is loaded with it) and is recorded in the saved vlm_config.json.
+    # takes effect over `init_from` too (the LLM is loaded with it) and is recorded in the saved model config (vlm.config.CONFIG_NAME).
     attn_implementation: str | None = None
     trust_remote_code: bool | None = None
     torch_dtype: str | None = None  # float32 | bfloat16 | float16: the dtype the weights are loaded in

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from conversation.errors import RecordFileError
 from instruct_data.audit import AuditError, AuditReport, audit_records
 from instruct_data.manifest import MANIFEST_NAME, build_manifest, write_manifest
 from instruct_data.sources import RecordSource
@@ -18,20 +21,21 @@ AUDIT_NAME = "audit.json"
 
 
 def load_train_records(cfg: TrainConfig) -> RecordSource:
-    """The run's records (data.data_path files or data.mixture), indexed lazily; unreadable files named."""
+    """The run's records (data.data_path files or data.mixture), indexed lazily; an unreadable record file raises
+    RecordFileError naming it (none of its records can be trusted), a broken mixture file ConfigError."""
     from instruct_data.mixture import load_mixture
     from instruct_data.sources import load_records
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
-    try:
-        if d.mixture:
+    if d.mixture:
+        try:
             return load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
-        return load_records(d.data_path, image_roots=roots)
-    except FileNotFoundError:
-        raise
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise DataFailure(f"cannot read the training records: {err}") from None
+        except RecordFileError:
+            raise  # names the record file; `vlm train` exits 2
+        except (ValueError, OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"data.mixture {d.mixture}: {err}") from None
+    return load_records(d.data_path, image_roots=roots)
 
 
 def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
@@ -46,7 +50,7 @@ def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
 
 def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, int]:
     """(tokenizer, template, image token id, K): from a built model, else from `model.init_from`'s
-    vlm_config.json and tokenizer directory, without loading any weight."""
+    model config (CONFIG_NAME) and tokenizer directory, without loading any weight."""
     if model is not None:
         c = model.config
         return model.tokenizer, c.template, c.image_token_id, c.num_image_tokens

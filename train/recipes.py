@@ -101,6 +101,9 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
     `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
     cached features and decodes just the images it has not cached yet."""
+    import yaml
+
+    from conversation.errors import RecordFileError
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
@@ -208,7 +211,8 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
             else:
                 # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
                 # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
-                values = torch.stack([model.image_processor(load_image(k)) for k in missing])
+                check = getattr(model.image_processor, "size_problem", None)
+                values = torch.stack([model.image_processor(load_image(k, check_size=check)) for k in missing])
             with torch.no_grad():
                 param = next(model.vision_encoder.parameters())
                 return model.vision_encoder(values.to(param.device, param.dtype))

@@ -23,6 +23,10 @@ RESAMPLE: dict[str, int] = {
     "hamming": Image.Resampling.HAMMING,
 }
 
+# No intermediate image of the aspect-ratio transform may be larger than PIL's own decompression-bomb limit:
+# a 1 x 80M image passes the pixel-count check, but its pad-to-square canvas would be 80M x 80M.
+MAX_WORK_PIXELS = 89_478_485
+
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -59,6 +63,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
         span = hi - lo
         return _gray_array_to_rgb((values - lo) * (255.0 / span) if span > 0 else np.zeros_like(values))
     return img.convert("RGB")
+
+
+def geometry_problem(width: int, height: int, aspect_ratio: str, size: int,
+                     limit: int = MAX_WORK_PIXELS) -> str | None:
+    """Why the `aspect_ratio` transform of a width x height image would allocate over `limit` pixels, else None.
+
+    Known from the size alone, so it is checked before anything is allocated (or even decoded)."""
+    if width <= 0 or height <= 0:
+        return f"zero-sized image {width}x{height}"
+    short, long = sorted((width, height))
+    if aspect_ratio == "pad" and short != long and long * long > limit:
+        return (f"{width}x{height} needs a {long}x{long} pad-to-square canvas "
+                f"({long * long} pixels > limit {limit})")
+    if aspect_ratio == "crop" and short != size:
+        resized = size * int(size * long / short)
+        if resized > limit:
+            return f"{width}x{height} resized to a shortest side of {size} is {resized} pixels (> limit {limit})"
+    return None
 
 
 def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -130,8 +152,15 @@ class ImageProcessor:
     def _filter(self) -> int:
         return RESAMPLE[self.resample] if isinstance(self.resample, str) else int(self.resample)
 
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why an image of this size cannot be transformed within MAX_WORK_PIXELS, else None (see geometry_problem)."""
+        return geometry_problem(width, height, self.aspect_ratio, self.size)
+
     def geometry(self, img: Image.Image) -> Image.Image:
         """RGB conversion plus the aspect-ratio transform, before normalization (useful to inspect)."""
+        problem = self.size_problem(*img.size)
+        if problem:  # callers check at load time (load_image(check_size=...)); this is the last guard
+            raise ValueError(f"image too extreme to preprocess: {problem}")
         img = to_rgb(img)
         side, resample = self.output_size, self._filter()
         if self.aspect_ratio == "pad":

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from conversation.images import ImageLoadError, load_image
-from conversation.records import Message
+from conversation.records import Message, is_valid_unicode
 from conversation.templates import stop_token_ids
 from conversation.tokenize import encode_prompt
 from vision_encoders.preprocess import to_rgb
@@ -34,7 +34,7 @@ def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor
     if path.is_dir():
         raise ChatError(f"not an image file (a directory): {path}")
     try:
-        image = load_image(path)
+        image = load_image(path, check_size=getattr(image_processor, "size_problem", None))
     except ImageLoadError as err:
         raise ChatError(f"cannot read image {path}: {err.reason}") from None
     return image_processor(to_rgb(image))
@@ -92,6 +92,8 @@ class ChatSession:
 
     def prepare(self, question: str) -> tuple[list[int], list[torch.Tensor], int]:
         """Encode history + question, dropping the oldest turns until the prompt fits. Returns dropped count."""
+        if not is_valid_unicode(question):  # e.g. invalid UTF-8 bytes on the command line
+            raise ChatError("the question is not valid Unicode text (invalid UTF-8 or a lone surrogate)")
         current = Turn(question=question, answer=None, images=list(self.pending_images))  # type: ignore[arg-type]
         budget = self.context_length - self.max_new_tokens
         history = list(self.turns)

@@ -98,13 +98,13 @@ def test_json_list_and_jsonl_index_by_offsets(tmp_path):
 
 
 def test_json_list_small_chunks_cross_boundaries(tmp_path, monkeypatch):
-    import instruct_data.sources as sources
+    import instruct_data.record_files as record_files
 
     recs = _records(30)
     path = tmp_path / "a.json"
     path.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     whole = FileRecords(path)
-    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 7)  # every record and number straddles chunk ends
+    monkeypatch.setattr(record_files, "CHUNK_CHARS", 7)  # every record and number straddles chunk ends
     small = FileRecords(path)
     assert list(small.offsets) == list(whole.offsets) and len(small) == 30
     assert [small.raw(i) for i in range(30)] == recs
@@ -119,10 +119,10 @@ def test_json_list_with_bom(tmp_path):
 
 
 def test_malformed_json_list_does_not_read_the_whole_file(tmp_path, monkeypatch):
-    import instruct_data.sources as sources
+    import instruct_data.record_files as record_files
 
-    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 64)
-    monkeypatch.setattr(sources, "MAX_RECORD_CHARS", 256)
+    monkeypatch.setattr(record_files, "CHUNK_CHARS", 64)
+    monkeypatch.setattr(record_files, "MAX_RECORD_CHARS", 256)
     path = tmp_path / "bad.json"
     path.write_text('[{"id": 1}, {"id": oops}, ' + ", ".join(['{"id": 2}'] * 5000) + "]")
     with pytest.raises(ValueError, match="record #1"):
@@ -154,9 +154,9 @@ def _peak(fn):
 
 
 def test_index_memory_is_flat_in_records(tmp_path, monkeypatch):
-    import instruct_data.sources as sources
+    import instruct_data.record_files as record_files
 
-    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 1 << 16)
+    monkeypatch.setattr(record_files, "CHUNK_CHARS", 1 << 16)
     peaks = {}
     for n in (5000, 10000):
         path = tmp_path / f"big{n}.json"

@@ -95,3 +95,39 @@ def test_parallel_chunks_leave_merging_to_a_last_call_that_loads_no_model(vqav2_
 
     final = run(_config(vqav2_root, tmp_path / "out", num_chunks=2), must_not_run)
     assert final.answered == 0 and final.scores["score"] == 66.67
+
+
+def test_failed_items_are_recorded_scored_wrong_and_asked_again(vqav2_root: Path, tmp_path: Path, capsys):
+    from eval.items import Failed
+
+    def image_420_unreadable(items):
+        return [Failed("image 42.jpg: truncated") if it.question_id == 420 else "yes" for it in items]
+
+    result = run(_config(vqav2_root, tmp_path / "out", batch_size=2), image_420_unreadable)
+    # q420 failed (counted wrong), q421 'yes' right, q70 'yes' wrong: 1 of 3
+    assert result.scores["score"] == 33.33 and result.scores["n"] == 3
+    assert result.scores["failed"] == 1 and result.failed == {"420": "image 42.jpg: truncated"}
+    out = capsys.readouterr().out
+    assert "1 of 3 questions failed and are scored as wrong (first: 420: image 42.jpg: truncated)" in out
+    rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert rows[0] == {"question_id": 420, "prompt": rows[0]["prompt"], "text": "", "model_id": "fake",
+                       "failed": "image 42.jpg: truncated"}
+    asked: list = []
+
+    def fixed(items):  # the image was repaired: a rerun over the same folder asks only the failed question
+        asked.extend(it.question_id for it in items)
+        return echo_answers(items)
+
+    again = run(_config(vqav2_root, tmp_path / "out", batch_size=2), fixed)
+    assert asked == [420] and again.failed == {} and again.scores["score"] == 66.67
+
+
+def test_failed_pope_item_counts_as_wrong_whatever_its_label(tmp_path: Path):
+    from eval.benchmarks import get_benchmark
+
+    pope = get_benchmark("pope")
+    items = [EvalItem("a", None, "q", {"label": "yes", "split": "s"}),
+             EvalItem("b", None, "q", {"label": "no", "split": "s"})]
+    # LLaVA's parser reads an empty answer as "yes": the failed answer must be the opposite of each label
+    scores = pope.score(items, {it.key: pope.failed_answer(it) for it in items})
+    assert scores["accuracy"] == 0.0

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gpu
 
 def test_bfloat16_override_loads_bf16_weights_and_is_saved(make_cfg, tmp_path: Path) -> None:
     from train.recipes import build_model, run
-    from train.strategy import SingleProcessStrategy
+    from train.strategies.single import SingleProcessStrategy
 
     cfg = make_cfg(model={"torch_dtype": "bfloat16"}, precision="bf16", max_steps=1, output_dir=str(tmp_path / "bf16"))
     model = build_model(cfg)

@@ -136,7 +136,8 @@ def test_an_empty_record_file_stops_with_its_name(make_cfg, tmp_path, capsys, au
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     rc, _, err = _train(make_cfg(data={"data_path": [str(empty)]}), tmp_path, capsys, f"data.audit_sample={audit}")
-    assert rc == 4 and f"no records to train on: {empty} hold(s) no record" in err, err
+    # bad input (exit 2, as any unreadable record file), named before any model loads
+    assert rc == 2 and f"{empty}: no records in the file" in err, err
 
 
 def test_audit_command_writes_report_and_manifest(make_cfg, tiny_world, tmp_path, capsys) -> None:

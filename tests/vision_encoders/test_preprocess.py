@@ -193,3 +193,18 @@ def test_pad_matches_llava_expand2square_then_clip_processor(width: int, height:
     expected = reference(expand_to_square(img, fill), return_tensors="pt")["pixel_values"][0]
     ours = ImageProcessor(size=24, mean=CLIP_MEAN, std=CLIP_STD, aspect_ratio="pad")(img)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_extreme_aspect_ratio_is_refused_before_allocating() -> None:
+    from vision_encoders.preprocess import MAX_WORK_PIXELS, geometry_problem
+
+    assert geometry_problem(12_000, 1, "pad", 336) == ("12000x1 needs a 12000x12000 pad-to-square canvas "
+                                                       f"(144000000 pixels > limit {MAX_WORK_PIXELS})")
+    assert geometry_problem(9_000, 9_000, "pad", 336) is None  # square: no canvas
+    assert geometry_problem(1_000, 300, "pad", 336) is None
+    assert geometry_problem(12_000, 1, "resize", 336) is None  # straight to S x S
+    assert "shortest side of 336" in geometry_problem(1_000, 1, "crop", 336)  # 336 x 336000
+    assert geometry_problem(1_000, 100, "crop", 336) is None
+    proc = ImageProcessor(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="pad-to-square canvas"):
+        proc(Image.new("L", (10_000, 1)))
