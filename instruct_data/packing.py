@@ -56,7 +56,8 @@ def row_tokens(row: Row, lengths: Sequence[int]) -> int:
     return sum(abs(int(lengths[i])) for i in row)
 
 
-def micro_batches(rows: Sequence[Row], lengths: Sequence[int], rows_per_micro_batch: int, slots: int) -> list[MicroBatch]:
+def micro_batches(rows: Sequence[Row], lengths: Sequence[int], rows_per_micro_batch: int,
+                  slots: int) -> list[MicroBatch]:
     """`rows` cut into micro-batches of at most `rows_per_micro_batch` rows (rows of similar fill together, so
     padding to the longest row of a micro-batch stays small), preceded by empty micro-batches up to `slots`."""
     ordered = sorted(rows, key=lambda row: -row_tokens(row, lengths))  # stable: FFD order among equals
@@ -112,8 +113,9 @@ class PackedBatchSampler:
     The grouped sampler (`instruct_data.samplers`) orders whole optimizer steps (`step_size` samples of this
     rank, of similar lengths or one modality); each step's samples are packed into as many rows of at most
     `pack_length` tokens as first-fit decreasing needs (filled evenly, `balanced_rows`) and cut into
-    `micro_batches_per_step` micro-batches of at most `rows_per_micro_batch` rows (empty ones first). So a step trains exactly the samples it trains unpacked, and
-    the count of micro-batches per step is the same on every rank. Everything is a function of (seed, epoch,
+    `micro_batches_per_step` micro-batches of at most `rows_per_micro_batch` rows (empty ones first). So a step
+    trains exactly the samples it trains unpacked, and the count of micro-batches per step is the same on every
+    rank. Everything is a function of (seed, epoch,
     lengths), so the state to resume is the number of micro-batches done; `state_dict` adds a digest of the
     epoch's packing so a resume with other data or sizes is refused instead of silently training other packs.
     """
@@ -121,8 +123,8 @@ class PackedBatchSampler:
     def __init__(self, sampler: Any, lengths: Sequence[int], *, step_size: int, pack_length: int,
                  rows_per_micro_batch: int, micro_batches_per_step: int) -> None:
         if rows_per_micro_batch * micro_batches_per_step < step_size:
-            raise ValueError(f"{micro_batches_per_step} micro-batches of {rows_per_micro_batch} rows cannot hold a step "
-                             f"of {step_size} one-sample rows")
+            raise ValueError(f"{micro_batches_per_step} micro-batches of {rows_per_micro_batch} rows cannot hold a "
+                             f"step of {step_size} one-sample rows")
         self.sampler = sampler
         self.lengths = [int(x) for x in lengths]
         self.step_size = step_size

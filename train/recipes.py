@@ -235,8 +235,8 @@ def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strat
     batches, dataset = planned_micro_batches(cfg, data, strategy.world_size), data.dataset
     if data.packer is not None:  # packed micro-batches are lists of rows of indices
         batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
-    report = prefill_features(hook.cache, dataset, batches, model.vision_encoder, model.image_processor,  # type: ignore[attr-defined]
-                              batch_size=max(cfg.micro_batch_size, 32))
+    report = prefill_features(hook.cache, dataset, batches,  # type: ignore[attr-defined]
+                              model.vision_encoder, model.image_processor, batch_size=max(cfg.micro_batch_size, 32))
     hook.bad.update(report.bad)  # type: ignore[attr-defined]
     strategy.barrier()
     if strategy.is_main:

@@ -95,7 +95,8 @@ class Batch:
             ids=self._row_ids(keep),
             position_ids=pick_rows(self.position_ids),
             sample_lengths=None if self.sample_lengths is None else [self.sample_lengths[i] for i in keep],
-            sample_image_counts=None if self.sample_image_counts is None else [self.sample_image_counts[i] for i in keep],
+            sample_image_counts=(None if self.sample_image_counts is None
+                                 else [self.sample_image_counts[i] for i in keep]),
             image_sizes=None if self.image_sizes is None else [self.image_sizes[j] for j in images],
         )
 

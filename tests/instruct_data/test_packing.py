@@ -61,7 +61,8 @@ def test_micro_batches_put_empty_slots_first_and_refuse_overflow() -> None:
         micro_batches(rows, lengths, 2, 1)
 
 
-def packer(lengths, *, seed=0, world_size=1, rank=0, step=8, micro=2, pack_length=256, sampler_cls=LengthGroupedSampler):
+def packer(lengths, *, seed=0, world_size=1, rank=0, step=8, micro=2, pack_length=256,
+           sampler_cls=LengthGroupedSampler):
     sampler = sampler_cls(lengths, step, world_size=world_size, rank=rank, seed=seed, megabatch_steps=4)
     return PackedBatchSampler(sampler, lengths, step_size=step, pack_length=pack_length, rows_per_micro_batch=micro,
                               micro_batches_per_step=step // micro)
@@ -178,7 +179,8 @@ def test_tokenize_all_gives_exact_lengths_without_loading_images(tmp_path, bpe_t
     recs = [{"id": f"r{i}", "image": "red.png", "conversations": [
         {"from": "human", "value": "<image>\n" + "what color " * (i + 1)}, {"from": "gpt", "value": "red"}]}
         for i in range(5)]
-    recs.append({"id": "text", "conversations": [{"from": "human", "value": "say yes"}, {"from": "gpt", "value": "yes"}]})
+    recs.append({"id": "text", "conversations": [{"from": "human", "value": "say yes"},
+                                                  {"from": "gpt", "value": "yes"}]})
     recs.append({"id": "bad", "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]})
     (tmp_path / "d.json").write_text(json.dumps(recs))
     loads = []

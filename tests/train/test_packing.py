@@ -72,7 +72,8 @@ def test_the_self_check_stops_a_run_whose_mask_leaks(make_cfg, tmp_path, monkeyp
         monkeypatch.setattr(vlm.packing, "block_diagonal_mask", leaking)
     else:
         real = vlm.packing.flash_kwargs
-        monkeypatch.setattr(vlm.packing, "flash_kwargs", lambda lengths, n, device: real([[n]] * len(lengths), n, device))
+        monkeypatch.setattr(vlm.packing, "flash_kwargs",
+                            lambda lengths, n, device: real([[n]] * len(lengths), n, device))
     cfg = packed(make_cfg, output_dir=str(tmp_path / "leak"), global_batch_size=8, micro_batch_size=2)
     with pytest.raises(PackingCheckError, match=r"packing self-check failed: .*difference \d\.\d+e-\d+ > 1e-05"):
         run(cfg)

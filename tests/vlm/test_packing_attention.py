@@ -125,7 +125,8 @@ def test_varlen_segments_spanning_samples_leak(tiny, arch: str, monkeypatch) -> 
         reference = unpacked_loss(model, samples, pixels)
         torch.testing.assert_close(packed_loss(model, samples, pixels), reference, rtol=1e-5, atol=1e-5)
         real = vlm.packing.flash_kwargs
-        monkeypatch.setattr(vlm.packing, "flash_kwargs", lambda lengths, n, device: real([[n]] * len(lengths), n, device))
+        monkeypatch.setattr(vlm.packing, "flash_kwargs",
+                            lambda lengths, n, device: real([[n]] * len(lengths), n, device))
         leaking = packed_loss(model, samples, pixels)
     assert abs(float(leaking - reference)) > 1e-3
 
