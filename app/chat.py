@@ -7,7 +7,8 @@ import sys
 from typing import TextIO
 
 from vlm.chat_session import ChatError, ChatSession
-from vlm.loading import NotAModelError, load_model_dir
+from vlm.config import DTYPE_CHOICES
+from vlm.loading import NotAModelError, inference_dtype, load_model_dir
 
 HELP_TEXT = "commands: /image PATH (attach an image to the next question), /reset (forget the conversation), /exit"
 
@@ -21,9 +22,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--json", action="store_true", help="with --question: print one JSON object")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="auto (bfloat16 on a GPU, float32 on a CPU), bfloat16, float16 or float32")
 
 
-def load_model(path: str, device: str | None):
+def load_model(path: str, device: str | None, dtype: str | None = "auto"):
     """Load our checkpoint or a HF Llava directory, or raise ChatError naming what is wrong."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -32,7 +35,7 @@ def load_model(path: str, device: str | None):
     hf_logging.set_verbosity_error()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return load_model_dir(path, device=device)
+        return load_model_dir(path, device=device, torch_dtype=inference_dtype(dtype, device))
     except NotAModelError as err:
         raise ChatError(str(err)) from None
     except (FileNotFoundError, ValueError, OSError) as err:
@@ -92,7 +95,7 @@ def run_interactive(session: ChatSession, inp: TextIO, out: TextIO) -> int:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, args.dtype)
         session = ChatSession(model, args.max_new_tokens, args.temperature, args.top_p)
         for image in args.image:
             session.add_image(image)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from eval.benchmarks import BENCHMARKS, BenchmarkPaths, get_benchmark, score_items
 from eval.items import BenchmarkFileError
+from vlm.config import DTYPE_CHOICES
 
 
 def _add_paths(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-new-tokens", type=int, default=None)
     run.add_argument("--blank-images", action="store_true", help="replace every image by a black one (blind baseline)")
     run.add_argument("--device", default=None)
-    run.add_argument("--dtype", default=None, help="bfloat16 / float16 on GPUs (default: the checkpoint's)")
+    run.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                     help="auto (bfloat16 on a GPU, float32 on a CPU), bfloat16, float16 or float32")
     run.add_argument("--hf-template", default="vicuna_v1", help="template for a HF Llava directory's prompts")
     run.add_argument("--model-name", default=None, help="name in tables (default: the model folder's name)")
     run.add_argument("--no-progress", action="store_true")

@@ -33,10 +33,11 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     """Trainable parameter counts per part (`projector`, `llm`, `vision`) plus `total` and `all`."""
     counts: Counter[str] = Counter()
     for name, param in model.named_parameters():
-        counts["all"] += param.numel()
+        numel = int(getattr(param, "ds_numel", param.numel()))  # ZeRO-3 partitions hold 0 elements locally
+        counts["all"] += numel
         if param.requires_grad:
-            counts[part_of(name)] += param.numel()
-            counts["total"] += param.numel()
+            counts[part_of(name)] += numel
+            counts["total"] += numel
     return dict(counts)
 
 

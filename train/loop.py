@@ -12,12 +12,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from conversation.errors import ImageLoadError
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
+from train.efficiency import EfficiencyLog
+from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
@@ -121,6 +122,7 @@ class Trainer:
         self.features_fn = features_fn  # feature cache hook: batch -> vision features (None: use pixels)
         self.output_dir = Path(cfg.output_dir)
         self.precision = resolve_precision(cfg.precision, self.strategy.device)
+        self.tf32 = enable_tf32(self.precision, self.strategy.device)
         self.accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, self.strategy.world_size)
         batches = len(data.epoch_batches(0))
         self.steps_per_epoch = batches // self.accum
@@ -135,6 +137,9 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
         self.guard = DataGuard(cfg.data, getattr(getattr(model, "config", None), "num_image_tokens", None))
+        self.efficiency = EfficiencyLog(self.strategy.unwrap(self.model), self.strategy.device, self.precision)
+        self.wait_warner = WaitWarner()
+        self._feeder: Feeder | None = None
 
     # ------------------------------------------------------------------ setup
     def _resume(self) -> None:
@@ -164,11 +169,11 @@ class Trainer:
             truncate_metrics(self.output_dir, state.step)
 
     def _loader(self, epoch: int, skip: int) -> Iterator[Batch | None]:
-        batches = self.data.epoch_batches(epoch)[skip:]
-        # A private generator keeps DataLoader from drawing on the global RNG, which resume restores exactly.
-        loader = DataLoader(self.data.dataset, batch_sampler=batches, collate_fn=self.data.collate,
-                            num_workers=self.data.num_workers, generator=torch.Generator().manual_seed(epoch))
-        return iter(loader)
+        # One DataLoader for the run (its workers persist across epochs); see train/feeding.py.
+        if self._feeder is None:
+            self._feeder = Feeder(self.data.dataset, self.data.collate, self.data.epoch_batches,
+                                  num_workers=self.data.num_workers, device=self.strategy.device)
+        return self._feeder.epoch(epoch, skip)
 
     # ------------------------------------------------------------------ one optimizer step
     def _count_skip(self, record_id: Any, reason: Any) -> None:
@@ -272,6 +277,8 @@ class Trainer:
                    "padding_ratio": 1.0 - total_tokens / padded if padded > 0 else 0.0,
                    "samples_per_row": samples / rows if rows > 0 else 0.0}
         metrics["peak_mem_mb"] = peak_memory_mb(device)
+        kept = [(b, f is None and b.pixel_values is not None) for b, f in zip(window, features) if b]
+        metrics.update(self.efficiency.step_metrics([b for b, _ in kept], [ran for _, ran in kept], elapsed))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         self.state.samples_seen += int(samples)
         self.state.tokens_seen += int(total_tokens)
@@ -325,7 +332,9 @@ class Trainer:
                     if len(window) < self.accum:
                         exhausted = True  # the epoch's tail shorter than one global batch is dropped
                         break
-                    metrics = self._step(window)
+                    wait_s = it.take_wait()
+                    metrics = self._step([to_device(batch, self.strategy.device) for batch in window])
+                    self._note_wait(metrics, wait_s, logger)
                     self.state.step += 1
                     self.state.micro_batches_in_epoch += self.accum
                     metrics["epoch"] = self.state.epoch + self.state.micro_batches_in_epoch / (
@@ -341,13 +350,24 @@ class Trainer:
                     self._end_epoch(logger)
             self.guard.at_end(self.skip_log)  # a run that trained nothing keeps no "final" checkpoint
             self._save()
+            summary = self.efficiency.summary()
+            if summary:
+                logger.message(summary)
         finally:
             self.model.train(was_training)
+            self._feeder = None  # its persistent workers end with it
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
         return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from,
                          self.state.samples_seen)
+
+    def _note_wait(self, metrics: dict[str, float], wait_s: float, logger: RunLogger) -> None:
+        metrics["loader_wait_s"] = wait_s
+        self.efficiency.record(metrics)
+        warning = self.wait_warner.check(self.state.step + 1, wait_s, metrics["step_time_s"], self.data.num_workers)
+        if warning:
+            logger.message(warning)
 
     def _skipped_totals(self) -> dict[str, int]:
         totals = dict(self.state.skipped)
@@ -409,4 +429,4 @@ class Trainer:
         start = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "from scratch"
         return (f"{self.cfg.recipe}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), accumulation "
                 f"{self.accum} x micro-batch {self.cfg.micro_batch_size} x {self.strategy.world_size} process(es), "
-                f"{self.precision}, {start}; groups: {groups}")
+                f"{self.precision}{' (TF32 matmuls)' if self.tf32 else ''}, {start}; groups: {groups}")

@@ -1,6 +1,7 @@
 """Running a recipe (its row in `train.recipe_registry`): model, freezing, data and final save for the loop."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -23,8 +24,22 @@ from vlm.batch import Batch
 
 
 # ---------------------------------------------------------------------------- model
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """Load `model.init_from` or build from vision/projector/llm; set the training template."""
+def build_model(cfg: TrainConfig, strategy: Strategy | None = None) -> nn.Module:
+    """Load `model.init_from` or build from vision/projector/llm; set the training template. With a strategy: in
+    the dtype of `train.load_policy` and inside the strategy's model-init context (ZeRO-3: partitioned)."""
+    from train.load_policy import FP32, load_dtype
+    from train.loop import resolve_precision
+
+    dtype = None
+    if strategy is not None:
+        dtype = load_dtype(cfg, resolve_precision(cfg.precision, strategy.device), strategy.keeps_master_weights)
+        dtype = None if dtype == FP32 else dtype
+    with strategy.model_init_context() if strategy is not None else contextlib.nullcontext():
+        model = _load_model(cfg, dtype)
+    return model
+
+
+def _load_model(cfg: TrainConfig, dtype: str | None) -> nn.Module:
     from vlm.model import VisionLanguageModel
 
     recipe = get_recipe(cfg.recipe)
@@ -35,10 +50,17 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
         llm_kwargs = qlora_llm_kwargs(m.init_from)  # the LLM goes straight from disk into 4-bit: no fp32 copy
     if m.init_from:
-        # The config's attention implementation, remote-code policy and dtype take effect over the checkpoint's.
-        model = VisionLanguageModel.load(m.init_from, torch_dtype=m.torch_dtype,
+        from vlm.config import VLMConfig
+
+        # The config's attention implementation, remote-code policy and dtype take effect over the checkpoint's;
+        # the load policy's dtype (bf16 where nothing trainable loses fp32 masters) is not the saved model's.
+        policy_only = dtype is not None and not m.torch_dtype
+        saved_dtype = VLMConfig.load(Path(m.init_from)).torch_dtype if policy_only else None
+        model = VisionLanguageModel.load(m.init_from, torch_dtype=m.torch_dtype or dtype,
                                          attn_implementation=m.attn_implementation,
                                          trust_remote_code=m.trust_remote_code, llm_kwargs=llm_kwargs)
+        if policy_only:
+            model.config.torch_dtype = saved_dtype
         model.config.template = training_template(cfg, model.config.template)
     else:
         assert m.vision is not None and m.llm is not None  # validate() checked
@@ -48,8 +70,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
                                           attn_implementation=m.attn_implementation or "sdpa",
-                                          trust_remote_code=bool(m.trust_remote_code), torch_dtype=m.torch_dtype,
-                                          llm_kwargs=llm_kwargs)
+                                          trust_remote_code=bool(m.trust_remote_code),
+                                          torch_dtype=m.torch_dtype or dtype, llm_kwargs=llm_kwargs)
+        if not m.torch_dtype:
+            model.config.torch_dtype = None  # as before: a loaded output is fp32 unless asked otherwise
     return model
 
 
@@ -297,7 +321,7 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
     if early:
         run_preflight(cfg, records, strategy)
-    model = build_model(cfg)
+    model = build_model(cfg, strategy)
     if not early:
         run_preflight(cfg, records, strategy, model=model)
     if cfg.data.packing:  # sdpa -> SDPA per packed sample (vlm.packing); before LoRA wraps the LLM
@@ -305,6 +329,10 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
 
         use_varlen_attention(model.llm)
     counts = prepare_model(model, cfg)
+    if not strategy.keeps_master_weights:
+        from train.load_policy import upcast_trainable
+
+        upcast_trainable(model)  # torch AdamW steps fp32 masters; the frozen rest may stay bf16
     # ZeRO-3 partitions even the frozen encoder: the cache is then filled before the engine starts and no rank
     # runs the encoder during training (one rank alone would hang the others' collectives).
     partitioned = bool(getattr(strategy, "partitions_parameters", False))

@@ -83,8 +83,17 @@ class RunLogger:
                     self._writer.add_scalar(f"train/{key}", value, step)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
+            extra = {}
+            if "mfu" in metrics:
+                extra["mfu"] = f"{100 * metrics['mfu']:.1f}%"
+            if "loader_wait_s" in metrics:
+                extra["wait"] = f"{metrics['loader_wait_s']:.2f}s"
+            if "padding_ratio" in metrics:
+                extra["pad"] = f"{100 * metrics['padding_ratio']:.0f}%"
+            if "peak_mem_mb" in metrics:
+                extra["mem"] = f"{metrics['peak_mem_mb'] / 1024:.1f}G"
             self._bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}",
-                                  tok_s=f"{metrics.get('tokens_per_s', 0):.0f}", refresh=False)
+                                  tok_s=f"{metrics.get('tokens_per_s', 0):.0f}", **extra, refresh=False)
 
     def message(self, text: str) -> None:
         if not self.enabled:

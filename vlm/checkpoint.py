@@ -14,8 +14,8 @@ from vision_encoders.preprocess import ImageProcessor
 from vision_encoders.registry import load_vision_encoder, parse_spec, resolve_path
 from vlm.config import CONFIG_NAME, VLMConfig
 from vlm.atomic import atomic_directory
-from vlm.model import VisionLanguageModel, dtype_name, load_llm, resolve_dtype
-from vlm.tokens import embedding_rows
+from vlm.model import EMBEDDING_ROW_MULTIPLE, VisionLanguageModel, dtype_name, load_llm, resolve_dtype
+from vlm.tokens import embedding_rows, embedding_width, fill_rows, gathered
 
 PROJECTOR_FILE = "projector.safetensors"
 ADDED_EMBEDDINGS_FILE = "added_embeddings.safetensors"
@@ -88,15 +88,19 @@ def _restore_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
     if ids.tolist() != model.config.added_token_ids:
         raise ValueError(f"{path}: token ids {ids.tolist()} differ from the config's {model.config.added_token_ids}")
     rows = len(model.tokenizer)
-    if embedding_rows(model.llm) < rows:
-        model.llm.resize_token_embeddings(rows, mean_resizing=False)
+    old_rows = embedding_rows(model.llm)
+    if old_rows < rows:
+        model.llm.resize_token_embeddings(rows, pad_to_multiple_of=EMBEDDING_ROW_MULTIPLE, mean_resizing=False)
+        # padding rows as `build` sets them (the mean of the base rows); the added ids are restored below
+        fill_rows(model.llm, list(range(old_rows, embedding_rows(model.llm))))
     input_weight = model.llm.get_input_embeddings().weight
     output = model.llm.get_output_embeddings()
-    with torch.no_grad():
+    if "output_embeddings" in tensors and (output is None or output.weight is input_weight):
+        raise ValueError(f"{path}: holds separate output embeddings but the LLM ties them to its inputs")
+    weights = [input_weight] + ([output.weight] if "output_embeddings" in tensors else [])
+    with gathered(weights), torch.no_grad():  # ZeRO-3: the rows are written whole, then re-partitioned
         input_weight[ids] = tensors["input_embeddings"].to(input_weight)
         if "output_embeddings" in tensors:
-            if output is None or output.weight is input_weight:
-                raise ValueError(f"{path}: holds separate output embeddings but the LLM ties them to its inputs")
             output.weight[ids] = tensors["output_embeddings"].to(output.weight)
 
 
@@ -166,7 +170,7 @@ def load(
     image_id = tokenizer.convert_tokens_to_ids(config.image_token)
     if image_id != config.image_token_id:
         raise ValueError(f"{directory}: tokenizer maps {config.image_token!r} to {image_id}, config says {config.image_token_id}")
-    projector = build_projector(config.projector, encoder.hidden_size, llm.get_input_embeddings().weight.shape[1])
+    projector = build_projector(config.projector, encoder.hidden_size, embedding_width(llm))
     projector.load_state_dict(load_file(str(directory / PROJECTOR_FILE)), strict=True)
     if encoder.num_tokens != config.vision_num_tokens or projector.output_tokens(encoder.num_tokens) != config.num_image_tokens:
         raise ValueError(

@@ -29,7 +29,7 @@ from vision_encoders.registry import load_vision_encoder
 from vlm.config import VLMConfig
 from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel, resolve_dtype
-from vlm.tokens import add_special_tokens, resize_for_tokenizer
+from vlm.tokens import add_special_tokens, resize_for_tokenizer, unused_rows
 
 VISION_PREFIX = "model.vision_tower."
 PROJECTOR_PREFIX = "model.multi_modal_projector."
@@ -122,6 +122,7 @@ def to_llava(model: VisionLanguageModel) -> LlavaForConditionalGeneration:
     llava.load_state_dict(llava_state_dict(model), strict=True)
     llava.generation_config.pad_token_id = model.config.pad_token_id
     llava.generation_config.eos_token_id = model.tokenizer.eos_token_id
+    llava.generation_config.suppress_tokens = unused_rows(model.llm, model.tokenizer) or None
     return llava.eval()
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
-from vlm.config import CONFIG_NAME
-from vlm.model import VisionLanguageModel
+import torch
+
+from vlm.config import CONFIG_NAME, DTYPE_ALIASES
+from vlm.model import DTYPES, VisionLanguageModel
 
 
 class NotAModelError(ValueError):
@@ -33,6 +36,23 @@ def check_model_dir(directory: str | Path) -> None:
             f"{directory} is not a model directory: expected {CONFIG_NAME} (this trainer) "
             "or a config.json with model_type 'llava' (HF Llava)"
         )
+
+
+def inference_dtype(requested: str | None, device: str | torch.device) -> str:
+    """The dtype eval and chat load in: `auto` (or None) is bfloat16 on a CUDA GPU that supports it, else
+    float32; half precision asked for on a CPU falls back to float32 with a warning saying why."""
+    device = torch.device(device)
+    name = (requested or "auto").removeprefix("torch.")
+    name = DTYPE_ALIASES.get(name, name)
+    if name == "auto":
+        on_gpu = device.type == "cuda" and torch.cuda.is_available()
+        return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {requested!r}; known: auto, {', '.join(sorted(DTYPES))} (or bf16, fp16, fp32)")
+    if name != "float32" and device.type == "cpu":
+        warnings.warn(f"dtype {name} on a CPU runs at under 1 GFLOP/s; loading in float32 instead", stacklevel=2)
+        return "float32"
+    return name
 
 
 def load_model_dir(

@@ -20,7 +20,9 @@ from vision_encoders.registry import load_vision_encoder
 from vlm.batch import Batch
 from vlm.config import VLMConfig
 from vlm.lm_loss import TokenLoss, supervised_loss
-from vlm.tokens import add_special_tokens, resize_for_tokenizer
+from vlm.tokens import add_special_tokens, embedding_width, resize_for_tokenizer, unused_rows
+
+EMBEDDING_ROW_MULTIPLE = 64  # rows rounded up so the LM head's matmul tiles evenly on GPUs
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,8 +118,9 @@ class VisionLanguageModel(nn.Module):
         language_model = load_llm(llm, config, dtype, **(llm_kwargs or {}))
         tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=trust_remote_code)
         added = add_special_tokens(tokenizer, image_token)
-        config.added_token_ids = resize_for_tokenizer(language_model, tokenizer, added)
-        llm_width = language_model.get_input_embeddings().weight.shape[1]
+        config.added_token_ids = resize_for_tokenizer(language_model, tokenizer, added,
+                                                      pad_to_multiple_of=EMBEDDING_ROW_MULTIPLE)
+        llm_width = embedding_width(language_model)
         proj = build_projector(projector, encoder.hidden_size, llm_width)
         config.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         config.pad_token_id = int(tokenizer.pad_token_id)
@@ -131,10 +134,12 @@ class VisionLanguageModel(nn.Module):
         return model.eval()  # as from_pretrained does; trainers call .train()
 
     def sync_llm_token_ids(self) -> None:
-        """Tell the LLM's configs our pad id, so `generate` pads with it and does not warn."""
+        """Tell the LLM's configs our pad id, so `generate` pads with it and does not warn, and the rows no token
+        maps to (padding to a multiple of 64), so that `generate` never emits them."""
         self.llm.config.pad_token_id = self.config.pad_token_id
         if self.llm.generation_config is not None:
             self.llm.generation_config.pad_token_id = self.config.pad_token_id
+            self.llm.generation_config.suppress_tokens = unused_rows(self.llm, self.tokenizer) or None
 
     @classmethod
     def load(

@@ -23,7 +23,8 @@ if [[ -z "${GPUS:-}" ]]; then
     torch_cuda_info
     if [[ "$TORCH_GPUS" -gt 0 ]]; then
       GPUS=$(seq -s, 0 $((TORCH_GPUS - 1)))
-    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    # (grep -c, not grep -q: an early exit of grep would SIGPIPE nvidia-smi and fail the pipe under pipefail)
+    elif command -v nvidia-smi >/dev/null 2>&1 && [[ $(nvidia-smi -L 2>/dev/null | grep -c '^GPU') -gt 0 ]]; then
       die "GPUs are installed but torch cannot use them: $(why_cuda). GPUS=cpu runs on the CPU"
     else
       echo "[eval] no CUDA device: running on the CPU" >&2

@@ -74,7 +74,8 @@ def test_zero3_with_feature_cache_fills_first_and_matches_one_process(make_cfg, 
 
     data, images = _world_with_corrupt_image(tiny_world, tmp_path)
     common = dict(recipe="align", model={"template": "plain"}, feature_cache=True, global_batch_size=8,
-                  max_steps=3, save_every=0, data={"data_path": [str(data)], "image_folder": str(images)})
+                  max_steps=3, save_every=0, data={"data_path": [str(data)], "image_folder": str(images),
+                        "max_skip_ratio": 1.0})  # the corrupt image is skipped on purpose
     single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"),
                           feature_cache_dir=str(tmp_path / "fc_single"), **common)
     single = run(single_cfg)  # one process: the cache fills lazily, during training

@@ -96,6 +96,18 @@ class Strategy(ABC):
 
         return contextlib.nullcontext()
 
+    def model_init_context(self):  # noqa: ANN201 - a context manager
+        """Context in which the recipe loads the model. A no-op here; DeepSpeed ZeRO-3 loads the LLM partitioned
+        across ranks in it (no rank ever holds the whole model)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    @property
+    def keeps_master_weights(self) -> bool:
+        """Whether the strategy keeps fp32 master weights of bf16 parameters itself (DeepSpeed's bf16 optimizer)."""
+        return False
+
     def autocast(self, precision: str):  # noqa: ANN201 - a context manager
         """Context for forward passes: bf16 autocast on the strategy's device, nothing for fp32.
 

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train import distributed
+from train.strategies.cpu_adam import cpu_adam_like, offloads_optimizer
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
 from train.strategies.text_only_grads import touch_unused_branches
 from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
@@ -128,6 +129,8 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         )
         model.to(self.device)
         optimizer = optimizer_factory(model)
+        if offloads_optimizer(self.resolved_config):
+            optimizer = cpu_adam_like(optimizer)
         engine, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.resolved_config)
         self.engine = engine
         # After initialize: ZeRO-3's own module hooks must run first, so that on text-only batches the
@@ -137,6 +140,32 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         # partitions but keeps the group dicts), so an lr scheduler built on it drives DeepSpeed's lr.
         self.optimizer = optimizer
         return engine, optimizer
+
+    @property
+    def keeps_master_weights(self) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def model_init_context(self) -> Iterator[None]:
+        """Under ZeRO-3, transformers' `from_pretrained` builds the LLM inside `deepspeed.zero.Init` (each rank
+        allocates and loads only its partition) while an `HfDeepSpeedConfig` is alive; the encoder and projector
+        are partitioned later, by `deepspeed.initialize`. Other stages: a no-op."""
+        if int(self.user_config.get("zero_optimization", {}).get("stage", 0)) != 3:
+            yield
+            return
+        from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        config = resolve_deepspeed_config(self.user_config, micro_batch_size=self.micro_batch_size,
+                                          global_batch_size=self.global_batch_size, world_size=self.world_size,
+                                          max_grad_norm=self.max_grad_norm, bf16=self._bf16(),
+                                          on_gpu=self.device.type == "cuda")
+        alive = HfDeepSpeedConfig(config)  # transformers holds only a weak reference: keep it for the build
+        try:
+            yield
+        finally:
+            del alive
+            unset_hf_deepspeed_config()
 
     def autocast(self, precision: str):  # noqa: ANN201 - a context manager
         return contextlib.nullcontext()  # the engine casts by its JSON config
