@@ -225,11 +225,10 @@ class Trainer:
         counts = torch.tensor([float(sum(b.supervised_tokens() for b in window if b)),
                                float(sum(int(b.attention_mask.sum()) for b in window if b)),
                                float(sum(len(b.ids) for b in window if b)),  # records (packed: several a row)
-                               float(sum(b.input_ids.numel() for b in window if b)),
                                float(sum(b.num_samples for b in window if b))], dtype=torch.float64,
                               device=device)
         self.strategy.all_reduce_sum(counts)
-        total_sup, total_tokens, samples, padded, rows = (float(x) for x in counts.tolist())
+        total_sup, total_tokens, samples, rows = (float(x) for x in counts.tolist())
         self.guard.after_step(self.strategy, len(window), samples, total_sup, len(self.skip_log) - skips_before,
                               self.skip_log)  # fail loud (same verdict on every rank) before any forward
         # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
@@ -274,8 +273,7 @@ class Trainer:
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
                    "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
                    "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed,
-                   "padding_ratio": 1.0 - total_tokens / padded if padded > 0 else 0.0,
-                   "samples_per_row": samples / rows if rows > 0 else 0.0}
+                   "samples_per_row": samples / rows if rows > 0 else 0.0}  # packed rows: > 1
         metrics["peak_mem_mb"] = peak_memory_mb(device)
         kept = [(b, f is None and b.pixel_values is not None) for b, f in zip(window, features) if b]
         metrics.update(self.efficiency.step_metrics([b for b, _ in kept], [ran for _, ran in kept], elapsed))

@@ -45,13 +45,13 @@ def test_packed_run_trains_the_same_losses_as_unpacked(make_cfg, tmp_path, capsy
     result = run(cfg)
     assert result.losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
     err = capsys.readouterr().err
-    assert "packing self-check passed" in err and "per row" in err
+    assert "packing self-check passed" in err and "per row" in err and "samples per row" in err
     rows = read_metrics(tmp_path / "packed")
     assert all(r["samples_per_row"] > 1.5 for r in rows)  # several samples per row
     plain_rows = read_metrics(tmp_path / "plain")
     assert [r["samples"] for r in rows] == [r["samples"] for r in plain_rows] == [8.0] * 3
     assert [r["tokens"] for r in rows] == [r["tokens"] for r in plain_rows]
-    assert sum(r["padding_ratio"] for r in rows) < sum(r["padding_ratio"] for r in plain_rows)
+    assert sum(r["padding_ratio"] for r in rows) < sum(r["padding_ratio"] for r in plain_rows)  # efficiency log
     state = json.loads((list_checkpoints(cfg.output_dir)[-1] / "data_rank0.json").read_text())
     assert state["pack_length"] == 1024 and (state["epoch"], state["position"]) == (1, 0) and len(state["digest"]) == 16
 
