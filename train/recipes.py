@@ -140,8 +140,6 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
                               num_image_tokens=model.config.num_image_tokens,
                               image_processor=model.image_processor, image_roots=roots,
                               max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
-    if d.packing:  # exact lengths for every record before any grouping (tokenized once, no image loaded)
-        dataset.tokenize_all()
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
     if d.group_by == "modality_length":
         sampler_cls, lengths = ModalityLengthGroupedSampler, dataset.modality_lengths()
@@ -177,7 +175,10 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
     from instruct_data.packed_collate import PackedCollator, PackedRows
     from instruct_data.packing import PackedBatchSampler
 
-    lengths = dataset.lengths()  # exact: tokenize_all ran
+    # The sampler grouped by the lengths an unpacked run groups by (read before this), so a packed run trains the
+    # very steps of the unpacked one; packing itself needs exact lengths: every record tokenized once, no image.
+    dataset.tokenize_all()
+    lengths = dataset.lengths()
     packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
                                 rows_per_micro_batch=cfg.micro_batch_size,
                                 micro_batches_per_step=per_rank_step // cfg.micro_batch_size)

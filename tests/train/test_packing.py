@@ -34,14 +34,13 @@ def test_config_checks() -> None:
 
 
 def test_packed_run_trains_the_same_losses_as_unpacked(make_cfg, tmp_path, capsys) -> None:
-    """Packing happens inside each step's samples, so a packed step trains exactly the unpacked step's samples:
-    with isolation the losses agree to float32 rounding (the layout changes only summation order). Ungrouped, as
-    length grouping orders by exact lengths when packing and by estimates otherwise."""
+    """Packing happens inside each step's samples (grouped as an unpacked run groups them), so a packed step trains
+    exactly the unpacked step's samples: with isolation the losses agree to float32 rounding."""
     from train.recipes import run
 
     common = dict(global_batch_size=8, micro_batch_size=2, max_steps=3)
-    plain = run(make_cfg(output_dir=str(tmp_path / "plain"), **common))
-    cfg = packed(make_cfg, output_dir=str(tmp_path / "packed"), data={"group_by": "none"}, **common)
+    plain = run(make_cfg(output_dir=str(tmp_path / "plain"), data={"group_by": "modality_length"}, **common))
+    cfg = packed(make_cfg, output_dir=str(tmp_path / "packed"), **common)
     result = run(cfg)
     assert result.losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
     err = capsys.readouterr().err
