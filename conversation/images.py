@@ -19,6 +19,7 @@ __all__ = [
     "reason_code",
     "resolve_image_path",
     "load_image",
+    "image_size",
     "extension_mismatch",
 ]
 
@@ -148,6 +149,35 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     if image.width <= 0 or image.height <= 0:
         raise ImageLoadError(str(path), f"undecodable: zero-sized image {image.width}x{image.height}")
     return image
+
+
+def image_size(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of an image file as preprocessing will see it (after EXIF orientation), from its header only.
+
+    No pixel is decoded: this is what tokenization uses to count an `anyres` image's tokens before loading it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise ImageLoadError(str(path), "missing file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(str(path), f"decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(str(path), "not an image: PIL cannot identify the content") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(str(path), f"undecodable: {type(exc).__name__}: {exc}") from None
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            str(path), f"decompression bomb: declared {width}x{height} = {width * height} pixels > limit {max_pixels}"
+        )
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(str(path), f"undecodable: zero-sized image {width}x{height}")
+    # EXIF orientations 5-8 transpose the image (ImageOps.exif_transpose, as preprocessing does, swaps the sides)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 # Formats PIL names apart that share an extension: camera JPEGs with several pictures open as MPO.

@@ -50,11 +50,28 @@ def _doubles_leading_space(tokenizer: Any) -> bool:
     return bool(cached)
 
 
+ImageTokens = int | Sequence[int]  # K for every image, or one count per image (dynamic resolution)
+
+
+def _image_counts(num_image_tokens: ImageTokens, n_images: int, record_id: str) -> list[int]:
+    if isinstance(num_image_tokens, int):
+        return [num_image_tokens] * n_images
+    counts = [int(k) for k in num_image_tokens]
+    if len(counts) != n_images:
+        raise RecordError(record_id, "image", f"{n_images} image blocks rendered for {len(counts)} image token count(s)")
+    if any(k < 1 for k in counts):
+        raise ValueError(f"num_image_tokens must be >= 1 per image, got {counts}")
+    return counts
+
+
 def spans_to_ids(
-    spans: Sequence[Span], tokenizer: Any, *, image_token_id: int, num_image_tokens: int, record_id: str
+    spans: Sequence[Span], tokenizer: Any, *, image_token_id: int, num_image_tokens: ImageTokens, record_id: str
 ) -> tuple[list[int], list[int], list[int]]:
-    """(ids, labels, image block starts): each text span tokenized alone, each `<image>` as K image ids."""
-    if num_image_tokens < 1:
+    """(ids, labels, image block starts): each text span tokenized alone, each `<image>` as its K image ids.
+
+    `num_image_tokens`: one K for all images, or a list with each image's own count (anyres), in order.
+    """
+    if isinstance(num_image_tokens, int) and num_image_tokens < 1:
         raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
     # Plan first: ("text", piece, supervised) | ("id", id, supervised) | ("image",); then one batched tokenizer call.
     plan: list[tuple] = []
@@ -77,14 +94,16 @@ def spans_to_ids(
     if texts and _doubles_leading_space(tokenizer):
         texts = [t[1:] if t.startswith(" ") and len(t) > 1 else t for t in texts]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    counts = iter(_image_counts(num_image_tokens, sum(step[0] == "image" for step in plan), record_id))
     ids: list[int] = []
     labels: list[int] = []
     image_starts: list[int] = []
     for step in plan:
         if step[0] == "image":
             image_starts.append(len(ids))
-            ids.extend([image_token_id] * num_image_tokens)
-            labels.extend([IGNORE_INDEX] * num_image_tokens)
+            count = next(counts)
+            ids.extend([image_token_id] * count)
+            labels.extend([IGNORE_INDEX] * count)
             continue
         piece_ids = [step[1]] if step[0] == "id" else list(encoded[step[1]])
         if step[0] == "text":
@@ -99,12 +118,14 @@ def spans_to_ids(
 
 
 def truncate(
-    ids: list[int], labels: list[int], image_starts: list[int], num_image_tokens: int, max_length: int, record_id: str
+    ids: list[int], labels: list[int], image_starts: list[int], num_image_tokens: ImageTokens, max_length: int,
+    record_id: str,
 ) -> tuple[list[int], list[int]]:
     """Cut to `max_length` without cutting an image block; RecordError if images or all supervision are lost."""
     if len(ids) <= max_length:
         return ids, labels
-    if image_starts and image_starts[-1] + num_image_tokens > max_length:
+    last = num_image_tokens if isinstance(num_image_tokens, int) else (list(num_image_tokens) or [0])[-1]
+    if image_starts and image_starts[-1] + last > max_length:
         raise RecordError(record_id, "max_length", "images do not fit in max_length")
     ids, labels = ids[:max_length], labels[:max_length]
     if all(x == IGNORE_INDEX for x in labels):
@@ -127,11 +148,16 @@ def tokenize_conversation(
     tokenizer: Any,
     *,
     image_token_id: int,
-    num_image_tokens: int,
+    num_image_tokens: ImageTokens,
     max_length: int | None = None,
 ) -> TokenizedSample:
-    """Render, tokenize span by span, expand images, mask labels and truncate; RecordError naming `conv.id` on failure."""
+    """Render, tokenize span by span, expand images, mask labels and truncate; RecordError naming `conv.id` on failure.
+
+    `num_image_tokens`: K, or one count per image of `conv.images` (anyres: counted from each image's size).
+    """
     check_no_special_text(conv, tokenizer)
+    if not isinstance(num_image_tokens, int) and len(num_image_tokens) != len(conv.images):
+        raise RecordError(conv.id, "image", f"{len(num_image_tokens)} image token count(s) for {len(conv.images)} image(s)")
     spans = render_spans(conv.messages, template, tokenizer, record_id=conv.id)
     ids, labels, image_starts = spans_to_ids(
         spans, tokenizer, image_token_id=image_token_id, num_image_tokens=num_image_tokens, record_id=conv.id
@@ -147,7 +173,8 @@ def tokenize_conversation(
 
 
 def encode_prompt(
-    messages: Sequence[Message], template: str | Template, tokenizer: Any, *, image_token_id: int, num_image_tokens: int
+    messages: Sequence[Message], template: str | Template, tokenizer: Any, *, image_token_id: int,
+    num_image_tokens: ImageTokens,
 ) -> list[int]:
     """Ids of a prompt ending with the assistant prefix (for chat and eval); the last message is the user's."""
     spans = render_spans(messages, template, tokenizer, generation=True, record_id="prompt")

@@ -75,31 +75,46 @@ class ModelGenerator:
         self._encode_prompt = encode_prompt
         self.stops = _stop_ids(model)
 
-    def encode(self, item: EvalItem) -> list[int]:
+    def encode(self, item: EvalItem, image_size: tuple[int, int] | None = None) -> list[int]:
         """The item's prompt rendered by the checkpoint's template, ending with the assistant prefix."""
         from conversation.records import Message
 
         cfg = self.model.config
         content = (cfg.image_token + "\n" if item.image is not None else "") + item.prompt
+        counts: int | list[int] = cfg.num_image_tokens
+        if getattr(cfg.vision, "anyres", False) and item.image is not None:
+            from vlm.anyres_features import image_token_counter
+
+            if image_size is None:
+                raise ValueError(f"item {item.question_id!r}: an anyres model needs the image size to count its tokens")
+            counts = [image_token_counter(self.model)(image_size)]
         return self._encode_prompt([Message(role="user", content=content)], cfg.template, self.model.tokenizer,
-                                   image_token_id=cfg.image_token_id, num_image_tokens=cfg.num_image_tokens)
+                                   image_token_id=cfg.image_token_id, num_image_tokens=counts)
 
     def pixels(self, item: EvalItem) -> torch.Tensor | None:
         """The item's image as model pixels (None for a text-only item); ImageLoadError / ValueError if unusable."""
+        processed = self.processed(item)
+        return None if processed is None else processed[0]
+
+    def processed(self, item: EvalItem) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """(pixels, (height, width)) of the item's image; anyres pixels are its tiles [n, 3, S, S]."""
         if item.image is None:
             return None
         processor = self.model.image_processor
-        return processor(open_image(item, self.blank_images, getattr(processor, "size_problem", None)))
+        image = open_image(item, self.blank_images, getattr(processor, "size_problem", None))
+        if getattr(processor, "anyres", False):
+            return processor.process(image)
+        return processor(image), (image.height, image.width)
 
     def __call__(self, items: list[EvalItem]) -> list[str | Failed]:
         """Answers in order; an item whose image or prompt is unusable gets a `Failed`, the others are answered."""
         answers: list[str | Failed | None] = [None] * len(items)
-        ready: list[tuple[int, torch.Tensor | None]] = []
+        ready: list[tuple[int, tuple[torch.Tensor, tuple[int, int]] | None]] = []
         for i, item in enumerate(items):
             try:
                 if not is_valid_unicode(item.prompt):
                     raise ValueError("the question is not valid Unicode (a lone surrogate)")
-                ready.append((i, self.pixels(item)))
+                ready.append((i, self.processed(item)))
             except ImageLoadError as err:
                 answers[i] = Failed(f"image {err.path}: {err.reason}")
             except ValueError as err:  # the image processor's last guard, an unusable prompt
@@ -111,12 +126,17 @@ class ModelGenerator:
         return answers  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _generate(self, items: list[EvalItem], images: list[torch.Tensor]) -> list[str]:
+    def _generate(self, items: list[EvalItem], images: list[tuple[torch.Tensor, tuple[int, int]]]) -> list[str]:
         cfg = self.model.config
-        ids, mask = left_pad([self.encode(it) for it in items], cfg.pad_token_id)
+        anyres = bool(getattr(cfg.vision, "anyres", False))  # tiles per image, token counts from each size
+        sizes = iter([size for _, size in images])
+        ids, mask = left_pad([self.encode(it, next(sizes) if anyres and it.image is not None else None)
+                              for it in items], cfg.pad_token_id)
         device = next(self.model.parameters()).device
+        pixels = (torch.cat if anyres else torch.stack)([p for p, _ in images]) if images else None
         prompts = Batch(ids, mask, image_counts=torch.tensor([int(it.image is not None) for it in items]),
-                        pixel_values=torch.stack(images).to(self.model.dtype) if images else None)
+                        pixel_values=pixels.to(self.model.dtype) if pixels is not None else None,
+                        image_sizes=[size for _, size in images] if anyres else None)
         new = self.model.generate(prompts.to(device), max_new_tokens=self.max_new_tokens, do_sample=False,
                                   eos_token_id=sorted(self.stops) or None)
         tok = self.model.tokenizer

@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,6 +54,8 @@ class AuditReport:
     image_records_unfit: int = 0  # image records skipped because their image blocks exceed max_length
     min_image_tokens: int = 0  # fewest image tokens of an image record (K x its images)
     min_image_record_length: int = 0  # tokens of the shortest image record, untruncated
+    anyres: bool = False  # image tokens counted per image size (then num_image_tokens is 0)
+    image_tokens: list[int] = field(default_factory=list)  # anyres: tokens of each audited image
     lengths: list[int] = field(default_factory=list)  # untruncated token length per audited, tokenizable record
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # skip kind -> first (id, reason)
     errors: list[str] = field(default_factory=list)
@@ -96,6 +98,7 @@ class AuditReport:
             "image_records": self.image_records, "image_records_fitting": self.image_records_fitting,
             "image_records_unfit": self.image_records_unfit,
             "min_image_tokens": self.min_image_tokens, "min_image_record_length": self.min_image_record_length,
+            "image_tokens_per_image": self._image_token_stats(),
             "tokens_per_record": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
                                   "p99": float(np.percentile(lengths, 99)), "max": int(lengths.max()),
                                   "histogram": self.histogram()},
@@ -110,6 +113,20 @@ class AuditReport:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
+    def _image_token_stats(self) -> dict[str, float] | None:
+        if not self.image_tokens:
+            return None
+        counts = np.asarray(self.image_tokens)
+        return {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max()), "images": len(counts)}
+
+    def _image_tokens_text(self) -> str:
+        stats = self._image_token_stats()
+        if not self.anyres:
+            return f"K={self.num_image_tokens} image tokens per image"
+        if stats is None:
+            return "anyres image tokens (no image audited)"
+        return f"anyres image tokens per image min {stats['min']} / mean {stats['mean']:.0f} / max {stats['max']}"
+
     def skip_share(self) -> float:
         return sum(self.skipped().values()) / max(self.audited, 1)
 
@@ -117,7 +134,7 @@ class AuditReport:
     def table(self) -> str:
         what = f"{self.audited} of {self.num_records} records (sampled evenly)" if self.sampled \
             else f"all {self.num_records} records"
-        lines = [f"data audit: {what}; template {self.template}, K={self.num_image_tokens} image tokens per image, "
+        lines = [f"data audit: {what}; template {self.template}, {self._image_tokens_text()}, "
                  f"max_length={self.max_length}"]
         head = f"  {'source':<24}{'selected':>9}{'audited':>9}{'trained':>9}{'trunc':>7}{'skipped':>9}" \
                f"{'sup.tokens':>12}{'tok/rec':>9}"
@@ -165,17 +182,23 @@ def audit_records(
     tokenizer: Any,
     *,
     image_token_id: int,
-    num_image_tokens: int,
+    num_image_tokens: int | Callable[[tuple[int, int]], int],
     max_length: int | None,
     sample: int | None = None,
     max_skip_ratio: float = 0.01,
     where: str = "the data files",
 ) -> AuditReport:
-    """Tokenize every record (or `sample` evenly drawn ones) as the dataset will, without loading images."""
+    """Tokenize every record (or `sample` evenly drawn ones) as the dataset will, without loading images.
+
+    `num_image_tokens` may be a function of an image's (height, width) (anyres): sizes are then read from the
+    image files' headers, as the dataset does, and an unreadable one is a skip as there.
+    """
     template = get_template(template)
     n = len(records)
     indices = _sample_indices(n, sample)
-    report = AuditReport(template.name, num_image_tokens, max_length, n, len(indices), len(indices) < n)
+    anyres = callable(num_image_tokens)
+    report = AuditReport(template.name, 0 if anyres else num_image_tokens, max_length, n, len(indices),  # type: ignore[arg-type]
+                         len(indices) < n, anyres=anyres)
     for i in range(n):  # per-source counts after the mixture: every record, no parsing
         report.sources.setdefault(records.source_name(i), SourceStats()).selected += 1
     min_image_tokens = None
@@ -187,12 +210,16 @@ def audit_records(
         try:
             conv = records.conversation(i)
             rid = conv.id
+            counts = _image_counts(conv.images, records.image_roots(i), num_image_tokens) if anyres \
+                else num_image_tokens
             if conv.images:
                 report.image_records += 1
-                need = len(conv.images) * num_image_tokens
+                need = sum(counts) if anyres else len(conv.images) * num_image_tokens  # type: ignore[arg-type,operator]
                 min_image_tokens = need if min_image_tokens is None else min(min_image_tokens, need)
+                if anyres:
+                    report.image_tokens.extend(counts)  # type: ignore[arg-type]
             full = tokenize_conversation(conv, template, tokenizer, image_token_id=image_token_id,
-                                         num_image_tokens=num_image_tokens)
+                                         num_image_tokens=counts)  # type: ignore[arg-type]
             report.lengths.append(len(full.input_ids))
             if conv.images:
                 shortest = report.min_image_record_length
@@ -200,7 +227,7 @@ def audit_records(
             sample_ = full
             if max_length is not None and len(full.input_ids) > max_length:
                 sample_ = tokenize_conversation(conv, template, tokenizer, image_token_id=image_token_id,
-                                                num_image_tokens=num_image_tokens, max_length=max_length)
+                                                num_image_tokens=counts, max_length=max_length)  # type: ignore[arg-type]
                 stats.truncated += 1
         except (RecordError, ImageLoadError) as exc:
             reason = skip_reason(exc)
@@ -222,6 +249,15 @@ def audit_records(
     return report
 
 
+def _image_counts(refs: list[str], roots: list[Path], count: Callable[[tuple[int, int]], int]) -> list[int]:
+    """anyres: each image's token count from its header size (ImageLoadError as the dataset would skip it)."""
+    from conversation.images import image_size, resolve_image_path
+
+    if refs and not roots:
+        raise ImageLoadError(refs[0], "no image root configured for this record")
+    return [count(image_size(resolve_image_path(ref, roots))) for ref in refs]
+
+
 def _skip(report: AuditReport, stats: SourceStats, rid: str, reason: str) -> None:
     kind = reason.split(":", 1)[0]
     stats.skipped[kind] += 1
@@ -232,10 +268,10 @@ def _skip(report: AuditReport, stats: SourceStats, rid: str, reason: str) -> Non
 
 def _judge(report: AuditReport, max_skip_ratio: float, where: str) -> None:
     """Errors: data that cannot train. Warnings: data that trains worse than the user probably expects."""
-    k, max_length = report.num_image_tokens, report.max_length
+    max_length = report.max_length
     if report.image_records_unfit and not report.image_records_fitting:
         report.errors.append(
-            f"images do not fit max_length: K={k} image tokens per image, the smallest image record needs "
+            f"images do not fit max_length: {report._image_tokens_text()}, the smallest image record needs "
             f"{report.min_image_tokens} image tokens vs max_length={max_length}; no record with an image fits "
             f"(the shortest image record has {report.min_image_record_length} tokens: raise data.max_length "
             "to at least that)")

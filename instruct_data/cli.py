@@ -36,6 +36,8 @@ def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     tok.add_argument("--num-image-tokens", type=int, help="K, the image tokens per image (576 for CLIP-L/336)")
     tok.add_argument("--image-token", default="<image>", help="the image placeholder token (added if missing)")
     tok.add_argument("--max-length", type=int, help="flag records longer than this")
+    tok.add_argument("--model", type=Path, help="a checkpoint directory instead of the three above: its tokenizer, "
+                                                  "template and image tokens (anyres: counted per image size)")
 
     conv = sub.add_parser("convert", help="convert a public dataset's official files to LLaVA-format JSON")
     conv_sub = conv.add_subparsers(dest="converter", metavar="CONVERTER", required=True)
@@ -62,6 +64,23 @@ def _load_tokenizer(args: argparse.Namespace) -> tuple[Any, int]:
     return tokenizer, tokenizer.convert_tokens_to_ids(args.image_token)
 
 
+def _from_model(directory: Path) -> tuple[Any, Any, int, Any]:
+    """(tokenizer, template, image token id, K or the anyres counter) of a checkpoint, without loading weights."""
+    from transformers import AutoTokenizer
+
+    from conversation.templates import get_template
+    from vision_encoders.preprocess import ImageProcessor
+    from vlm.config import VLMConfig
+
+    config = VLMConfig.load(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", trust_remote_code=False)
+    counter: Any = config.num_image_tokens
+    if config.vision.anyres:
+        side = round(config.num_image_tokens ** 0.5)
+        counter = ImageProcessor.load(directory / "image_processor.json").anyres_geometry(grid_side=side).num_tokens
+    return tokenizer, get_template(config.template), config.image_token_id, counter
+
+
 def _validate(args: argparse.Namespace) -> int:
     from instruct_data.validate import ValidationConfig, validate_file
 
@@ -76,7 +95,16 @@ def _validate(args: argparse.Namespace) -> int:
                               decode_images=not args.no_decode, max_length=args.max_length,
                               aspect_ratio=args.aspect_ratio, image_size=args.image_size)
     token_args = (args.tokenizer, args.template, args.num_image_tokens)
-    if any(a is not None for a in token_args):
+    if getattr(args, "model", None) is not None:
+        if any(a is not None for a in token_args):
+            print("vlm data validate: --model replaces --tokenizer, --template and --num-image-tokens", file=sys.stderr)
+            return 2
+        try:
+            config.tokenizer, config.template, config.image_token_id, config.num_image_tokens = _from_model(args.model)
+        except (OSError, ValueError) as exc:
+            print(f"vlm data validate: --model {args.model}: {exc}", file=sys.stderr)
+            return 2
+    elif any(a is not None for a in token_args):
         if any(a is None for a in token_args):
             print("vlm data validate: token checks need --tokenizer, --template and --num-image-tokens together",
                   file=sys.stderr)

@@ -35,6 +35,9 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
     pixels: list[torch.Tensor] = []
     image_counts = torch.zeros(batch_size, dtype=torch.long)
     image_keys: list[str] = []
+    anyres = any("image_sizes" in it for it in good)
+    image_sizes: list[tuple[int, int]] = []
+    image_tiles: list[int] = []
     keys_only = 0
     for b, it in enumerate(good):
         n = len(it["input_ids"])
@@ -43,6 +46,15 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
         attention_mask[b, :n] = 1
         pv = it.get("pixel_values")
         count = len(it.get("image_keys", [])) if pv is None else int(pv.shape[0])  # keys only: feature-cache mode
+        if anyres:  # pixels are tiles: count images by their sizes
+            if "image_sizes" not in it:
+                raise ValueError(f"batch mixes anyres items (with image_sizes) and others (id {it['id']!r})")
+            count = len(it["image_sizes"])
+            if sum(it["image_tiles"]) != (0 if pv is None else int(pv.shape[0])):
+                raise ValueError(f"item {it['id']!r}: {sum(it['image_tiles'])} tiles listed but pixel_values holds "
+                                 f"{0 if pv is None else int(pv.shape[0])}")
+            image_sizes.extend(tuple(size) for size in it["image_sizes"])
+            image_tiles.extend(int(n) for n in it["image_tiles"])
         if pv is not None and count:
             pixels.append(pv)
         elif count:
@@ -63,6 +75,9 @@ def collate(items: Sequence[dict[str, Any] | Skipped | None], pad_token_id: int)
         image_keys=image_keys,
         ids=[it["id"] for it in good],
         skipped=skipped,
+        # anyres: (height, width) and tile count of every image in order; pixel_values holds all tiles
+        image_sizes=image_sizes if anyres else None,
+        image_tiles=image_tiles if anyres else None,
     )
 
 

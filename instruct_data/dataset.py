@@ -21,6 +21,8 @@ from conversation.tokenize import tokenize_conversation
 from vlm.batch import Batch
 
 ImageProcessorFn = Callable[[Image.Image], torch.Tensor]
+TokenCounter = Callable[[tuple[int, int]], int]  # anyres: an image's (height, width) -> its number of image tokens
+TYPICAL_SIZE = (1000, 1000)  # anyres length estimate per image before any record is calibrated
 TOKENS_PER_WORD = 1.5  # fallback for length estimates before a record is tokenized (calibrated when possible)
 TEMPLATE_OVERHEAD = 8  # role markers per turn, same purpose
 CALIBRATION_RECORDS = 64
@@ -81,8 +83,18 @@ def _default_image_fns() -> tuple[Callable, Callable]:
     return resolve_image_path, load_image
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    from conversation.images import image_size
+
+    return image_size(path)
+
+
 class InstructDataset(Dataset):
-    """Map-style dataset over a RecordSource; an item is a dict (see docs/architecture.md) or a `Skipped`."""
+    """Map-style dataset over a RecordSource; an item is a dict (see docs/architecture.md) or a `Skipped`.
+
+    `num_image_tokens`: K, or (anyres) a function of an image's (height, width) giving its exact count; the
+    size is read from the file's header before tokenization, and items then carry `image_sizes`.
+    """
 
     def __init__(
         self,
@@ -91,7 +103,7 @@ class InstructDataset(Dataset):
         tokenizer: Any,
         *,
         image_token_id: int,
-        num_image_tokens: int,
+        num_image_tokens: int | TokenCounter,
         image_processor: ImageProcessorFn | None = None,
         image_roots: Sequence[str | Path] = (),
         max_length: int | None = None,
@@ -111,6 +123,11 @@ class InstructDataset(Dataset):
         self.strict = strict
         self._resolve, self._load = resolve_image, load_image
         self.load_pixels = load_pixels  # False: resolve paths only (features come from a cache keyed by path)
+        self.count_tokens: TokenCounter | None = None if isinstance(num_image_tokens, int) else num_image_tokens
+        if self.count_tokens is not None and not load_pixels:
+            raise ValueError("anyres images are tiled per image size: the feature cache (load_pixels=False) "
+                             "holds one feature map per image and cannot serve them; disable the feature cache")
+        self._per_image: float | None = None  # anyres: mean image tokens per image, from calibration
         self.skip_log = SkipLog()  # this process only; the batch's `skipped` carries workers' skips
         self._exact = np.full(len(records), -1, dtype=np.int32)  # fixed size: memory flat in records seen
         self._fit: tuple[float, float] | None = None  # (tokens per word, tokens per record) for estimates
@@ -121,11 +138,9 @@ class InstructDataset(Dataset):
     def _roots(self, i: int) -> list[Path]:
         return list(self.records.image_roots(i)) + self.extra_roots
 
-    def _images(self, refs: list[str], roots: list[Path]) -> tuple[torch.Tensor | None, list[str]]:
+    def _paths(self, refs: list[str], roots: list[Path]) -> list[Path]:
         if not refs:
-            return None, []
-        if self.image_processor is None and self.load_pixels:
-            raise ValueError("records with images need an image_processor (or load_pixels=False)")
+            return []
         if self._resolve is None or self._load is None:
             resolve, load = _default_image_fns()
             check = getattr(self.image_processor, "size_problem", None)  # extreme aspect ratios, before decoding
@@ -133,27 +148,57 @@ class InstructDataset(Dataset):
             self._load = self._load or functools.partial(load, check_size=check)
         if not roots:
             raise ImageLoadError(refs[0], "no image root configured for this record")
-        paths = [self._resolve(ref, roots) for ref in refs]
+        return [self._resolve(ref, roots) for ref in refs]
+
+    def _images(
+        self, paths: list[Path], sizes: list[tuple[int, int]] | None
+    ) -> tuple[torch.Tensor | None, list[str], list[int]]:
+        """Pixels [n, 3, S, S] (anyres: every image's tiles, concatenated), the image keys, tiles per image."""
+        keys = [str(p) for p in paths]
+        if not paths:
+            return None, [], []
+        if self.image_processor is None and self.load_pixels:
+            raise ValueError("records with images need an image_processor (or load_pixels=False)")
         if not self.load_pixels:
-            return None, [str(p) for p in paths]
-        pixels = [self.image_processor(self._load(p)) for p in paths]
-        return torch.stack(pixels), [str(p) for p in paths]
+            return None, keys, [1] * len(keys)
+        if sizes is None:
+            return torch.stack([self.image_processor(self._load(p)) for p in paths]), keys, [1] * len(keys)
+        tiles: list[torch.Tensor] = []
+        for path, size in zip(paths, sizes):
+            pixels, seen = self.image_processor.process(self._load(path))  # type: ignore[attr-defined]
+            if tuple(seen) != tuple(size):
+                raise ImageLoadError(str(path), f"undecodable: the header says {size[0]}x{size[1]} (h x w) but the "
+                                                f"decoded image is {seen[0]}x{seen[1]}; its token count would be wrong")
+            tiles.append(pixels)
+        return torch.cat(tiles), keys, [int(t.shape[0]) for t in tiles]
+
+    def _image_tokens(self, paths: list[Path]) -> tuple[int | list[int], list[tuple[int, int]] | None]:
+        """K, or (anyres) each image's own count from its header size, plus the sizes."""
+        if self.count_tokens is None:
+            return self.num_image_tokens, None  # type: ignore[return-value]
+        sizes = [_header_size(p) for p in paths]
+        return [self.count_tokens(size) for size in sizes], sizes
 
     def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
         rid = f"#{i}"
+        sizes: list[tuple[int, int]] | None = None
         try:
             conv = self.records.conversation(i)
             rid = conv.id
+            paths = self._paths(conv.images, self._roots(i)) if self.count_tokens is not None else None
+            counts, sizes = self._image_tokens(paths) if paths is not None else (self.num_image_tokens, None)
             sample = tokenize_conversation(
                 conv,
                 self.template,
                 self.tokenizer,
                 image_token_id=self.image_token_id,
-                num_image_tokens=self.num_image_tokens,
+                num_image_tokens=counts,
                 max_length=self.max_length,
             )
             self._exact[i] = len(sample.input_ids)
-            pixel_values, keys = self._images(conv.images, self._roots(i))
+            if paths is None:
+                paths = self._paths(conv.images, self._roots(i))
+            pixel_values, keys, tiles = self._images(paths, sizes)
         except (RecordError, ImageLoadError) as exc:
             if self.strict:
                 raise
@@ -161,7 +206,7 @@ class InstructDataset(Dataset):
             rid = exc.record_id if isinstance(exc, RecordError) else rid
             self.skip_log.add(rid, reason)
             return Skipped(rid, reason)
-        return {
+        item = {
             "id": conv.id,
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),
             "labels": torch.tensor(sample.labels, dtype=torch.long),
@@ -169,24 +214,43 @@ class InstructDataset(Dataset):
             "image_keys": keys,
             "source": self.records.source_name(i),
         }
+        if sizes is not None:
+            item["image_sizes"] = [tuple(size) for size in sizes]
+            item["image_tiles"] = tiles
+        return item
 
-    def _tokenized_length(self, i: int) -> int | None:
+    def _tokenized_length(self, i: int) -> tuple[int, int] | None:
+        """(tokens, image tokens) of record i, tokenized without loading pixels; None if it would be skipped."""
         try:
-            sample = tokenize_conversation(self.records.conversation(i), self.template, self.tokenizer,
-                                           image_token_id=self.image_token_id, num_image_tokens=self.num_image_tokens)
-        except RecordError:
+            conv = self.records.conversation(i)
+            counts: int | list[int] = self.num_image_tokens  # type: ignore[assignment]
+            if self.count_tokens is not None:
+                counts, _ = self._image_tokens(self._paths(conv.images, self._roots(i)))
+            sample = tokenize_conversation(conv, self.template, self.tokenizer,
+                                           image_token_id=self.image_token_id, num_image_tokens=counts)
+        except (RecordError, ImageLoadError):
             return None
-        return len(sample.input_ids)
+        image_tokens = counts * len(conv.images) if isinstance(counts, int) else sum(counts)
+        return len(sample.input_ids), image_tokens
+
+    def _image_tokens_estimate(self) -> float:
+        if self.count_tokens is None:
+            return float(self.num_image_tokens)  # type: ignore[arg-type]
+        return self._per_image if self._per_image is not None else float(self.count_tokens(TYPICAL_SIZE))
 
     def calibrate(self, n: int = CALIBRATION_RECORDS) -> tuple[float, float]:
         """Fit text tokens ~ a * words + b on up to n evenly spaced records (tokenized, no images loaded)."""
         xs, ys = [], []
+        image_tokens, images = 0, 0
         for i in np.linspace(0, len(self) - 1, num=min(n, len(self)), dtype=int):
-            length = self._tokenized_length(int(i))
-            if length is not None:
+            found = self._tokenized_length(int(i))
+            if found is not None:
                 words, n_images = self.records.stats(int(i))
                 xs.append(words)
-                ys.append(length - n_images * self.num_image_tokens)
+                ys.append(found[0] - found[1])
+                image_tokens, images = image_tokens + found[1], images + n_images
+        if self.count_tokens is not None and images:
+            self._per_image = image_tokens / images
         if len(xs) >= 2 and np.ptp(xs) > 0:
             a, b = np.polyfit(xs, ys, 1)
             self._fit = (float(max(a, 0.1)), float(max(b, 0.0)))
@@ -201,23 +265,26 @@ class InstructDataset(Dataset):
             if self._fit is None:
                 self.calibrate()
             a, b = self._fit
-            exact = int(a * words + b) + n_images * self.num_image_tokens
+            exact = int(a * words + b) + int(n_images * self._image_tokens_estimate())
             if self.max_length is not None:
                 exact = min(exact, self.max_length)
         return exact, n_images
 
     def tokenize_all(self) -> int:
         """Exact lengths for every record not yet measured: each is tokenized once, truncated as `__getitem__`
-        would, no image loaded. A record that cannot be tokenized gets length 0 (it is skipped when read).
-        Returns how many records were tokenized."""
+        would, no image decoded (anyres reads each image's header for its token count). A record that cannot be
+        tokenized gets length 0 (it is skipped when read). Returns how many records were tokenized."""
         todo = np.flatnonzero(self._exact < 0)
         for i in todo:
             try:
                 conv = self.records.conversation(int(i))
+                counts: Any = self.num_image_tokens
+                if self.count_tokens is not None:
+                    counts, _ = self._image_tokens(self._paths(conv.images, self._roots(int(i))))
                 sample = tokenize_conversation(conv, self.template, self.tokenizer, image_token_id=self.image_token_id,
-                                               num_image_tokens=self.num_image_tokens, max_length=self.max_length)
+                                               num_image_tokens=counts, max_length=self.max_length)
                 self._exact[i] = len(sample.input_ids)
-            except RecordError:
+            except (RecordError, ImageLoadError):
                 self._exact[i] = 0
         return len(todo)
 

@@ -15,6 +15,8 @@ Item = dict[str, Any]
 
 
 def _image_count(item: Item) -> int:
+    if item.get("image_sizes") is not None:  # anyres: pixel_values holds tiles
+        return len(item["image_sizes"])
     pv = item.get("pixel_values")
     return len(item.get("image_keys", [])) if pv is None else int(pv.shape[0])  # keys only: feature-cache mode
 
@@ -92,15 +94,24 @@ def packed_image_owners(batch: Batch) -> list[int]:
 def split_packed(batch: Batch) -> list[list[Item]]:
     """The packed batch back into its rows of items (tokens, labels as packed, images, keys, ids)."""
     assert batch.sample_lengths is not None and batch.sample_image_counts is not None and batch.labels is not None
+    tiles = batch.image_tiles  # anyres: pixel_values holds each image's tiles
+    first_tile = [0]
+    for n in tiles or []:
+        first_tile.append(first_tile[-1] + int(n))
     rows: list[list[Item]] = []
     sample = image = 0
     for b, (lengths, counts) in enumerate(zip(batch.sample_lengths, batch.sample_image_counts)):
         row, start = [], 0
         for n, k in zip(lengths, counts):
-            pixels = batch.pixel_values[image:image + k] if batch.pixel_values is not None and k else None
-            row.append({"id": batch.ids[sample], "input_ids": batch.input_ids[b, start:start + n],
-                        "labels": batch.labels[b, start:start + n], "pixel_values": pixels,
-                        "image_keys": list(batch.image_keys[image:image + k])})
+            span = slice(first_tile[image], first_tile[image + k]) if tiles is not None else slice(image, image + k)
+            pixels = batch.pixel_values[span] if batch.pixel_values is not None and k else None
+            item = {"id": batch.ids[sample], "input_ids": batch.input_ids[b, start:start + n],
+                    "labels": batch.labels[b, start:start + n], "pixel_values": pixels,
+                    "image_keys": list(batch.image_keys[image:image + k])}
+            if tiles is not None and batch.image_sizes is not None:
+                item.update(image_sizes=list(batch.image_sizes[image:image + k]),
+                            image_tiles=list(tiles[image:image + k]))
+            row.append(item)
             sample, image, start = sample + 1, image + k, start + n
         rows.append(row)
     return rows

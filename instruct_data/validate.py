@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from conversation.errors import RecordError
 from conversation.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     extension_mismatch,
+    image_size,
     load_image,
     reason_code,
     resolve_image_path,
@@ -58,7 +59,8 @@ class ValidationConfig:
     image_size: int = 336
     tokenizer: Any = None
     template: Any = None
-    num_image_tokens: int | None = None
+    # K, or (anyres) a picklable function of an image's (height, width) giving its token count
+    num_image_tokens: int | Callable[[tuple[int, int]], int] | None = None
     image_token_id: int | None = None
     max_length: int | None = None
     image_cache_size: int = 65536
@@ -75,11 +77,24 @@ class ValidationSummary:
     bad_by_reason: Counter = field(default_factory=Counter)
     warnings_by_reason: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)  # about the file as a whole (unreadable rest, no records)
+    # image tokens per image, when token checks ran: count, sum, min, max (flat memory for any file size)
+    images_counted: int = 0
+    image_tokens_sum: int = 0
+    image_tokens_min: int | None = None
+    image_tokens_max: int | None = None
 
     @property
     def failed(self) -> bool:
         """Whether the file is not fit for training as it is: a bad record, or no record at all."""
         return bool(self.bad) or self.records == 0
+
+    def add_tokens(self, counts: list[int]) -> None:
+        if not counts:
+            return
+        self.images_counted += len(counts)
+        self.image_tokens_sum += sum(counts)
+        self.image_tokens_min = min(counts + ([self.image_tokens_min] if self.image_tokens_min is not None else []))
+        self.image_tokens_max = max(counts + ([self.image_tokens_max] if self.image_tokens_max is not None else []))
 
     def add(self, problems: list[Problem]) -> None:
         self.records += 1
@@ -94,6 +109,10 @@ class ValidationSummary:
     def table(self) -> str:
         rows = [("records", self.records), ("ok", self.ok), ("bad", self.bad), ("with warnings", self.warned)]
         lines = [f"{name:<34}{count:>10}" for name, count in rows]
+        if self.images_counted:
+            mean = self.image_tokens_sum / self.images_counted
+            lines.append(f"image tokens per image: min {self.image_tokens_min}, mean {mean:.1f}, "
+                         f"max {self.image_tokens_max} ({self.images_counted} images)")
         for title, counts in (("bad records by reason", self.bad_by_reason),
                               ("warnings by reason", self.warnings_by_reason)):
             if counts:
@@ -195,6 +214,15 @@ class RecordValidator:
 
     def check(self, item: RawItem) -> list[Problem]:
         """All problems of one raw item (an empty list when the record is fine)."""
+        return self.check_counted(item)[0]
+
+    def check_counted(self, item: RawItem) -> tuple[list[Problem], list[int]]:
+        """(problems, image tokens of each of its images when token checks ran)."""
+        self._counted: list[int] = []
+        problems = self._check(item)
+        return problems, self._counted
+
+    def _check(self, item: RawItem) -> list[Problem]:
         if item.error is not None:
             has_id = isinstance(item.raw, dict) and "id" in item.raw
             rid = record_id(item.raw, item.index) if has_id else f"line {item.line}" if item.line else f"#{item.index}"
@@ -250,9 +278,17 @@ class RecordValidator:
         from conversation.tokenize import tokenize_conversation  # loaded only for token checks
 
         cfg = self.config
+        counts = cfg.num_image_tokens
+        if callable(counts):  # anyres: each image's count from its header size
+            try:
+                sizes = [image_size(resolve_image_path(ref, cfg.image_roots), cfg.max_pixels) for ref in conv.images]
+            except ImageLoadError:
+                return []  # the image check reported it; no length can be known
+            counts = [cfg.num_image_tokens(size) for size in sizes]  # type: ignore[misc]
         try:
             sample = tokenize_conversation(conv, cfg.template, cfg.tokenizer, image_token_id=cfg.image_token_id,
-                                           num_image_tokens=cfg.num_image_tokens)
+                                           num_image_tokens=counts)  # type: ignore[arg-type]
+            self._counted = list(counts) if isinstance(counts, list) else [counts] * len(conv.images)
         except RecordError as exc:
             reason = "no supervised tokens" if exc.field == "labels" else "tokenization"
             return [(f"tokens.{exc.field}", reason, exc.reason, "error")]
@@ -282,18 +318,18 @@ def _worker_init(config: ValidationConfig) -> None:
     _WORKER = RecordValidator(config)
 
 
-def _worker_check(items: list[RawItem]) -> list[list[Problem]]:
+def _worker_check(items: list[RawItem]) -> list[tuple[list[Problem], list[int]]]:
     assert _WORKER is not None
-    return [_WORKER.check(item) for item in items]
+    return [_WORKER.check_counted(item) for item in items]
 
 
 def _checked(items: Iterator[RawItem], config: ValidationConfig, workers: int,
-             chunk: int = 64) -> Iterator[tuple[RawItem, list[Problem]]]:
-    """(item, problems) in file order; with workers > 1 a bounded window of chunks runs in other processes."""
+             chunk: int = 64) -> Iterator[tuple[RawItem, tuple[list[Problem], list[int]]]]:
+    """(item, (problems, image tokens)) in file order; with workers > 1 a bounded window of chunks runs elsewhere."""
     if workers <= 1:
         validator = RecordValidator(config)
         for item in items:
-            yield item, validator.check(item)
+            yield item, validator.check_counted(item)
         return
     RecordValidator(config)  # fail here, not in a worker, on a bad config
     with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(config,)) as pool:
@@ -324,7 +360,7 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
     """Check every record of `path`; problems go to `report` as JSONL as they are found; returns the counts."""
     summary = ValidationSummary()
     first_seen: dict[str, tuple[int, int | None]] = {}  # record id -> (index, line) where it first appeared
-    for item, problems in _checked(iter_raw_records(path), config, workers, chunk_size):
+    for item, (problems, image_tokens) in _checked(iter_raw_records(path), config, workers, chunk_size):
         if item.fatal:
             summary.notes.append(f"{path}: {item.error}: the records after line {item.line} cannot be read, "
                                  f"and training refuses the whole file")
@@ -338,6 +374,7 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
             else:
                 first_seen[rid] = (item.index, item.line)
         summary.add(problems)
+        summary.add_tokens(image_tokens)
         if report is not None:
             for p in problems:
                 line = json.dumps(asdict(p), ensure_ascii=False)

@@ -162,6 +162,8 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return True, args[0]
+        if len(args) < len(typing.get_args(tp)):  # X | Y | None
+            return True, Union[tuple(args)]  # type: ignore[return-value]
     return False, tp
 
 
@@ -173,6 +175,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         raise ConfigError(f"{key}: null is not allowed (expected {_type_name(inner)})")
     tp = inner
+    if typing.get_origin(tp) in (Union, types.UnionType):  # e.g. list[list[int]] | str: the first that fits
+        errors = []
+        for alternative in typing.get_args(tp):
+            if alternative is type(None):
+                continue
+            try:
+                return _coerce(value, alternative, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)} ({'; '.join(errors)})")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

@@ -76,7 +76,9 @@ class DataGuard:
         if skip_log:
             text += "; first skipped: " + "; ".join(f"{rid!r}: {reason}" for rid, reason in skip_log[:FIRST_NAMED])
         if any("images do not fit" in reason for _, reason in skip_log[:FIRST_NAMED]):
-            text += (f". Images do not fit max_length: K={self.num_image_tokens} image tokens per image vs "
+            per_image = f"K={self.num_image_tokens} image tokens per image" if isinstance(self.num_image_tokens, int) \
+                else "image tokens (counted per image size with anyres)"
+            text += (f". Images do not fit max_length: {per_image} vs "
                      f"max_length={self.max_length}; raise data.max_length")
         elif self.supervised == 0 and not skip_log:
             text += ". No record was skipped: the records carry no supervised token under this template " \

@@ -136,7 +136,9 @@ class Trainer:
                                   global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
         self.resumed_from: Path | None = None
         self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
-        self.guard = DataGuard(cfg.data, getattr(getattr(model, "config", None), "num_image_tokens", None))
+        config = getattr(model, "config", None)
+        anyres = bool(getattr(getattr(config, "vision", None), "anyres", False))
+        self.guard = DataGuard(cfg.data, None if anyres else getattr(config, "num_image_tokens", None))
         self.efficiency = EfficiencyLog(self.strategy.unwrap(self.model), self.strategy.device, self.precision)
         self.wait_warner = WaitWarner()
         self._feeder: Feeder | None = None

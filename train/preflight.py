@@ -48,11 +48,16 @@ def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
     return template
 
 
-def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, int]:
-    """(tokenizer, template, image token id, K): from a built model, else from `model.init_from`'s
-    model config (CONFIG_NAME) and tokenizer directory, without loading any weight."""
+def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, Any]:
+    """(tokenizer, template, image token id, K or the anyres counter): from a built model, else from
+    `model.init_from`'s model config (CONFIG_NAME), image_processor.json and tokenizer directory, without loading
+    any weight."""
     if model is not None:
         c = model.config
+        if c.vision.anyres:  # image tokens counted per image size
+            from vlm.anyres_features import image_token_counter
+
+            return model.tokenizer, c.template, c.image_token_id, image_token_counter(model)
         return model.tokenizer, c.template, c.image_token_id, c.num_image_tokens
     from transformers import AutoTokenizer
 
@@ -62,7 +67,12 @@ def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, in
     directory = Path(str(cfg.model.init_from))
     config = VLMConfig.load(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, trust_remote_code=config.trust_remote_code)
-    return tokenizer, training_template(cfg, config.template), config.image_token_id, config.num_image_tokens
+    k: Any = config.num_image_tokens
+    if config.vision.anyres:
+        from vlm.anyres_features import checkpoint_token_counter
+
+        k = checkpoint_token_counter(str(directory), config)
+    return tokenizer, training_template(cfg, config.template), config.image_token_id, k
 
 
 def audit_config(cfg: TrainConfig, records: RecordSource, model: Any = None,

@@ -135,9 +135,12 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
     records = records if records is not None else load_train_records(cfg)
+    from vlm.anyres_features import image_token_counter
+
+    image_tokens = image_token_counter(model) if model.config.vision.anyres else model.config.num_image_tokens
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
-                              num_image_tokens=model.config.num_image_tokens,
+                              num_image_tokens=image_tokens,
                               image_processor=model.image_processor, image_roots=roots,
                               max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
@@ -200,8 +203,12 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
     `encode_on_miss=False` (ZeRO-3, cache filled before training by `prefill`): the hook never runs the
     encoder; an image the fill could not decode raises ImageLoadError (its records are skipped)."""
     wanted = cfg.feature_cache
-    if wanted is None:  # auto
-        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model)
+    anyres = model.config.vision.anyres
+    if wanted and anyres:
+        raise ConfigError("feature_cache=true with image_aspect_ratio anyres: the cache holds one feature map per "
+                          "image, anyres encodes a size-dependent set of tiles; set feature_cache=false")
+    if wanted is None:  # auto (off for anyres: tiles are not cached)
+        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not anyres
     if not wanted:
         return None
     if not vision_is_frozen(model):

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from vision_encoders.anyres import AnyresGeometry, parse_grid_pinpoints, tile_image
 from vision_encoders.config import AspectRatio
-ASPECT_RATIOS: tuple[str, ...] = ("pad", "crop", "resize")
+ASPECT_RATIOS: tuple[str, ...] = ("pad", "crop", "resize", "anyres")
 
 # PIL's resampling filters by name; ints are accepted too (HF processor configs store them as ints).
 RESAMPLE: dict[str, int] = {
@@ -120,6 +121,8 @@ class ImageProcessor:
 
     `pad`: expand to square with the mean colour, resize to S x S. `crop`: resize the shortest side to
     `size`, centre-crop S (matches transformers' PIL `CLIPImageProcessorPil`). `resize`: straight to S x S.
+    `anyres` (LLaVA-NeXT): `__call__` returns [n_tiles, 3, S, S], the whole image resized to S x S first, then
+    the tiles of the best of `grid_pinpoints` ([h, w] pixels) row by row (matches `LlavaNextImageProcessorPil`).
     """
 
     size: int
@@ -130,10 +133,16 @@ class ImageProcessor:
     crop_size: int | None = None
     rescale: float = 1 / 255
     extra: dict[str, Any] = field(default_factory=dict)
+    grid_pinpoints: list[list[int]] | None = None  # anyres only: candidate resolutions, [h, w] pixels
+    max_tiles: int | None = None  # anyres only: the tile cap (counted by the model, recorded here for export)
 
     def __post_init__(self) -> None:
         if self.aspect_ratio not in ASPECT_RATIOS:
             raise ValueError(f"unknown aspect_ratio {self.aspect_ratio!r}; known: {list(ASPECT_RATIOS)}")
+        if self.aspect_ratio == "anyres":
+            if not self.grid_pinpoints:
+                raise ValueError("aspect_ratio 'anyres' needs grid_pinpoints")
+            self.grid_pinpoints = [list(p) for p in parse_grid_pinpoints(self.grid_pinpoints, self.output_size)]
         if isinstance(self.resample, str) and self.resample not in RESAMPLE:
             raise ValueError(f"unknown resample {self.resample!r}; known: {sorted(RESAMPLE)}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -158,6 +167,8 @@ class ImageProcessor:
 
     def geometry(self, img: Image.Image) -> Image.Image:
         """RGB conversion plus the aspect-ratio transform, before normalization (useful to inspect)."""
+        if self.anyres:
+            raise ValueError("anyres gives several tiles per image: use process() or tile_image()")
         problem = self.size_problem(*img.size)
         if problem:  # callers check at load time (load_image(check_size=...)); this is the last guard
             raise ValueError(f"image too extreme to preprocess: {problem}")
@@ -172,17 +183,46 @@ class ImageProcessor:
             return _center_crop(img, side)
         return img if img.size == (side, side) else img.resize((side, side), resample=resample)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        array = np.asarray(self.geometry(img), dtype=np.float32)  # [S, S, 3]
+    @property
+    def anyres(self) -> bool:
+        return self.aspect_ratio == "anyres"
+
+    def anyres_geometry(self, grid_side: int = 1) -> AnyresGeometry:
+        """The tiling geometry (`grid_side`: features per tile side, which only the token count needs)."""
+        if not self.anyres:
+            raise ValueError(f"aspect_ratio {self.aspect_ratio!r} has no anyres geometry")
+        pinpoints = tuple(tuple(p) for p in self.grid_pinpoints or ())
+        return AnyresGeometry(self.output_size, grid_side, pinpoints, self.max_tiles)  # type: ignore[arg-type]
+
+    def _normalize(self, img: Image.Image) -> torch.Tensor:
+        array = np.asarray(img, dtype=np.float32)  # [S, S, 3]
         pixels = torch.from_numpy(array.copy()).permute(2, 0, 1) * self.rescale
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return (pixels - mean) / std
 
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """[3, S, S]; with anyres [n_tiles, 3, S, S] (see `process` for the size the tokenizer counts from)."""
+        if self.anyres:
+            return self.process(img)[0]
+        return self._normalize(self.geometry(img))
+
+    def process(self, img: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(pixels, (height, width) after RGB conversion and EXIF orientation): [n, 3, S, S], n = 1 unless anyres."""
+        rgb = to_rgb(img)
+        size = (rgb.height, rgb.width)
+        if not self.anyres:
+            return self._normalize(self.geometry(rgb)).unsqueeze(0), size
+        tiles = tile_image(rgb, self.anyres_geometry(), self._filter())
+        return torch.stack([self._normalize(tile) for tile in tiles]), size
+
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """[n, 3, S, S] for n images; with anyres every image's tiles, concatenated in order."""
         side = self.output_size
         if not images:
             return torch.empty(0, 3, side, side)
+        if self.anyres:
+            return torch.cat([self(img) for img in images])
         return torch.stack([self(img) for img in images])
 
     def to_dict(self) -> dict[str, Any]:

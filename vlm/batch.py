@@ -33,6 +33,7 @@ class Batch:
     # `image_counts` stays per row, as the model splices images row by row)
     sample_image_counts: list[list[int]] | None = None
     image_sizes: list[tuple[int, int]] | None = None  # [N] dynamic resolution: (height, width) per image
+    image_tiles: list[int] | None = None  # [N] anyres: tiles per image; pixel_values then holds sum(image_tiles) tiles
 
     def __post_init__(self) -> None:
         if self.image_counts is None:
@@ -80,6 +81,10 @@ class Batch:
         owners = self.image_owners()
         images = [j for i in keep for j, owner in enumerate(owners) if owner == i]
         rows = torch.as_tensor(keep, dtype=torch.long)
+        pixel_rows = images
+        if self.image_tiles is not None:  # anyres: each image owns a run of tiles in pixel_values
+            starts = [sum(self.image_tiles[:j]) for j in range(len(self.image_tiles))]
+            pixel_rows = [starts[j] + t for j in images for t in range(self.image_tiles[j])]
 
         def pick_rows(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor[rows]
@@ -90,7 +95,7 @@ class Batch:
             attention_mask=self.attention_mask[rows],
             labels=pick_rows(self.labels),
             image_counts=self.image_counts[rows],
-            pixel_values=self.pixel_values[images] if self.pixel_values is not None and images else None,
+            pixel_values=self.pixel_values[pixel_rows] if self.pixel_values is not None and pixel_rows else None,
             image_keys=[self.image_keys[j] for j in images] if self.image_keys else [],
             ids=self._row_ids(keep),
             position_ids=pick_rows(self.position_ids),
@@ -98,6 +103,7 @@ class Batch:
             sample_image_counts=(None if self.sample_image_counts is None
                                  else [self.sample_image_counts[i] for i in keep]),
             image_sizes=None if self.image_sizes is None else [self.image_sizes[j] for j in images],
+            image_tiles=None if self.image_tiles is None else [self.image_tiles[j] for j in images],
         )
 
     def _row_ids(self, keep: list[int]) -> list[str]:

@@ -24,10 +24,16 @@ class Turn:
     question: str
     answer: str
     images: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image (anyres counts from it)
 
 
 def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor:
     """Decode one image file into model pixels, or raise ChatError saying why."""
+    return load_chat_image_sized(path, image_processor)[0]
+
+
+def load_chat_image_sized(path: str | Path, image_processor: Callable) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(pixels, (height, width)); anyres pixels are the image's tiles [n, 3, S, S]."""
     path = Path(path)
     if not path.exists():
         raise ChatError(f"image not found: {path}")
@@ -37,7 +43,8 @@ def load_chat_image(path: str | Path, image_processor: Callable) -> torch.Tensor
         image = load_image(path, check_size=getattr(image_processor, "size_problem", None))
     except ImageLoadError as err:
         raise ChatError(f"cannot read image {path}: {err.reason}") from None
-    return image_processor(to_rgb(image))
+    rgb = to_rgb(image)
+    return image_processor(rgb), (rgb.height, rgb.width)
 
 
 class ChatSession:
@@ -50,6 +57,7 @@ class ChatSession:
         self.top_p = top_p
         self.turns: list[Turn] = []
         self.pending_images: list[torch.Tensor] = []
+        self.pending_sizes: list[tuple[int, int]] = []
         self.context_length = self._context_length()
 
     def _context_length(self) -> int:
@@ -61,11 +69,18 @@ class ChatSession:
         return 2048
 
     def add_image(self, path: str | Path) -> None:
-        self.pending_images.append(load_chat_image(path, self.model.image_processor))
+        pixels, size = load_chat_image_sized(path, self.model.image_processor)
+        self.pending_images.append(pixels)
+        self.pending_sizes.append(size)
 
     def reset(self) -> None:
         self.turns.clear()
         self.pending_images.clear()
+        self.pending_sizes.clear()
+
+    @property
+    def _anyres(self) -> bool:
+        return bool(getattr(self.model.config.vision, "anyres", False))
 
     def _messages(self, turns: list[Turn]) -> tuple[list[Message], list[torch.Tensor]]:
         messages: list[Message] = []
@@ -81,12 +96,18 @@ class ChatSession:
     def _encode(self, turns: list[Turn]) -> tuple[list[int], list[torch.Tensor]]:
         messages, images = self._messages(turns)
         config = self.model.config
+        counts: int | list[int] = config.num_image_tokens
+        if self._anyres:
+            from vlm.anyres_features import image_token_counter
+
+            count = image_token_counter(self.model)
+            counts = [count(size) for turn in turns for size in turn.sizes]
         ids = encode_prompt(
             messages,
             config.template,
             self.model.tokenizer,
             image_token_id=config.image_token_id,
-            num_image_tokens=config.num_image_tokens,
+            num_image_tokens=counts,
         )
         return ids, images
 
@@ -94,7 +115,8 @@ class ChatSession:
         """Encode history + question, dropping the oldest turns until the prompt fits. Returns dropped count."""
         if not is_valid_unicode(question):  # e.g. invalid UTF-8 bytes on the command line
             raise ChatError("the question is not valid Unicode text (invalid UTF-8 or a lone surrogate)")
-        current = Turn(question=question, answer=None, images=list(self.pending_images))  # type: ignore[arg-type]
+        current = Turn(question=question, answer=None, images=list(self.pending_images),  # type: ignore[arg-type]
+                       sizes=list(self.pending_sizes))
         budget = self.context_length - self.max_new_tokens
         history = list(self.turns)
         dropped = 0
@@ -110,6 +132,7 @@ class ChatSession:
             history.pop(0)
             dropped += 1
         self.turns = history
+        self._sizes = [size for turn in history + [current] for size in turn.sizes]
         return ids, images, dropped
 
     @torch.no_grad()
@@ -117,8 +140,10 @@ class ChatSession:
         """Answer `question` about the attached images; returns (answer, oldest turns dropped to fit)."""
         ids, images, dropped = self.prepare(question)
         input_ids = torch.tensor([ids])
+        anyres = self._anyres
+        pixels = (torch.cat if anyres else torch.stack)(images) if images else None
         prompt = Batch(input_ids, torch.ones_like(input_ids), image_counts=torch.tensor([len(images)]),
-                       pixel_values=torch.stack(images) if images else None)
+                       pixel_values=pixels, image_sizes=list(self._sizes) if anyres else None)
         do_sample = self.temperature > 0
         new_tokens = self.model.generate(
             prompt.to(next(self.model.parameters()).device),
@@ -130,6 +155,8 @@ class ChatSession:
             eos_token_id=stop_token_ids(self.model.config.template, self.model.tokenizer),
         )
         answer = self.model.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
-        self.turns.append(Turn(question=question, answer=answer, images=list(self.pending_images)))
+        self.turns.append(Turn(question=question, answer=answer, images=list(self.pending_images),
+                               sizes=list(self.pending_sizes)))
         self.pending_images.clear()
+        self.pending_sizes.clear()
         return answer, dropped

@@ -171,6 +171,11 @@ def load(
     if image_id != config.image_token_id:
         raise ValueError(f"{directory}: tokenizer maps {config.image_token!r} to {image_id}, config says {config.image_token_id}")
     projector = build_projector(config.projector, encoder.hidden_size, embedding_width(llm))
+    if config.vision.anyres:  # its learned image_newline is saved in projector.safetensors
+        from vlm.anyres_features import attach_image_newline, check_anyres
+
+        check_anyres(config.vision, encoder, projector, config.projector)
+        attach_image_newline(projector, embedding_width(llm))
     projector.load_state_dict(load_file(str(directory / PROJECTOR_FILE)), strict=True)
     if encoder.num_tokens != config.vision_num_tokens or projector.output_tokens(encoder.num_tokens) != config.num_image_tokens:
         raise ValueError(

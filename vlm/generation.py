@@ -17,15 +17,24 @@ def prompt_batch(
     attention_mask: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None,
     image_counts: torch.Tensor | list[int] | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
 ) -> Batch:
-    """Left-padded prompt tensors as a `Batch`; without `image_counts`, each row's images are its image tokens / K."""
+    """Left-padded prompt tensors as a `Batch`; without `image_counts`, each row's images are its image tokens / K.
+
+    anyres (`image_sizes` given): pixel_values holds tiles, so one prompt takes all images, several need image_counts.
+    """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    if image_counts is None and image_sizes is not None:
+        if input_ids.shape[0] != 1:
+            raise ValueError("anyres generation over several prompts needs image_counts (images per prompt)")
+        image_counts = [len(image_sizes)]
     if image_counts is None and pixel_values is not None:
         image_counts = (input_ids == model.config.image_token_id).sum(dim=1) // model.config.num_image_tokens
     if image_counts is not None:
         image_counts = torch.as_tensor(image_counts, dtype=torch.long)
-    return Batch(input_ids, attention_mask, image_counts=image_counts, pixel_values=pixel_values)
+    return Batch(input_ids, attention_mask, image_counts=image_counts, pixel_values=pixel_values,
+                 image_sizes=None if image_sizes is None else [tuple(s) for s in image_sizes])
 
 
 @torch.no_grad()
@@ -42,6 +51,7 @@ def generate(
     top_p: float = 1.0,
     streamer: Any = None,
     eos_token_id: int | list[int] | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
     **generate_kwargs: Any,
 ) -> torch.LongTensor:
     """Continue left-padded prompts (a `Batch`, or its tensors); returns only the new tokens, [B, new] (finished
@@ -49,16 +59,17 @@ def generate(
 
     `eos_token_id` may be a list (the template's stop tokens); default: the tokenizer's eos.
     `streamer` is any transformers streamer (`TextStreamer`, `TextIteratorStreamer`); batch size 1 only.
+    `image_sizes`: anyres models only, (height, width) of every image (pixel_values then holds their tiles).
     """
     batch = prompts if isinstance(prompts, Batch) else prompt_batch(model, prompts, attention_mask, pixel_values,
-                                                                     image_counts)
+                                                                     image_counts, image_sizes)
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
     if input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("generate needs LEFT-padded prompts: some rows end with padding (attention_mask[:, -1] == 0)")
     pixels = None if vision_features is not None else batch.pixel_values
-    embeds = model.embed(input_ids, pixels, vision_features, batch.image_counts)
+    embeds = model.embed(input_ids, pixels, vision_features, batch.image_counts, batch.image_sizes)
     if eos_token_id is None:
         eos_token_id = model.tokenizer.eos_token_id
     options: dict[str, Any] = {"do_sample": do_sample}

@@ -157,7 +157,14 @@ def llava_processor(model: VisionLanguageModel) -> LlavaProcessor:
 
 
 def export_hf(model: VisionLanguageModel, out_dir: str | Path) -> Path:
-    """Write a directory that `LlavaForConditionalGeneration` and `AutoProcessor` `.from_pretrained` load."""
+    """Write a directory that `LlavaForConditionalGeneration` and `AutoProcessor` `.from_pretrained` load.
+
+    anyres models are written as `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` instead.
+    """
+    if model.config.vision.anyres:
+        from vlm.hf_llava_next import export_hf_next
+
+        return export_hf_next(model, out_dir)
     check_exportable(model)
     if model.image_processor.aspect_ratio == "pad":
         warnings.warn(
@@ -178,7 +185,7 @@ def _split_llm_state(llava: LlavaForConditionalGeneration, llm: PreTrainedModel)
     for key, value in llava.state_dict().items():
         if key.startswith(LANGUAGE_PREFIX):
             state[base + key[len(LANGUAGE_PREFIX):]] = value
-        elif not key.startswith((VISION_PREFIX, PROJECTOR_PREFIX)):
+        elif not key.startswith((VISION_PREFIX, PROJECTOR_PREFIX)) and key != "model.image_newline":  # LlavaNext's
             state[key] = value
     return state
 
@@ -193,6 +200,15 @@ def _check_importable(config: LlavaConfig, source: Path) -> None:
         )
 
 
+def _model_type(source: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((source / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def import_hf(
     source: str | Path,
     out_dir: str | Path,
@@ -200,8 +216,12 @@ def import_hf(
     image_aspect_ratio: str = "pad",
     torch_dtype: str | None = None,
 ) -> VisionLanguageModel:
-    """Convert a HF Llava directory into our checkpoint format (full), and return the loaded model."""
+    """Convert a HF Llava (or LlavaNext: anyres) directory into our checkpoint format (full), and return it loaded."""
     source = Path(source)
+    if _model_type(source) == "llava_next":
+        from vlm.hf_llava_next import import_hf_next
+
+        return import_hf_next(source, out_dir, template=template, torch_dtype=torch_dtype)
     dtype = resolve_dtype(torch_dtype) or torch.float32
     llava = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
     config = llava.config

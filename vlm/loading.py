@@ -21,7 +21,7 @@ def is_hf_llava(directory: Path) -> bool:
     if not config_path.is_file():
         return False
     try:
-        return json.loads(config_path.read_text()).get("model_type") == "llava"
+        return json.loads(config_path.read_text()).get("model_type") in ("llava", "llava_next")
     except json.JSONDecodeError:
         return False
 
@@ -34,7 +34,7 @@ def check_model_dir(directory: str | Path) -> None:
     if not (directory / CONFIG_NAME).is_file() and not is_hf_llava(directory):
         raise NotAModelError(
             f"{directory} is not a model directory: expected {CONFIG_NAME} (this trainer) "
-            "or a config.json with model_type 'llava' (HF Llava)"
+            "or a config.json with model_type 'llava' or 'llava_next' (HF Llava, LlavaNext)"
         )
 
 

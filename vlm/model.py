@@ -65,6 +65,15 @@ def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None, **load_kwa
     return llm
 
 
+def _anyres_setup(vision: VisionEncoderConfig, encoder: VisionEncoder, projector: Projector, name: str,
+                  llm_width: int) -> ImageProcessor:
+    from vlm.anyres_features import anyres_processor, attach_image_newline, check_anyres
+
+    check_anyres(vision, encoder, projector, name)
+    attach_image_newline(projector, llm_width)
+    return anyres_processor(vision, encoder)
+
+
 class VisionLanguageModel(nn.Module):
     """A vision encoder, a projector and a causal LM, plus the tokenizer and image processor that feed them."""
 
@@ -126,7 +135,8 @@ class VisionLanguageModel(nn.Module):
         config.pad_token_id = int(tokenizer.pad_token_id)
         config.vision_num_tokens = encoder.num_tokens
         config.num_image_tokens = proj.output_tokens(encoder.num_tokens)
-        model = cls(config, encoder, proj, language_model, tokenizer, encoder.image_processor())
+        processor = _anyres_setup(vision, encoder, proj, projector, llm_width) if vision.anyres else encoder.image_processor()
+        model = cls(config, encoder, proj, language_model, tokenizer, processor)
         model.sync_llm_token_ids()
         if dtype is not None:
             model.vision_encoder.to(dtype)
@@ -202,8 +212,12 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
         image_counts: torch.Tensor | list[int] | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with the projected image rows scattered into the image-token positions."""
+        """Token embeddings with the projected image rows scattered into the image-token positions.
+
+        anyres: `pixel_values` holds every image's tiles and `image_sizes` each image's (height, width).
+        """
         input_ids = input_ids.to(self.device)
         is_image = input_ids == self.config.image_token_id
         # The pad row stands in at image positions; those rows are overwritten below.
@@ -218,6 +232,12 @@ class VisionLanguageModel(nn.Module):
                     f"samples {samples} hold image tokens ({tokens_per_sample[samples].tolist()}) but no images were given"
                 )
             return embeds
+        if self.config.vision.anyres:
+            from vlm.anyres_features import image_rows as anyres_rows
+
+            image_rows = anyres_rows(self, tokens_per_sample.tolist(), image_sizes, image_counts, pixel_values, vision_features)
+            mask = is_image.unsqueeze(-1).expand_as(embeds)
+            return embeds.masked_scatter(mask, image_rows.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
         n_images = (pixel_values if pixel_values is not None else vision_features).shape[0]
         self._check_counts(tokens_per_sample.tolist(), n_images, image_counts)
         if n_images == 0:
@@ -256,6 +276,7 @@ class VisionLanguageModel(nn.Module):
         image_counts: torch.Tensor | list[int] | None = None,
         position_ids: torch.Tensor | None = None,
         sample_lengths: list[list[int]] | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast | TokenLoss:
         """On a `Batch` (training): `TokenLoss`, the summed fp32 next-token CE over its supervised positions,
@@ -265,7 +286,7 @@ class VisionLanguageModel(nn.Module):
         apart: positions restart per sample and attention stays inside each (`vlm.packing`)."""
         if isinstance(input_ids, Batch):
             return self.batch_loss(input_ids, vision_features)
-        embeds = self.embed(input_ids, pixel_values, vision_features, image_counts)
+        embeds = self.embed(input_ids, pixel_values, vision_features, image_counts, image_sizes)
         if sample_lengths is not None:
             from vlm.packing import packed_llm_kwargs
 
@@ -284,7 +305,13 @@ class VisionLanguageModel(nn.Module):
         if batch.labels is None:
             raise ValueError("the training loss needs a Batch with labels")
         pixels = None if vision_features is not None else batch.pixel_values
-        embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts)
+        try:
+            embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts, batch.image_sizes)
+        except ValueError as err:
+            if not batch.ids:
+                raise
+            # "sample i" in the message is the batch row; name the records too
+            raise ValueError(f"{err} [records of this batch, by row: {batch.ids}]") from None
         packed = None
         if batch.sample_lengths is not None:
             from vlm.packing import packed_llm_kwargs

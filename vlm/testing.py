@@ -85,8 +85,10 @@ def make_tiny_vlm(
     template: str = "vicuna_v1",
     select_layer: int = -2,
     select_feature: Literal["patch", "cls_patch"] = "patch",
-    image_aspect_ratio: Literal["pad", "crop", "resize"] = "pad",
+    image_aspect_ratio: Literal["pad", "crop", "resize", "anyres"] = "pad",
     seed: int = 0,
+    image_grid_pinpoints: list[list[int]] | str | None = None,
+    anyres_max_tiles: int | None = None,
 ) -> "VisionLanguageModel":
     """A tiny encoder (32x32 images, 8x8 patches, width 32) + projector + tiny `arch` LLM, built as a user would."""
     from vision_encoders import testing as vision_testing
@@ -104,7 +106,8 @@ def make_tiny_vlm(
     spec = makers[encoder](tmp / f"vision_{encoder}", seed=seed)
     llm_path = make_tiny_llm(tmp / f"llm_{arch}", arch=arch, seed=seed)
     vision = VisionEncoderConfig(spec=spec, select_layer=select_layer, select_feature=select_feature,
-                                 image_aspect_ratio=image_aspect_ratio)
+                                 image_aspect_ratio=image_aspect_ratio, image_grid_pinpoints=image_grid_pinpoints,
+                                 anyres_max_tiles=anyres_max_tiles)
     torch.manual_seed(seed)
     return VisionLanguageModel.build(vision, projector, llm_path, template)
 

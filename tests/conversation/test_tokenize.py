@@ -144,3 +144,30 @@ def test_prepending_sentencepiece_tokenizer_gets_no_double_space():
     sample = tokenize_conversation(conv, "vicuna_v1", fast, image_token_id=image_id(fast), num_image_tokens=K)
     sup = [t for t, lab in zip(sample.input_ids, sample.labels) if lab != IGNORE_INDEX]
     assert fast.convert_ids_to_tokens(sup) == ["▁red", "</s>"]
+
+
+def two_image_conv():
+    msgs = [{"from": "human", "value": "<image>\nand\n<image>\nWhich is bigger?"}, {"from": "gpt", "value": "the first"}]
+    return parse_record({"id": "two", "image": ["a.png", "b.png"], "conversations": msgs}, 0)
+
+
+def test_per_image_counts_expand_each_image_to_its_own_count(bpe_tokenizer):
+    tok, img = bpe_tokenizer, image_id(bpe_tokenizer)
+    conv = two_image_conv()
+    out = tokenize_conversation(conv, "vicuna_v1", tok, image_token_id=img, num_image_tokens=[7, 3])
+    same = tokenize_conversation(conv, "vicuna_v1", tok, image_token_id=img, num_image_tokens=5)
+    assert out.input_ids.count(img) == 10 and len(out.input_ids) == len(same.input_ids)
+    first = out.input_ids.index(img)
+    assert out.input_ids[first:first + 7] == [img] * 7 and out.input_ids[first + 7] != img
+    assert [t for t in out.input_ids if t != img] == [t for t in same.input_ids if t != img]
+    with pytest.raises(RecordError, match="1 image token count"):
+        tokenize_conversation(conv, "vicuna_v1", tok, image_token_id=img, num_image_tokens=[7])
+
+
+def test_truncation_checks_the_last_images_own_count(bpe_tokenizer):
+    tok, img = bpe_tokenizer, image_id(bpe_tokenizer)
+    conv = two_image_conv()
+    full = tokenize_conversation(conv, "vicuna_v1", tok, image_token_id=img, num_image_tokens=[2, 9])
+    block_end = max(i for i, t in enumerate(full.input_ids) if t == img) + 1
+    with pytest.raises(RecordError, match="images do not fit"):
+        tokenize_conversation(conv, "vicuna_v1", tok, image_token_id=img, num_image_tokens=[2, 9], max_length=block_end - 1)

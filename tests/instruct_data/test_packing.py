@@ -214,3 +214,21 @@ def test_batch_select_keeps_packed_rows_with_their_samples_ids() -> None:
     kept = batch.select([2, 0])
     assert kept.ids == ["d", "a", "bb"] and kept.sample_lengths == [[5], [3, 4]]
     assert kept.sample_image_counts == [[0], [1, 0]] and kept.image_keys == ["a/0.png"]
+
+
+def test_anyres_tiles_stay_with_their_samples() -> None:
+    """anyres: pixel_values holds tiles; a packed row counts images (not tiles), and cutting a sample out of a row
+    keeps every other image's tiles, sizes and keys together."""
+    def tiled(rid, n, tiles):
+        it = item(rid, n)
+        it["pixel_values"] = torch.cat([torch.full((t, 3, 4, 4), float(10 * k + len(rid))) for k, t in enumerate(tiles)])
+        it["image_keys"] = [f"{rid}/{k}.png" for k in range(len(tiles))]
+        it["image_sizes"], it["image_tiles"] = [(8 + k, 8) for k in range(len(tiles))], list(tiles)
+        return it
+
+    batch = collate_packed([[tiled("a", 5, [2, 3]), tiled("bb", 4, [1])], [tiled("ccc", 6, [2])]], pad_token_id=0)
+    assert batch.image_counts.tolist() == [3, 1] and batch.sample_image_counts == [[2, 1], [1]]
+    assert batch.image_tiles == [2, 3, 1, 2] and batch.pixel_values.shape[0] == 8
+    kept = select_packed(batch, [1, 2], pad_token_id=0)
+    assert kept.ids == ["bb", "ccc"] and kept.image_tiles == [1, 2] and kept.image_sizes == [(8, 8), (8, 8)]
+    assert kept.pixel_values[:, 0, 0, 0].tolist() == [2.0, 3.0, 3.0] and kept.image_keys == ["bb/0.png", "ccc/0.png"]

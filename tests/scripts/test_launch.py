@@ -138,3 +138,12 @@ def test_eval_chunks_follow_the_visible_devices(stubs) -> None:
     done, _ = _run(stubs, "scripts/eval/gqa.sh", nvidia_smi=True, STUB_SMI_GPUS="2", CKPT="runs/mine",
                    STUB_TORCH_GPUS="0", STUB_TORCH_CUDA="13.0")
     assert done.returncode == 1 and "driver is too old" in done.stderr
+
+
+@pytest.mark.parametrize("script, config", [("scripts/pretrain_next.sh", "configs/llava_next_pretrain.yaml"),
+                                            ("scripts/finetune_next.sh", "configs/llava_next_finetune.yaml")])
+def test_llava_next_scripts_launch_their_config(stubs, script: str, config: str) -> None:
+    done, calls = _run(stubs, script, "micro_batch_size=2", STUB_TORCH_GPUS="2")
+    assert done.returncode == 0, done.stderr
+    assert calls == [f"CVD=unset python -m torch.distributed.run --standalone --nproc_per_node=2 -m app.cli train "
+                     f"{config} micro_batch_size=2"]

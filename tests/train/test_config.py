@@ -107,6 +107,11 @@ def test_shipped_configs_load() -> None:
     assert (pre.recipe, pre.global_batch_size, pre.optim.lr, pre.model.template) == ("align", 256, 1e-3, "plain")
     ft = load_config(root / "llava15_finetune.yaml")
     assert (ft.recipe, ft.global_batch_size, ft.optim.lr, ft.data.max_length) == ("instruct", 128, 2e-5, 2048)
+    next_pre = load_config(root / "llava_next_pretrain.yaml")
+    vision = next_pre.model.vision
+    assert (vision.image_aspect_ratio, vision.image_grid_pinpoints[0], next_pre.feature_cache) == ("anyres", [336, 672], False)
+    next_ft = load_config(root / "llava_next_finetune.yaml")
+    assert (next_ft.optim.lr, next_ft.optim.vision_lr, next_ft.unfreeze_vision_last_n) == (1e-5, 2e-6, 24)
 
 
 def test_synthetic_phases_share_one_feature_cache() -> None:

@@ -44,3 +44,18 @@ def test_unknown_projector_is_rejected(tiny, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown projector 'mlp2x_gelu_foo'; known: identity, linear"):
         main(["build", "--vision", tiny.vision("clip"), "--projector", "mlp2x_gelu_foo", "--llm", tiny.llm("llama"),
               "--template", "vicuna_v1", "--out", str(tmp_path / "x")])
+
+
+def test_anyres_build_export_import_through_the_cli(tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, hf, back = tmp_path / "ckpt", tmp_path / "hf", tmp_path / "back"
+    assert main(["build", "--vision", tiny.vision("clip"), "--llm", tiny.llm("llama"), "--template", "vicuna_v1",
+                 "--out", str(ckpt), "--image-aspect-ratio", "anyres", "--image-grid-pinpoints", "[[32, 64], [64, 32]]"]) == 0
+    assert json.loads((ckpt / "vlm_config.json").read_text())["vision"]["image_grid_pinpoints"] == [[32, 64], [64, 32]]
+    assert main(["export-hf", str(ckpt), "--out", str(hf)]) == 0
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "llava_next"
+    assert main(["import-hf", str(hf), "--out", str(back), "--template", "vicuna_v1"]) == 0
+    assert VisionLanguageModel.load(back).image_processor.grid_pinpoints == [[32, 64], [64, 32]]
+    capsys.readouterr()
+    assert main(["build", "--vision", tiny.vision("clip"), "--llm", tiny.llm("llama"), "--template", "vicuna_v1",
+                 "--out", str(tmp_path / "x"), "--image-aspect-ratio", "anyres"]) == 2
+    assert "needs image_grid_pinpoints" in capsys.readouterr().err
