@@ -221,7 +221,8 @@ def test_anyres_tiles_stay_with_their_samples() -> None:
     keeps every other image's tiles, sizes and keys together."""
     def tiled(rid, n, tiles):
         it = item(rid, n)
-        it["pixel_values"] = torch.cat([torch.full((t, 3, 4, 4), float(10 * k + len(rid))) for k, t in enumerate(tiles)])
+        it["pixel_values"] = torch.cat([torch.full((t, 3, 4, 4), float(10 * k + len(rid)))
+                                        for k, t in enumerate(tiles)])
         it["image_keys"] = [f"{rid}/{k}.png" for k in range(len(tiles))]
         it["image_sizes"], it["image_tiles"] = [(8 + k, 8) for k in range(len(tiles))], list(tiles)
         return it
