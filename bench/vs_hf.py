@@ -11,7 +11,8 @@ cuda` runs it (bf16 autocast, as the trainer's `precision: auto`) on a GPU, `--q
 
 Peak memory of a step: on a GPU, torch's allocator peak above what was allocated before the step; on a CPU, each
 side runs in a fresh process and the peak resident set (VmHWM, reset through /proc/self/clear_refs after loading)
-above the resident memory before the step. Run: `python bench/vs_hf.py [--quick] [--device cuda]`.
+above the resident memory before the step. Run: `python bench/vs_hf.py [--quick] [--device cuda] [--packing]`.
+`--packing`: ours trains the same samples packed into one row (`data.packing`: SDPA per sample), HF unpacked.
 """
 from __future__ import annotations
 
@@ -92,8 +93,9 @@ def build_model(root: Path, shape: Shape) -> Path:
     return model.save(root / "ckpt")
 
 
-def make_batch(model: Any, root: Path, phase: int, shape: Shape, seed: int = 0) -> Any:
-    """Tokenized records (one image each, answers of varied length) through the dataset and the real collator."""
+def make_batch(model: Any, root: Path, phase: int, shape: Shape, seed: int = 0, packed: bool = False) -> Any:
+    """Tokenized records (one image each, answers of varied length) through the dataset and the real collator
+    (`packed`: all of them in one row, through the packed collator)."""
     import random
 
     from instruct_data.collate import collate
@@ -115,7 +117,12 @@ def make_batch(model: Any, root: Path, phase: int, shape: Shape, seed: int = 0) 
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=model.config.num_image_tokens,
                               image_processor=model.image_processor, image_roots=[root])
-    return collate([dataset[i] for i in range(len(dataset))], model.config.pad_token_id)
+    items = [dataset[i] for i in range(len(dataset))]
+    if packed:
+        from instruct_data.packed_collate import collate_packed
+
+        return collate_packed([items], model.config.pad_token_id)
+    return collate(items, model.config.pad_token_id)
 
 
 def set_phase(ours: Any, hf: Any, phase: int) -> None:
@@ -243,19 +250,29 @@ def child_memory(root: Path, side: str, phase: int, device: str) -> float:
 def run_child(args: argparse.Namespace) -> None:
     root = Path(args.workdir)
     model = load_side(root, args.child, args.phase, args.device)
-    batch = torch.load(root / f"batch{args.phase}.pt", weights_only=False)
+    packed = root / f"batch{args.phase}_packed.pt"
+    if args.child == "ours" and packed.is_file():
+        from vlm.packing import use_varlen_attention
+
+        use_varlen_attention(model.llm)
+    else:
+        packed = root / f"batch{args.phase}.pt"
+    batch = torch.load(packed, weights_only=False)
     step, _ = step_fns(args.child, model, batch, args.phase, args.device)
     print(json.dumps({"peak_mb": step_peak_mb(step, args.device)}))
 
 
 # ------------------------------------------------------------------------------------------- a phase
 def bench_phase(root: Path, ours: Any, hf: Any, phase: int, shape: Shape, device: str,
-                memory: str) -> dict[str, Any]:
+                memory: str, packing: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     batch = make_batch(ours, root, phase, shape)
     torch.save(batch, root / f"batch{phase}.pt")
+    ours_batch = make_batch(ours, root, phase, shape, packed=True) if packing else batch
+    if packing:
+        torch.save(ours_batch, root / f"batch{phase}_packed.pt")
     set_phase(ours, hf, phase)
-    ours_step, ours_tower = step_fns("ours", ours, batch, phase, device)
+    ours_step, ours_tower = step_fns("ours", ours, ours_batch, phase, device)
     hf_step, _ = step_fns("hf", hf, batch, phase, device)
     ours_loss, hf_loss = ours_step(), hf_step()  # also the warm-up
     ours_s, hf_s = time_interleaved(synced(ours_step, device), synced(hf_step, device), shape.steps)
@@ -271,14 +288,15 @@ def bench_phase(root: Path, ours: Any, hf: Any, phase: int, shape: Shape, device
     tokens = int(batch.attention_mask.sum())
     flops = StepFlops(ours)
     peak, peak_source = peak_flops(torch.device(device), "bf16" if device.startswith("cuda") else "fp32")
-    ours_flops, hf_flops = flops.batch_flops(batch, ours_tower), flops.batch_flops(batch, True)
+    ours_flops, hf_flops = flops.batch_flops(ours_batch, ours_tower), flops.batch_flops(batch, True)
     ids = batch.input_ids
     return {
         "phase": phase, "ratio_tokens_per_s": hf_s / ours_s,
         "ratio_peak_memory": ours_mb / hf_mb if hf_mb else math.nan,
         "ours_tokens_per_s": tokens / ours_s, "hf_tokens_per_s": tokens / hf_s,
         "ours_peak_memory_mb": ours_mb, "hf_peak_memory_mb": hf_mb,
-        "padding_ratio": padding_ratio([batch]), "mfu": ours_flops / ours_s / peak, "hf_mfu": hf_flops / hf_s / peak,
+        "padding_ratio": padding_ratio([ours_batch]), "hf_padding_ratio": padding_ratio([batch]),
+        "packing": packing, "mfu": ours_flops / ours_s / peak, "hf_mfu": hf_flops / hf_s / peak,
         "loss_rel_gap": abs(ours_loss - hf_loss) / max(abs(hf_loss), 1e-12),
         "ours_vision": "cached features (as the trainer's feature cache)" if phase == 1 else "pixels, frozen tower",
         "batch": list(ids.shape), "tokens": tokens, "vocab": QWEN2_VOCAB, "device": device,
@@ -296,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side (default: by shape)")
     parser.add_argument("--memory", choices=["process", "inline"], default=None,
                         help="CPU peak memory: each side in a fresh process (default), or both here (--quick's)")
+    parser.add_argument("--packing", action="store_true", help="ours packs the samples into one row (data.packing)")
     parser.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--phase", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -314,10 +333,14 @@ def main(argv: list[str] | None = None) -> None:
         build_model(root, shape)
         ours = VisionLanguageModel.load(root / "ckpt", device=args.device)
         hf = to_llava(ours).to(args.device)
+        if args.packing:  # as `vlm train` does with data.packing
+            from vlm.packing import use_varlen_attention
+
+            use_varlen_attention(ours.llm)
         hf.save_pretrained(root / "hf")
         for phase in (int(p) for p in args.phases.split(",")):
             memory = args.memory or ("inline" if args.quick else "process")
-            print(json.dumps(bench_phase(root, ours, hf, phase, shape, args.device, memory)), flush=True)
+            print(json.dumps(bench_phase(root, ours, hf, phase, shape, args.device, memory, args.packing)), flush=True)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,24 @@ class InstructDataset(Dataset):
                 exact = min(exact, self.max_length)
         return exact, n_images
 
+    def tokenize_all(self) -> int:
+        """Exact lengths for every record not yet measured: each is tokenized once, truncated as `__getitem__`
+        would, no image decoded (anyres reads each image's header for its token count). A record that cannot be
+        tokenized gets length 0 (it is skipped when read). Returns how many records were tokenized."""
+        todo = np.flatnonzero(self._exact < 0)
+        for i in todo:
+            try:
+                conv = self.records.conversation(int(i))
+                counts: Any = self.num_image_tokens
+                if self.count_tokens is not None:
+                    counts, _ = self._image_tokens(self._paths(conv.images, self._roots(int(i))))
+                sample = tokenize_conversation(conv, self.template, self.tokenizer, image_token_id=self.image_token_id,
+                                               num_image_tokens=counts, max_length=self.max_length)
+                self._exact[i] = len(sample.input_ids)
+            except (RecordError, ImageLoadError):
+                self._exact[i] = 0
+        return len(todo)
+
     def lengths(self) -> list[int]:
         """Token length per record: exact once tokenized in this process, else a calibrated word-count estimate."""
         return [self._estimate(i)[0] for i in range(len(self))]

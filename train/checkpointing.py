@@ -5,6 +5,7 @@ Layout of `<output_dir>/checkpoints/step-00000010/`:
   optimizer files          whatever the strategy writes (`optimizer.pt` single-process)
   scheduler.json           the lr scheduler's state_dict
   rng_rank<R>.json         python / numpy / torch (/ cuda) RNG states of rank R
+  data_rank<R>.json        the data order's own state of rank R, when it has one (the packer's)
   trainer_state.json       step, epoch, micro-batches done in the epoch, counters
 A checkpoint exists only once its directory has its final name (temp dir, then rename), so a run killed
 while saving leaves the previous checkpoint as the latest.
@@ -129,7 +130,7 @@ def trainable_state(strategy: Strategy, model: nn.Module) -> dict[str, torch.Ten
 
 
 def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strategy, model: nn.Module,
-                    scheduler: Any, keep_last: int) -> Path:
+                    scheduler: Any, keep_last: int, data_state: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `state.step` atomically on all ranks, then prune to the last `keep_last`."""
     final = checkpoint_dir(output_dir, state.step)
     tmp = final.with_name(f".{final.name}.tmp")
@@ -139,6 +140,8 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strat
         tmp.mkdir(parents=True)
     strategy.barrier()
     (tmp / f"rng_rank{strategy.rank}.json").write_text(json.dumps(rng_state()))
+    if data_state is not None:
+        (tmp / f"data_rank{strategy.rank}.json").write_text(json.dumps(data_state))
     strategy.save_optimizer(str(tmp))
     if strategy.is_main:
         save_file(weights, str(tmp / WEIGHTS_FILE))
@@ -193,3 +196,9 @@ def load_checkpoint(path: str | Path, strategy: Strategy, model: nn.Module, sche
         raise FileNotFoundError(f"{path}: no RNG state for rank {strategy.rank} (saved with another world size?)")
     set_rng_state(json.loads(rng_file.read_text()))
     return state
+
+
+def read_data_state(path: str | Path, rank: int) -> dict[str, Any] | None:
+    """The data order's state saved by `rank` (None when the run that saved it had none, e.g. unpacked)."""
+    file = Path(path) / f"data_rank{rank}.json"
+    return json.loads(file.read_text()) if file.is_file() else None

@@ -63,6 +63,14 @@ class DataConfig:
     # Pre-flight audit before training: records drawn evenly (-1: all, 0: no audit); strict: warnings stop too.
     audit_sample: int = 2000
     audit_strict: bool = False
+    # Sequence packing: each step's samples packed whole into rows of at most `pack_length` tokens (default
+    # `max_length`); `micro_batch_size` then counts rows. Every packed run first checks one packed micro-batch
+    # against the same samples unpacked.
+    packing: bool = False
+    pack_length: int | None = None
+
+    def resolved_pack_length(self) -> int:
+        return self.pack_length if self.pack_length is not None else self.max_length
 
 
 @dataclass
@@ -138,6 +146,11 @@ class TrainConfig:
             raise ConfigError(f"data.max_skip_ratio must be within [0, 1], got {self.data.max_skip_ratio}")
         if self.data.skip_warmup < 1 or self.data.fail_no_supervised_after < 1:
             raise ConfigError("data.skip_warmup and data.fail_no_supervised_after must be >= 1")
+        if self.data.pack_length is not None and not self.data.packing:
+            raise ConfigError("data.pack_length is set but data.packing is false")
+        if self.data.packing and self.data.resolved_pack_length() < self.data.max_length:
+            raise ConfigError(f"data.pack_length={self.data.pack_length} is shorter than data.max_length="
+                              f"{self.data.max_length}: a sample must fit a packed row whole")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

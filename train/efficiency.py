@@ -218,7 +218,7 @@ class EfficiencyLog:
 
     def record(self, metrics: dict[str, float]) -> None:
         self.steps.append({k: float(metrics[k]) for k in ("mfu", "padding_ratio", "loader_wait_s", "step_time_s",
-                                                          "tokens", "peak_mem_mb") if k in metrics})
+                                                          "tokens", "peak_mem_mb", "samples_per_row") if k in metrics})
 
     def summary(self) -> str | None:
         """One line over the steps of this process (None before any step)."""
@@ -234,6 +234,8 @@ class EfficiencyLog:
             mean_mfu = sum(s.get("mfu", 0.0) * s.get("step_time_s", 0.0) for s in self.steps) / busy if busy else 0.0
             parts.append(f"MFU {100 * mean_mfu:.1f}% of {self.peak[0] / 1e12:,.1f} TFLOP/s ({self.peak[1]})")
         parts.append(f"padding {100 * total('padding_ratio') / len(self.steps):.1f}% of token slots")
+        if total("samples_per_row") > len(self.steps):  # packed rows
+            parts.append(f"{total('samples_per_row') / len(self.steps):.2f} samples per row")
         parts.append(f"waited on data {wait:.1f}s ({100 * wait / (wait + busy) if wait + busy else 0:.1f}%)")
         parts.append(f"peak memory {max(s.get('peak_mem_mb', 0.0) for s in self.steps):,.0f} MB")
         return "; ".join(parts)

@@ -24,7 +24,10 @@ from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
+from instruct_data.packed_collate import packed_image_owners, select_packed
 from vlm.batch import Batch
+
+CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,6 +45,11 @@ class TrainData:
     # carry `skipped: [(id, reason)]`, which the loop counts itself
     skipped: Callable[[], dict[str, int]] = lambda: {}
     num_workers: int = 0
+    # Packing (`data.packing`): the packer (state_dict / load_state_dict, saved per rank in checkpoints), and
+    # rows -> (packed batch, the same samples unpacked) for the self-check at the start of the run.
+    packer: Any = None
+    check_pair: Callable[[list[tuple[int, ...]]], tuple[Batch, Batch]] | None = None
+    lengths: list[int] | None = None
 
 
 @dataclass
@@ -148,6 +156,14 @@ class Trainer:
         if state.world_size != self.strategy.world_size:
             raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
                              f"now {self.strategy.world_size}")
+        from train.checkpointing import read_data_state
+
+        saved = read_data_state(path, self.strategy.rank)
+        if (saved is None) != (self.data.packer is None):
+            raise ValueError(f"cannot resume exactly from {path}: it was saved with data.packing="
+                             f"{saved is not None}, this run has data.packing={self.data.packer is not None}")
+        if self.data.packer is not None:  # the packs must be the ones the checkpoint was trained on
+            self.data.packer.load_state_dict(saved)
         state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
         self.state = state
         self.resumed_from = path
@@ -177,7 +193,9 @@ class Trainer:
             try:
                 return batch, self.features_fn(batch)
             except ImageLoadError as err:
-                bad = sorted({owner for owner, key in zip(batch.image_owners(), batch.image_keys) if key == err.path})
+                packed = batch.sample_lengths is not None
+                owners = packed_image_owners(batch) if packed else batch.image_owners()  # sample per image
+                bad = sorted({owner for owner, key in zip(owners, batch.image_keys) if key == err.path})
                 if not bad:
                     raise
                 if self.cfg.data.strict:
@@ -185,7 +203,11 @@ class Trainer:
                                          "data.strict stops on a bad image)") from None
                 for i in bad:
                     self._count_skip(batch.ids[i], f"image: {err}")
-                batch = batch.select([i for i in range(batch.num_samples) if i not in bad])
+                keep = [i for i in range(len(batch.ids)) if i not in bad]
+                if packed:  # the sample leaves its row; its row-mates stay
+                    batch = select_packed(batch, keep, int(self.strategy.unwrap(self.model).config.pad_token_id))
+                else:
+                    batch = batch.select(keep)
                 if batch.num_samples == 0:
                     return batch, None
 
@@ -204,10 +226,11 @@ class Trainer:
         window = [b if b is not None and b.num_samples > 0 else None for b in window]
         counts = torch.tensor([float(sum(b.supervised_tokens() for b in window if b)),
                                float(sum(int(b.attention_mask.sum()) for b in window if b)),
+                               float(sum(len(b.ids) for b in window if b)),  # records (packed: several a row)
                                float(sum(b.num_samples for b in window if b))], dtype=torch.float64,
                               device=device)
         self.strategy.all_reduce_sum(counts)
-        total_sup, total_tokens, samples = (float(x) for x in counts.tolist())
+        total_sup, total_tokens, samples, rows = (float(x) for x in counts.tolist())
         self.guard.after_step(self.strategy, len(window), samples, total_sup, len(self.skip_log) - skips_before,
                               self.skip_log)  # fail loud (same verdict on every rank) before any forward
         # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
@@ -251,7 +274,8 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
                    "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
-                   "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed}
+                   "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed,
+                   "samples_per_row": samples / rows if rows > 0 else 0.0}  # packed rows: > 1
         metrics["peak_mem_mb"] = peak_memory_mb(device)
         kept = [(b, f is None and b.pixel_values is not None) for b, f in zip(window, features) if b]
         metrics.update(self.efficiency.step_metrics([b for b, _ in kept], [ran for _, ran in kept], elapsed))
@@ -292,6 +316,8 @@ class Trainer:
         logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
                            enabled=self.strategy.is_main, tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
         logger.message(self._banner())
+        if self.data.check_pair is not None:
+            self._check_packing(logger)
         losses: list[float] = []
         # Loaded models come in eval mode (as from_pretrained); dropout must be on while training. The VLM's
         # train() keeps a fully frozen encoder in eval mode. The caller's mode is restored afterwards.
@@ -360,7 +386,43 @@ class Trainer:
         self.state.micro_batches_in_epoch = 0
 
     def _save(self) -> None:
-        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last)
+        packer = self.data.packer
+        data_state = None if packer is None else packer.state_dict(self.state.epoch, self.state.micro_batches_in_epoch)
+        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last,
+                        data_state=data_state)
+
+    # ------------------------------------------------------------------ packing
+    def _check_packing(self, logger: RunLogger) -> None:
+        """The packing self-check on this rank's next packed micro-batch (PackingCheckError stops the run)."""
+        from train.pack_check import check_packing
+
+        assert self.data.check_pair is not None
+        batches = self.data.epoch_batches(self.state.epoch)[self.state.micro_batches_in_epoch:]
+        unwrapped = self.strategy.unwrap(self.model)  # no DDP/engine hooks: nothing to synchronise here
+        result, failures = None, []
+        for rows in [mb for mb in batches if mb][:CHECK_ATTEMPTS]:
+            packed, unpacked = self.data.check_pair(rows)
+            try:
+                result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss,
+                                       device=self.strategy.device, precision=self.precision,
+                                       features_fn=self.features_fn, autocast=self.strategy.autocast(self.precision))
+            except ImageLoadError as err:  # the step that reaches it skips (or stops on, if strict) that record
+                failures.append(str(err))
+                continue
+            if result is not None:
+                break
+        if self.data.lengths is not None:
+            from instruct_data.packing import pack_stats
+
+            stats = pack_stats(self.data.epoch_batches(self.state.epoch), self.data.lengths)
+            logger.message(f"packing: {stats.samples} samples in {stats.rows} rows ({stats.samples_per_row:.2f} per "
+                           f"row) over {stats.micro_batches} micro-batches this epoch on this rank; padding "
+                           f"{stats.padding_ratio:.1%}")
+        if result is not None:
+            logger.message(result.summary())
+        else:
+            logger.message(f"packing self-check: no micro-batch of the first {CHECK_ATTEMPTS} could be compared "
+                           f"(no supervised token, or images that cannot be decoded: {failures[:2]})")
 
     def _banner(self) -> str:
         groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))

@@ -155,6 +155,8 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     per_rank_step = cfg.global_batch_size // strategy.world_size
     sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.seed)
     size = cfg.micro_batch_size
+    if d.packing:
+        return _packed_data(cfg, model, dataset, sampler, per_rank_step)
     cache: dict[int, list[list[int]]] = {}
 
     def epoch_batches(epoch: int) -> list[list[int]]:
@@ -168,6 +170,29 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
     return TrainData(dataset=dataset, collate=Collator(model.config.pad_token_id), epoch_batches=epoch_batches,
                      num_workers=d.num_workers)
+
+
+def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any, per_rank_step: int) -> TrainData:
+    """Each step's samples packed into rows (`instruct_data.packing`); micro-batches of `micro_batch_size` rows."""
+    from instruct_data.collate import Collator
+    from instruct_data.packed_collate import PackedCollator, PackedRows
+    from instruct_data.packing import PackedBatchSampler
+
+    # The sampler grouped by the lengths an unpacked run groups by (read before this), so a packed run trains the
+    # very steps of the unpacked one; packing itself needs exact lengths: every record tokenized once, no image.
+    dataset.tokenize_all()
+    lengths = dataset.lengths()
+    packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
+                                rows_per_micro_batch=cfg.micro_batch_size,
+                                micro_batches_per_step=per_rank_step // cfg.micro_batch_size)
+    packed, plain = PackedCollator(model.config.pad_token_id), Collator(model.config.pad_token_id)
+
+    def check_pair(rows: list[tuple[int, ...]]) -> tuple[Batch, Batch]:
+        items = [[dataset[i] for i in row] for row in rows]
+        return packed(items), plain([it for row in items for it in row])
+
+    return TrainData(dataset=PackedRows(dataset), collate=packed, epoch_batches=packer.epoch_batches,
+                     num_workers=cfg.data.num_workers, packer=packer, check_pair=check_pair, lengths=lengths)
 
 
 # ---------------------------------------------------------------------------- feature cache hook
@@ -245,10 +270,12 @@ def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strat
         import deepspeed
 
         whole = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    batches, dataset = planned_micro_batches(cfg, data, strategy.world_size), data.dataset
+    if data.packer is not None:  # packed micro-batches are lists of rows of indices
+        batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
     with whole:
-        report = prefill_features(hook.cache, data.dataset,  # type: ignore[attr-defined]
-                                  planned_micro_batches(cfg, data, strategy.world_size), model.vision_encoder,
-                                  model.image_processor, batch_size=max(cfg.micro_batch_size, 32))
+        report = prefill_features(hook.cache, dataset, batches,  # type: ignore[attr-defined]
+                                  model.vision_encoder, model.image_processor, batch_size=max(cfg.micro_batch_size, 32))
     hook.bad.update(report.bad)  # type: ignore[attr-defined]
     strategy.barrier()
     if strategy.is_main:
@@ -312,6 +339,10 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     model = build_model(cfg, strategy)
     if not early:
         run_preflight(cfg, records, strategy, model=model)
+    if cfg.data.packing:  # sdpa -> SDPA per packed sample (vlm.packing); before LoRA wraps the LLM
+        from vlm.packing import use_varlen_attention
+
+        use_varlen_attention(model.llm)
     counts = prepare_model(model, cfg)
     if not strategy.keeps_master_weights:
         from train.load_policy import upcast_trainable

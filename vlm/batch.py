@@ -29,6 +29,9 @@ class Batch:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # records dropped from this batch: (id, reason)
     position_ids: torch.Tensor | None = None  # [B, L], packing: positions restart per sample
     sample_lengths: list[list[int]] | None = None  # packing: per row, the lengths of the samples packed in it
+    # packing: per row, the image count of each of its samples (`ids` and `image_keys` follow samples in row order;
+    # `image_counts` stays per row, as the model splices images row by row)
+    sample_image_counts: list[list[int]] | None = None
     image_sizes: list[tuple[int, int]] | None = None  # [N] dynamic resolution: (height, width) per image
     image_tiles: list[int] | None = None  # [N] anyres: tiles per image; pixel_values then holds sum(image_tiles) tiles
 
@@ -40,6 +43,7 @@ class Batch:
 
     @property
     def num_samples(self) -> int:
+        """Rows of the batch (packed: rows of several samples each; `ids` counts the samples)."""
         return int(self.input_ids.shape[0])
 
     @classmethod
@@ -71,7 +75,8 @@ class Batch:
         return [i for i, n in enumerate(self.image_counts.tolist()) for _ in range(n)]
 
     def select(self, keep: Sequence[int]) -> "Batch":
-        """The samples at `keep`, in that order; images follow their samples; padding is kept."""
+        """The rows at `keep`, in that order; images follow their rows; padding is kept. (A packed row goes whole,
+        with the ids of its samples; `instruct_data.packed_collate.select_packed` takes samples out of rows.)"""
         keep = list(keep)
         owners = self.image_owners()
         images = [j for i in keep for j, owner in enumerate(owners) if owner == i]
@@ -92,9 +97,21 @@ class Batch:
             image_counts=self.image_counts[rows],
             pixel_values=self.pixel_values[pixel_rows] if self.pixel_values is not None and pixel_rows else None,
             image_keys=[self.image_keys[j] for j in images] if self.image_keys else [],
-            ids=[self.ids[i] for i in keep] if self.ids else [],
+            ids=self._row_ids(keep),
             position_ids=pick_rows(self.position_ids),
             sample_lengths=None if self.sample_lengths is None else [self.sample_lengths[i] for i in keep],
+            sample_image_counts=(None if self.sample_image_counts is None
+                                 else [self.sample_image_counts[i] for i in keep]),
             image_sizes=None if self.image_sizes is None else [self.image_sizes[j] for j in images],
             image_tiles=None if self.image_tiles is None else [self.image_tiles[j] for j in images],
         )
+
+    def _row_ids(self, keep: list[int]) -> list[str]:
+        if not self.ids:
+            return []
+        if self.sample_lengths is None or len(self.ids) == self.num_samples:
+            return [self.ids[i] for i in keep]
+        starts = [0]  # packed, one id per sample: row r holds ids[starts[r]:starts[r + 1]]
+        for row in self.sample_lengths:
+            starts.append(starts[-1] + len(row))
+        return [self.ids[k] for i in keep for k in range(starts[i], starts[i + 1])]

@@ -2,7 +2,7 @@
 in row chunks -> fp32 cross-entropy, summed. Equal (values and gradients) to the LLM's own full-logits path."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -105,11 +105,13 @@ def head_calls(head: nn.Module, rows: int, chunk_rows: int, device: torch.device
 
 
 def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                    position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS) -> TokenLoss:
+                    position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
+                    packed: dict[str, Any] | None = None) -> TokenLoss:
     """Sum of fp32 next-token CE over the positions whose shifted label is supervised; the head sees only those rows.
 
     `labels` are unshifted [B, T] (as the collator makes them). Under autograd each chunk is recomputed in the
-    backward pass, so at most one chunk of logits is alive at a time.
+    backward pass, so at most one chunk of logits is alive at a time. `packed` (packed rows): the decoder's
+    attention arguments from `vlm.packing.packed_llm_kwargs`, in place of `attention_mask` and `position_ids`.
     """
     check_head_path(llm, embeds, attention_mask)
     decoder, head, transform = causal_lm_parts(llm)
@@ -118,8 +120,13 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
     rows, cols = supervised.nonzero(as_tuple=True)
     flat = (rows * length + cols).to(embeds.device, non_blocking=True)
     targets = labels[:, 1:][rows, cols].to(embeds.device, non_blocking=True)
-    extra = {} if position_ids is None else {"position_ids": position_ids.to(embeds.device)}
-    hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, **extra)[0]
+    if packed is not None:
+        extra = dict(packed)
+    else:
+        extra = {"attention_mask": attention_mask}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids.to(embeds.device)
+    hidden = decoder(inputs_embeds=embeds, use_cache=False, **extra)[0]
     picked = hidden.reshape(batch * length, hidden.shape[-1]).index_select(0, flat)
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -274,15 +274,27 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
         image_counts: torch.Tensor | list[int] | None = None,
+        position_ids: torch.Tensor | None = None,
+        sample_lengths: list[list[int]] | None = None,
         image_sizes: list[tuple[int, int]] | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast | TokenLoss:
         """On a `Batch` (training): `TokenLoss`, the summed fp32 next-token CE over its supervised positions,
         computed without [B, T, V] logits (`vision_features` may stand in for its pixels). On tensors: the LLM's
-        own output with full logits (and its mean loss when `labels` are given), as HF models do."""
+        own output with full logits (and its mean loss when `labels` are given), as HF models do. Packed rows
+        (`sample_lengths`: per row, the lengths of its samples; in a Batch or as arguments) keep their samples
+        apart: positions restart per sample and attention stays inside each (`vlm.packing`)."""
         if isinstance(input_ids, Batch):
             return self.batch_loss(input_ids, vision_features)
         embeds = self.embed(input_ids, pixel_values, vision_features, image_counts, image_sizes)
+        if sample_lengths is not None:
+            from vlm.packing import packed_llm_kwargs
+
+            llm_kwargs.update(packed_llm_kwargs(self.llm, sample_lengths, embeds.shape[1], dtype=embeds.dtype,
+                                                device=embeds.device, position_ids=position_ids))
+            attention_mask = llm_kwargs.pop("attention_mask")
+        elif position_ids is not None:
+            llm_kwargs["position_ids"] = position_ids.to(embeds.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(embeds.device)
         if labels is not None:
@@ -300,8 +312,14 @@ class VisionLanguageModel(nn.Module):
                 raise
             # "sample i" in the message is the batch row; name the records too
             raise ValueError(f"{err} [records of this batch, by row: {batch.ids}]") from None
+        packed = None
+        if batch.sample_lengths is not None:
+            from vlm.packing import packed_llm_kwargs
+
+            packed = packed_llm_kwargs(self.llm, batch.sample_lengths, embeds.shape[1], dtype=embeds.dtype,
+                                       device=embeds.device, position_ids=batch.position_ids)
         return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
-                               batch.position_ids)
+                               batch.position_ids, packed=packed)
 
     def generate(self, prompts: Batch | torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:

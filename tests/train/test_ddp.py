@@ -66,15 +66,19 @@ def assert_same_run(single: Any, multi: dict[str, Any], dir_single: str, dir_mul
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(make_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize("packing", [False, True], ids=["unpacked", "packed"])
+def test_ddp_two_processes_match_one(make_cfg, tmp_path: Path, packing: bool) -> None:
     """Instruct (LLM + projector train, text-only micro-batches included), 2 accumulation steps per rank.
 
     One process with micro-batch 4 sees exactly the samples of 2 ranks x micro-batch 2 at every step
     (the sampler cuts global micro-steps of world x micro samples), so only the reduction order differs.
+    Packed, each rank packs its share of the step (rows differ from one process's), the samples do not.
     """
     from train.recipes import run
 
-    common = dict(global_batch_size=8, max_steps=3, save_every=0)
+    common: dict[str, Any] = dict(global_batch_size=8, max_steps=3, save_every=0)
+    if packing:
+        common["data"] = {"packing": True, "pack_length": 1024}
     single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)
     single = run(single_cfg)
     ddp_cfg = make_cfg(micro_batch_size=2, strategy="ddp", output_dir=str(tmp_path / "ddp"), **common)

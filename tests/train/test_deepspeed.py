@@ -85,7 +85,7 @@ def test_explicit_matching_values_are_kept(tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload", "zero2_packed"])
 def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> None:
     """Instruct run, 2 ranks x micro 2 x accumulation 2 vs one process x micro 4 x 2 (same samples per step).
 
@@ -96,7 +96,10 @@ def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> N
     from train.recipes import run
 
     harness = _harness()
-    common = dict(global_batch_size=8, max_steps=3, save_every=0)
+    common: dict = dict(global_batch_size=8, max_steps=3, save_every=0)
+    if stage.endswith("_packed"):  # sequence packing: each rank packs its share of every step
+        stage = stage.removesuffix("_packed")
+        common["data"] = {"packing": True, "pack_length": 1024}
     single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)
     single = run(single_cfg)
     ds_cfg = make_cfg(micro_batch_size=2, strategy="deepspeed", deepspeed_config=str(CONFIGS / f"{stage}.json"),

@@ -20,10 +20,11 @@ pytestmark = pytest.mark.slow
 STEPS = 24
 
 
-def _write_config(make_cfg, out: Path, path: Path) -> None:
+def _write_config(make_cfg, out: Path, path: Path, packing: bool = False) -> None:
     # dropout in the LoRA-free LLM is 0; data order, AdamW state and the schedule carry the exactness
+    data = {"group_by": "modality_length", **({"packing": True, "pack_length": 1024} if packing else {})}
     cfg = make_cfg(output_dir=str(out), max_steps=STEPS, save_every=3, keep_last=2, resume="auto",
-                   global_batch_size=2, micro_batch_size=1, data={"group_by": "modality_length"},
+                   global_batch_size=2 * (1 + packing), micro_batch_size=1, data=data,
                    optim={"lr": 1e-3, "warmup_ratio": 0.1})
     path.write_text(yaml.safe_dump(cfg.to_dict()))
 
@@ -37,10 +38,12 @@ def _env() -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": ""}
 
 
-def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path) -> None:
+@pytest.mark.parametrize("packing", [False, True], ids=["unpacked", "packed"])
+def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path, packing: bool) -> None:
+    """Packed (4 samples a step packed into rows), the packer's state comes back with the checkpoint too."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _write_config(make_cfg, straight, tmp_path / "a.yaml")
-    _write_config(make_cfg, killed, tmp_path / "b.yaml")
+    _write_config(make_cfg, straight, tmp_path / "a.yaml", packing)
+    _write_config(make_cfg, killed, tmp_path / "b.yaml", packing)
     subprocess.run(_cmd(tmp_path / "a.yaml"), check=True, env=_env(), capture_output=True, timeout=300)
     reference = {r["step"]: r["loss"] for r in read_metrics(straight)}
     assert sorted(reference) == list(range(1, STEPS + 1))

@@ -1,0 +1,127 @@
+"""Collation of packed rows: samples concatenated per row, positions restarting per sample, no label across a
+sample boundary, images stacked in the order of their samples."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from conversation.tokenize import IGNORE_INDEX
+from instruct_data.collate import Skipped, collate
+from vlm.batch import Batch
+
+Item = dict[str, Any]
+
+
+def _image_count(item: Item) -> int:
+    if item.get("image_sizes") is not None:  # anyres: pixel_values holds tiles
+        return len(item["image_sizes"])
+    pv = item.get("pixel_values")
+    return len(item.get("image_keys", [])) if pv is None else int(pv.shape[0])  # keys only: feature-cache mode
+
+
+def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id: int) -> Batch:
+    """One batch row per packed row (rows whose items were all skipped are dropped), right padded.
+
+    As `collate`, with `image_counts` per row, `ids` per sample in row order, and also `position_ids`
+    ([B, L], 0.. per sample; the padding tail counts from 0 too), `sample_lengths` (per row, its samples' lengths)
+    and `sample_image_counts` (per row, its samples' image counts). The first label of every sample is
+    IGNORE_INDEX: as in an unpacked batch, a sample's first token is never a target (here: of the sample before).
+    """
+    good_rows: list[list[Item]] = []
+    flat: list[Item | Skipped | None] = []
+    for row in rows:
+        flat.extend(row)
+        good = [it for it in row if isinstance(it, dict)]
+        if good:
+            good_rows.append(good)
+    # The ordinary collator checks images (pixels vs keys only, one size) and lists the skips, over all samples.
+    base = collate(flat, pad_token_id)
+    lengths = [[len(it["input_ids"]) for it in row] for row in good_rows]
+    width = max((sum(row) for row in lengths), default=0)
+    batch_size = len(good_rows)
+    input_ids = torch.full((batch_size, width), pad_token_id, dtype=torch.long)
+    labels = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((batch_size, width), dtype=torch.long)
+    position_ids = torch.zeros((batch_size, width), dtype=torch.long)
+    for b, row in enumerate(good_rows):
+        start = 0
+        for it in row:
+            n = len(it["input_ids"])
+            input_ids[b, start:start + n] = torch.as_tensor(it["input_ids"], dtype=torch.long)
+            labels[b, start:start + n] = torch.as_tensor(it["labels"], dtype=torch.long)
+            labels[b, start] = IGNORE_INDEX
+            position_ids[b, start:start + n] = torch.arange(n)
+            start += n
+        attention_mask[b, :start] = 1
+        position_ids[b, start:] = torch.arange(width - start)
+    return dataclasses.replace(
+        base, input_ids=input_ids, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
+        sample_lengths=lengths, sample_image_counts=[[_image_count(it) for it in row] for row in good_rows],
+        image_counts=torch.tensor([sum(_image_count(it) for it in row) for row in good_rows], dtype=torch.long))
+
+
+class PackedCollator:
+    """A picklable `collate_packed` bound to a pad id (the DataLoader's items are rows: lists of dataset items)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: Sequence[Sequence[Item | Skipped | None]]) -> Batch:
+        return collate_packed(rows, self.pad_token_id)
+
+
+class PackedRows:
+    """A map-style view of a dataset whose keys are packed rows (tuples of indices) and whose items are lists."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: Sequence[int]) -> list[Item | Skipped | None]:
+        return [self.dataset[int(i)] for i in row]
+
+
+def packed_image_owners(batch: Batch) -> list[int]:
+    """For each image of a packed batch, in order, the index (into `ids`) of the sample it belongs to."""
+    counts = [n for row in batch.sample_image_counts or [] for n in row]
+    return [i for i, n in enumerate(counts) for _ in range(n)]
+
+
+def split_packed(batch: Batch) -> list[list[Item]]:
+    """The packed batch back into its rows of items (tokens, labels as packed, images, keys, ids)."""
+    assert batch.sample_lengths is not None and batch.sample_image_counts is not None and batch.labels is not None
+    tiles = batch.image_tiles  # anyres: pixel_values holds each image's tiles
+    first_tile = [0]
+    for n in tiles or []:
+        first_tile.append(first_tile[-1] + int(n))
+    rows: list[list[Item]] = []
+    sample = image = 0
+    for b, (lengths, counts) in enumerate(zip(batch.sample_lengths, batch.sample_image_counts)):
+        row, start = [], 0
+        for n, k in zip(lengths, counts):
+            span = slice(first_tile[image], first_tile[image + k]) if tiles is not None else slice(image, image + k)
+            pixels = batch.pixel_values[span] if batch.pixel_values is not None and k else None
+            item = {"id": batch.ids[sample], "input_ids": batch.input_ids[b, start:start + n],
+                    "labels": batch.labels[b, start:start + n], "pixel_values": pixels,
+                    "image_keys": list(batch.image_keys[image:image + k])}
+            if tiles is not None and batch.image_sizes is not None:
+                item.update(image_sizes=list(batch.image_sizes[image:image + k]),
+                            image_tiles=list(tiles[image:image + k]))
+            row.append(item)
+            sample, image, start = sample + 1, image + k, start + n
+        rows.append(row)
+    return rows
+
+
+def select_packed(batch: Batch, keep: Sequence[int], pad_token_id: int) -> Batch:
+    """The packed `batch` restricted to the samples at `keep` (indices into `ids`); rows keep their other samples."""
+    wanted = set(keep)
+    rows, sample = [], 0
+    for row in split_packed(batch):
+        rows.append([it for j, it in enumerate(row, start=sample) if j in wanted])
+        sample += len(row)
+    return dataclasses.replace(collate_packed(rows, pad_token_id), skipped=list(batch.skipped))
