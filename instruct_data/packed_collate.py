@@ -125,3 +125,16 @@ def select_packed(batch: Batch, keep: Sequence[int], pad_token_id: int) -> Batch
         rows.append([it for j, it in enumerate(row, start=sample) if j in wanted])
         sample += len(row)
     return dataclasses.replace(collate_packed(rows, pad_token_id), skipped=list(batch.skipped))
+
+
+def sample_image_owners(batch: Batch) -> list[int]:
+    """For each image of a batch, packed or not, the index (into `ids`) of the sample it belongs to."""
+    return packed_image_owners(batch) if batch.sample_lengths is not None else batch.image_owners()
+
+
+def without_samples(batch: Batch, drop: Sequence[int], pad_token_id: int) -> Batch:
+    """`batch` less the samples at `drop` (indices into `ids`), with their images: a packed row loses only those
+    samples and keeps its row-mates; an unpacked row goes whole."""
+    dropped = set(drop)
+    keep = [i for i in range(len(batch.ids)) if i not in dropped]
+    return select_packed(batch, keep, pad_token_id) if batch.sample_lengths is not None else batch.select(keep)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
+from instruct_data.packed_collate import sample_image_owners, without_samples
 from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
@@ -24,7 +25,6 @@ from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
-from instruct_data.packed_collate import packed_image_owners, select_packed
 from vlm.batch import Batch
 
 CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
@@ -193,9 +193,8 @@ class Trainer:
             try:
                 return batch, self.features_fn(batch)
             except ImageLoadError as err:
-                packed = batch.sample_lengths is not None
-                owners = packed_image_owners(batch) if packed else batch.image_owners()  # sample per image
-                bad = sorted({owner for owner, key in zip(owners, batch.image_keys) if key == err.path})
+                bad = sorted({owner for owner, key in zip(sample_image_owners(batch), batch.image_keys)
+                              if key == err.path})
                 if not bad:
                     raise
                 if self.cfg.data.strict:
@@ -203,11 +202,7 @@ class Trainer:
                                          "data.strict stops on a bad image)") from None
                 for i in bad:
                     self._count_skip(batch.ids[i], f"image: {err}")
-                keep = [i for i in range(len(batch.ids)) if i not in bad]
-                if packed:  # the sample leaves its row; its row-mates stay
-                    batch = select_packed(batch, keep, int(self.strategy.unwrap(self.model).config.pad_token_id))
-                else:
-                    batch = batch.select(keep)
+                batch = without_samples(batch, bad, int(self.strategy.unwrap(self.model).config.pad_token_id))
                 if batch.num_samples == 0:
                     return batch, None
 
