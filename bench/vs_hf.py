@@ -58,9 +58,11 @@ class Shape:
     steps: int
 
 
+# The default's geometry is LLaVA's in miniature: 224-px images in 14-px patches give K = 256 image tokens beside
+# short captions, so most positions carry no label (LLaVA-1.5: 576 image tokens, ~95 % unsupervised in phase 1).
 SHAPES = {
     "default": Shape(hidden=256, layers=2, heads=4, kv_heads=2, intermediate=1024, vision_width=128,
-                     vision_layers=2, image_size=224, patch_size=32, batch=4, words=(8, 32), steps=3),
+                     vision_layers=2, image_size=224, patch_size=14, batch=4, words=(8, 32), steps=3),
     "quick": Shape(hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128, vision_width=32, vision_layers=1,
                    image_size=64, patch_size=32, batch=2, words=(3, 12), steps=1),
 }
