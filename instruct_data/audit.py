@@ -13,6 +13,7 @@ from conversation.errors import ImageLoadError, RecordError
 from conversation.templates import Template, get_template
 from conversation.tokenize import IGNORE_INDEX, tokenize_conversation
 from instruct_data.dataset import skip_reason
+from instruct_data.packing import pack_preview
 from instruct_data.sources import RecordSource
 
 DEFAULT_SAMPLE = 2000  # records drawn evenly for the audit at the start of `vlm train`
@@ -58,6 +59,7 @@ class AuditReport:
     image_tokens: list[int] = field(default_factory=list)  # anyres: tokens of each audited image
     lengths: list[int] = field(default_factory=list)  # untruncated token length per audited, tokenizable record
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # skip kind -> first (id, reason)
+    packing: dict[str, Any] | None = None  # with data.packing: what packing makes of the audited records
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -105,6 +107,7 @@ class AuditReport:
             "sources": {name: {**{k: v for k, v in vars(s).items() if k != "skipped"}, "skipped": dict(s.skipped)}
                         for name, s in self.sources.items()},
             "examples": {k: [list(x) for x in v] for k, v in self.examples.items()},
+            "packing": self.packing,
             "errors": self.errors, "warnings": self.warnings,
         }
 
@@ -159,6 +162,10 @@ class AuditReport:
             for h in hist:
                 bar = "#" * round(30 * h["records"] / total)
                 lines.append(f"    {h['from']:>6}-{h['to']:<6}{h['records']:>8}  {bar}")
+        if self.packing:
+            p = self.packing
+            lines.append(f"  packing into rows of {p['pack_length']} tokens: {p['samples_per_row']:.1f} samples per row, "
+                         f"padding left {p['padding_ratio']:.1%} ({p['rows']} rows of {p['samples']} audited samples)")
         lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  ERROR: {e}" for e in self.errors]
         return "\n".join(lines)
@@ -168,6 +175,15 @@ class AuditReport:
         problems = self.errors + (self.warnings if strict else [])
         if problems:
             raise AuditError("data audit failed: " + "; ".join(problems))
+
+
+def add_packing_preview(report: AuditReport, pack_length: int, step_samples: int, rows_per_micro_batch: int) -> None:
+    """Fill `report.packing` from the audited lengths (truncated at max_length, as training truncates them)."""
+    cap = report.max_length or pack_length
+    lengths = [min(n, cap) for n in report.lengths if min(n, cap) <= pack_length]
+    stats = pack_preview(lengths, pack_length, step_samples, rows_per_micro_batch)
+    report.packing = {"pack_length": pack_length, "samples": stats.samples, "rows": stats.rows,
+                      "samples_per_row": stats.samples_per_row, "padding_ratio": stats.padding_ratio}
 
 
 def _sample_indices(n: int, sample: int | None) -> np.ndarray:

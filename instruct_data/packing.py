@@ -107,6 +107,18 @@ def unpacked_stats(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> 
     return pack_stats([[(i,) for i in batch] for batch in batches], lengths)
 
 
+def pack_preview(lengths: Sequence[int], capacity: int, step_samples: int, rows_per_micro_batch: int) -> PackStats:
+    """What packing would make of samples of these token `lengths`, taken `step_samples` at a time in the order
+    given (as the optimizer steps take them): rows, samples per row and the padding left (the pre-flight audit's
+    estimate; training packs each step's samples of the grouped sampler the same way)."""
+    batches: list[MicroBatch] = []
+    for start in range(0, len(lengths), max(step_samples, 1)):
+        step = list(range(start, min(start + step_samples, len(lengths))))
+        rows = balanced_rows(step, lengths, capacity)
+        batches += micro_batches(rows, lengths, rows_per_micro_batch, slots=len(rows))
+    return pack_stats(batches, lengths)
+
+
 class PackedBatchSampler:
     """This rank's packed micro-batches per epoch, inside the windows of a grouped sampler.
 

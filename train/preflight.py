@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from conversation.errors import RecordFileError
-from instruct_data.audit import AuditError, AuditReport, audit_records
+from instruct_data.audit import AuditError, AuditReport, add_packing_preview, audit_records
 from instruct_data.manifest import MANIFEST_NAME, build_manifest, write_manifest
 from instruct_data.sources import RecordSource
 from train.recipe_registry import get_recipe
@@ -78,9 +78,12 @@ def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, An
 def audit_config(cfg: TrainConfig, records: RecordSource, model: Any = None,
                  sample: int | None = None) -> AuditReport:
     tokenizer, template, image_token_id, k = audit_inputs(cfg, model)
-    return audit_records(records, template, tokenizer, image_token_id=image_token_id, num_image_tokens=k,
-                         max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.max_skip_ratio,
-                         where=cfg.data.mixture or ", ".join(cfg.data.data_path))
+    report = audit_records(records, template, tokenizer, image_token_id=image_token_id, num_image_tokens=k,
+                           max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.max_skip_ratio,
+                           where=cfg.data.mixture or ", ".join(cfg.data.data_path))
+    if cfg.data.packing:  # samples per pack and the padding left, from the audited lengths
+        add_packing_preview(report, cfg.data.resolved_pack_length(), cfg.global_batch_size, cfg.micro_batch_size)
+    return report
 
 
 def write_outputs(cfg: TrainConfig, records: RecordSource, report: AuditReport | None, out_dir: str | Path) -> None:

@@ -233,3 +233,16 @@ def test_anyres_tiles_stay_with_their_samples() -> None:
     kept = select_packed(batch, [1, 2], pad_token_id=0)
     assert kept.ids == ["bb", "ccc"] and kept.image_tiles == [1, 2] and kept.image_sizes == [(8, 8), (8, 8)]
     assert kept.pixel_values[:, 0, 0, 0].tolist() == [2.0, 3.0, 3.0] and kept.image_keys == ["bb/0.png", "ccc/0.png"]
+
+
+def test_pack_preview_counts_rows_samples_and_padding_by_hand() -> None:
+    from instruct_data.packing import pack_preview
+
+    # Step 1 (4 samples): first-fit decreasing needs 2 rows of 10; filled evenly: [6, 3] and [5, 4], 9 tokens each,
+    # one micro-batch, no padding. Step 2: [7] alone.
+    stats = pack_preview([6, 5, 4, 3, 7], capacity=10, step_samples=4, rows_per_micro_batch=2)
+    assert (stats.samples, stats.rows, stats.tokens, stats.padded_tokens) == (5, 3, 25, 25)
+    # One step of [6, 3, 5] in rows of 9: [6] and [5, 3] share a micro-batch, padded to 8: 16 slots for 14 tokens.
+    stats = pack_preview([6, 3, 5], capacity=9, step_samples=3, rows_per_micro_batch=2)
+    assert (stats.samples, stats.rows, stats.tokens, stats.padded_tokens) == (3, 2, 14, 16)
+    assert stats.samples_per_row == 1.5 and stats.padding_ratio == 1 - 14 / 16

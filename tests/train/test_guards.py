@@ -195,3 +195,14 @@ def test_guard_counts_across_processes(monkeypatch) -> None:
         guard.after_step(TwoRanks(), 2, trained=3.0, supervised=9.0, skipped_here=0, skip_log=[("a", "image: x")])
     assert guard.skipped == 2 and guard.trained == 19
 
+
+
+def test_audit_reports_samples_per_pack_and_padding_left(make_cfg, tmp_path, capsys) -> None:
+    path = _write(make_cfg(data={"packing": True, "pack_length": 1024}), tmp_path / "p.yaml")
+    assert main(["data", "audit", path, "--out", str(tmp_path / "a")]) == 0
+    packing = json.loads((tmp_path / "a" / "audit.json").read_text())["packing"]
+    # 24 records of at most max_length=256 tokens, 4 a step (global batch 4): each step's 4 fit one row of 1024,
+    # alone in its micro-batch, so nothing is padded
+    assert packing["pack_length"] == 1024 and packing["samples"] == 24 and packing["rows"] == 6
+    assert packing["samples_per_row"] == 4.0 and packing["padding_ratio"] == 0.0
+    assert "packing into rows of 1024 tokens: 4.0 samples per row, padding left 0.0%" in capsys.readouterr().out
