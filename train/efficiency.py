@@ -3,7 +3,9 @@
 Convention (stated once, used by the trainer's log and by bench/vs_hf.py alike):
 - every parameter that acts on a token costs 2 FLOPs per token forward; a trainable one 6 (forward 2,
   backward 4); a frozen one is counted forward only (2), as in the usual model-FLOPs count;
-- the LLM's input embedding is a lookup (0 FLOPs); its LM head counts (once, when tied to the embedding);
+- the LLM's input embedding is a lookup (0 FLOPs); its LM head counts (once, when tied to the embedding) on the
+  positions the loss needs — the supervised ones of a batch with labels, every real token otherwise: logits
+  nobody reads are not model work, so a trainer that skips them is not credited with them (MFU stays <= 1);
 - the projector's parameters act on each vision token of each image, the LLM's on each real (non-pad) token,
   the vision tower's on each of its tokens per image, and only when it runs (not on features from the cache);
 - attention scores and values: 4 * layers * s^2 * width FLOPs per sequence of s tokens forward (the full,
@@ -128,6 +130,13 @@ def llm_counts(llm: nn.Module) -> Transformer:
     return Transformer(trainable, frozen, int(getattr(config, "num_hidden_layers", 0) or 0), heads * int(head_dim))
 
 
+def head_counts(llm: nn.Module) -> Transformer:
+    """The LM head's parameters per position (part of `llm_counts` too)."""
+    head = llm.get_output_embeddings()
+    trainable, frozen = _split(list(head.parameters())) if head is not None else (0, 0)
+    return Transformer(trainable, frozen, 0, 0)
+
+
 def vision_counts(encoder: nn.Module) -> tuple[Transformer, int]:
     """The vision tower's per-token parameters and attention shape, and its tokens per image (CLS included)."""
     trainable, frozen = _split(list(encoder.parameters()))
@@ -142,6 +151,7 @@ class StepFlops:
 
     def __init__(self, model: nn.Module) -> None:
         self.llm = llm_counts(model.llm)
+        self.head = head_counts(model.llm)
         self.vision, self.vision_tokens = vision_counts(model.vision_encoder)
         projector = _split(list(model.projector.parameters()))
         self.projector = Transformer(projector[0], projector[1], 0, 0)
@@ -161,6 +171,9 @@ class StepFlops:
         if lengths is None:
             lengths = [[int(n)] for n in mask.sum(dim=1).tolist()]
         flops = sum(self.llm.sequence_flops(n) for row in lengths for n in row)
+        if batch.labels is not None:  # the head only where the loss reads it (see the module docstring)
+            real = sum(n for row in lengths for n in row)
+            flops -= (real - batch.supervised_tokens()) * self.head.token_flops()
         return flops + images_in(batch) * self.image_flops(encoder_runs)
 
 

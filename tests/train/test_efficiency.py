@@ -71,6 +71,12 @@ def test_step_flops_on_a_vlm(tiny) -> None:
     assert flops.batch_flops(batch, encoder_runs=False) == text + 2 * per_image
     tower = flops.vision.sequence_flops(flops.vision_tokens)
     assert tower > 0 and flops.batch_flops(batch, encoder_runs=True) == text + 2 * (per_image + tower)
+    labels = torch.full_like(ids, -100)
+    labels[:, k + 1:k + 3] = 7  # 2 supervised positions a row (shifted: positions k+1, k+2 are targets)
+    head = flops.head.token_flops()
+    assert head == 2 * model.llm.get_output_embeddings().weight.numel()  # frozen: forward only
+    assert flops.batch_flops(dataclasses.replace(batch, labels=labels), encoder_runs=False) == \
+        text + 2 * per_image - (2 * k + 7 - 4) * head  # the head on the 4 supervised positions only
     packed = dataclasses.replace(batch, sample_lengths=[[k + 2, 3], [k + 2]])  # attention per packed sample
     assert flops.batch_flops(packed, False) == (llm.sequence_flops(k + 2) * 2 + llm.sequence_flops(3)
                                                  + 2 * per_image)
