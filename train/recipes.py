@@ -125,18 +125,14 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
 
     `load_pixels=False` (feature cache on): items carry resolved image paths only; the feature hook reads
     cached features and decodes just the images it has not cached yet."""
-    import yaml
-
-    from conversation.errors import RecordFileError
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
+    from vlm.anyres_features import image_token_counter
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
     records = records if records is not None else load_train_records(cfg)
-    from vlm.anyres_features import image_token_counter
-
     image_tokens = image_token_counter(model) if model.config.vision.anyres else model.config.num_image_tokens
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,

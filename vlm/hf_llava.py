@@ -1,12 +1,13 @@
 """Export to and import from HF `LlavaForConditionalGeneration` directories (weights mapped by name, strict)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformers import (
@@ -224,14 +225,9 @@ def import_hf(
         from vlm.hf_llava_next import import_hf_next
 
         return import_hf_next(source, out_dir, template=template, torch_dtype=torch_dtype)
-    dtype = resolve_dtype(torch_dtype) or torch.float32
-    llava = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    llava, tokenizer, dtype = open_hf(LlavaForConditionalGeneration, source, torch_dtype)
     config = llava.config
-    _check_importable(config, source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".import-", dir=Path(out_dir).resolve().parent) as staging:
-        staging_dir = Path(staging)
+    with staging_next_to(out_dir) as staging_dir:
         llm, projector_state = unpack_hf_parts(llava, source, staging_dir, dtype)
         del llava
         strategy_keeps_cls = config.vision_feature_select_strategy == "full"
@@ -245,6 +241,23 @@ def import_hf(
         save_imported(out_dir, ImportedParts(source, template, torch_dtype, dtype, config, tokenizer, vision, encoder,
                                              projector, llm, encoder.image_processor()))
     return VisionLanguageModel.load(out_dir)
+
+
+def open_hf(model_class: Any, source: Path, torch_dtype: str | None) -> tuple[Any, Any, torch.dtype]:
+    """A HF Llava-family model loaded from `source` (checked importable), its tokenizer and the load dtype."""
+    dtype = resolve_dtype(torch_dtype) or torch.float32
+    hf_model = model_class.from_pretrained(source, dtype=dtype)
+    _check_importable(hf_model.config, source)
+    return hf_model, AutoTokenizer.from_pretrained(source), dtype
+
+
+@contextlib.contextmanager
+def staging_next_to(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary directory beside `out_dir` (same file system) for the parts of an import."""
+    parent = Path(out_dir).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=parent) as staging:
+        yield Path(staging)
 
 
 def unpack_hf_parts(hf_model: Any, source: Path, staging_dir: Path, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:

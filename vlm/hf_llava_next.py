@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import (
-    AutoTokenizer,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
@@ -24,16 +22,17 @@ from vlm.hf_llava import (
     PROJECTOR_PREFIX,
     VISION_PREFIX,
     ExportError,
-    _check_importable,
     ImportedParts,
+    open_hf,
     _ties_as_llava,
     check_exportable,
     llava_state_dict,
     save_imported,
+    staging_next_to,
     unpack_hf_parts,
 )
 from vlm.atomic import atomic_directory
-from vlm.model import VisionLanguageModel, resolve_dtype
+from vlm.model import VisionLanguageModel
 from vlm.tokens import embedding_width, unused_rows
 
 NEWLINE_KEY = "model.image_newline"
@@ -137,14 +136,9 @@ def import_hf_next(
 ) -> VisionLanguageModel:
     """Convert a HF LlavaNext directory (a `llava-hf/llava-v1.6-*` layout) into our full checkpoint; return it loaded."""
     source = Path(source)
-    dtype = resolve_dtype(torch_dtype) or torch.float32
-    hf = LlavaNextForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    hf, tokenizer, dtype = open_hf(LlavaNextForConditionalGeneration, source, torch_dtype)
     config = hf.config
-    _check_importable(config, source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".import-", dir=Path(out_dir).resolve().parent) as staging:
-        staging_dir = Path(staging)
+    with staging_next_to(out_dir) as staging_dir:
         llm, projector_state = unpack_hf_parts(hf, source, staging_dir, dtype)
         projector_state[NEWLINE_WEIGHT] = hf.model.image_newline.detach().clone()
         del hf

@@ -186,7 +186,7 @@ def test_chat_answers_usable_images_and_names_bad_ones(corpus, model_dir, capsys
         if reason is None:
             assert code == 0, (ref, text)
         else:
-            assert code == 2 and f"vlm chat: error:" in text and ref in text, (ref, text)
+            assert code == 2 and "vlm chat: error:" in text and ref in text, (ref, text)
             assert reason.split()[0] in text or (reason == "missing file" and "not found" in text), (ref, text)
 
 

@@ -60,8 +60,8 @@ def _run(stubs: dict[str, Path], script: str, *args: str, nvidia_smi: bool = Fal
 def test_one_process_per_visible_gpu_with_the_venv_python(stubs) -> None:
     done, calls = _run(stubs, "scripts/finetune.sh", "micro_batch_size=8", STUB_TORCH_GPUS="2")
     assert done.returncode == 0, done.stderr
-    assert calls == [f"CVD=unset python -m torch.distributed.run --standalone --nproc_per_node=2 -m app.cli train "
-                     f"configs/llava15_finetune.yaml micro_batch_size=8"]
+    assert calls == ["CVD=unset python -m torch.distributed.run --standalone --nproc_per_node=2 -m app.cli train "
+                     "configs/llava15_finetune.yaml micro_batch_size=8"]
 
 
 def test_num_gpus_above_the_visible_count_is_refused(stubs) -> None:

@@ -1,7 +1,6 @@
 """Tests for train.recipe_registry: one row per recipe drives the config's choices, the freezing and the defaults."""
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import pytest
