@@ -9,7 +9,10 @@ from synthetic.generate import SynthConfig, generate_world
 _HELP = {
     "seed": "world seed (same seed -> byte-identical files)",
     "num_train": "training images", "num_test": "test images (evaluation files use only these)",
-    "image_size": "image side in pixels", "num_workers": "processes drawing images (never changes the output)",
+    "image_size": "image side (the height, when --image-width is given) in pixels",
+    "image_width": "image width in pixels for wide images (a multiple of 3, >= --image-size; objects keep the square "
+                   "world's pixel size); unset = square",
+    "num_workers": "processes drawing images (never changes the output)",
 }
 
 
@@ -19,7 +22,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         if f.name == "out":
             continue
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=type(f.default), default=f.default,
+        kind = int if f.default is None else type(f.default)  # the only optional field, image_width, is an int
+        parser.add_argument(flag, type=kind, default=f.default,
                             help=f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default {f.default})")
 
 

@@ -15,18 +15,23 @@ NOISE_STD = 4.0
 SIZE_RADIUS = {"small": 0.27, "large": 0.43}  # radius as a fraction of the grid cell
 
 
-def render_scene(scene: Scene, image_size: int = 72, seed: int = 0) -> Image.Image:
-    """Draw `scene` at `image_size` x `image_size`; deterministic for (scene, seed)."""
-    big = image_size * SUPERSAMPLE
+def render_scene(scene: Scene, image_size: int = 72, seed: int = 0, width: int | None = None) -> Image.Image:
+    """Draw `scene` at `width` x `image_size` (square when `width` is None); deterministic for (scene, seed).
+
+    The 3x3 grid's cells are `width / 3` wide and `image_size / 3` tall; objects keep the size (and jitter) they
+    have in the square world of the same height, centred in their wider cell.
+    """
+    width = image_size if width is None else width
+    big_h, big_w = image_size * SUPERSAMPLE, width * SUPERSAMPLE
     rng = scene_rng(seed, scene.split, scene.id, "draw")
-    canvas = Image.fromarray(_background(scene, big, rng.randint(0, 2**31 - 1)), "RGB")
+    canvas = Image.fromarray(_background(scene, big_h, big_w, rng.randint(0, 2**31 - 1)), "RGB")
     draw = ImageDraw.Draw(canvas)
-    cell = big / 3
+    cell_w, cell_h = big_w / 3, big_h / 3
     for obj in scene.objects:
-        jx, jy = (rng.uniform(-0.08, 0.08) * cell for _ in range(2))
-        cx, cy = (obj.col + 0.5) * cell + jx, (obj.row + 0.5) * cell + jy
-        _draw_shape(draw, obj, cx, cy, SIZE_RADIUS[obj.size] * cell, rng.uniform(-0.15, 0.15))
-    small = canvas.resize((image_size, image_size), Image.Resampling.BOX)
+        jx, jy = (rng.uniform(-0.08, 0.08) * cell_h for _ in range(2))
+        cx, cy = (obj.col + 0.5) * cell_w + jx, (obj.row + 0.5) * cell_h + jy
+        _draw_shape(draw, obj, cx, cy, SIZE_RADIUS[obj.size] * cell_h, rng.uniform(-0.15, 0.15))
+    small = canvas.resize((width, image_size), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.float32)
     noise_rng = np.random.default_rng(_int_seed(seed, scene.split, scene.id))
     pixels = pixels + noise_rng.normal(0.0, NOISE_STD, size=pixels.shape)
@@ -44,16 +49,16 @@ def _int_seed(seed: int, split: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{split}/{index}/noise".encode()).digest()[:8], "little")
 
 
-def _background(scene: Scene, size: int, seed: int) -> np.ndarray:
+def _background(scene: Scene, height: int, width: int, seed: int) -> np.ndarray:
     tint = np.array(scene.background_tint, dtype=np.float32)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     rng = np.random.default_rng(seed)
     period = int(rng.integers(6, 14)) * 2
     if scene.background == "plain":
-        shade = np.zeros((size, size), np.float32)
+        shade = np.zeros((height, width), np.float32)
     elif scene.background == "gradient":
-        axis = xx if rng.random() < 0.5 else yy
-        shade = axis / size * 30.0
+        axis, extent = (xx, width) if rng.random() < 0.5 else (yy, height)
+        shade = axis / extent * 30.0
     elif scene.background == "striped":
         axis = xx if rng.random() < 0.5 else yy
         shade = ((axis // (period // 2)) % 2) * 14.0

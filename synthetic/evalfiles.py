@@ -68,10 +68,11 @@ def pope_files(scenes: list[Scene], seed: int, max_images: int, per_image: int =
     return out
 
 
-def coco_captions(scenes: list[Scene], seed: int, image_size: int) -> dict:
+def coco_captions(scenes: list[Scene], seed: int, image_size: int, width: int | None = None) -> dict:
     images, annotations = [], []
+    width = image_size if width is None else width
     for scene in scenes:
-        images.append({"id": scene.id, "file_name": scene.file_name, "width": image_size, "height": image_size})
+        images.append({"id": scene.id, "file_name": scene.file_name, "width": width, "height": image_size})
         rng = scene_rng(seed, scene.split, scene.id, "coco")
         for caption in coco_references(scene, rng):
             annotations.append({"image_id": scene.id, "id": len(annotations) + 1, "caption": caption})

@@ -25,6 +25,8 @@ class SynthConfig:
     num_train: int = 10000
     num_test: int = 500
     image_size: int = 72  # a multiple of 3: the stage-0 ViT's patches are the 24-pixel grid cells
+    # Wide images (width x image_size, objects at the square world's pixel size); None = square.
+    image_width: int | None = None
     num_workers: int = 2
     held_out_share: float = 0.5  # share of test scenes forced to contain a held-out colour-shape pair
     detail_share: float = 0.25
@@ -43,6 +45,10 @@ class SynthConfig:
             raise ValueError(f"num_train and num_test must be >= 1 (got {self.num_train}, {self.num_test})")
         if self.image_size < 24:
             raise ValueError(f"image_size {self.image_size} is too small to draw a 3x3 grid of shapes (min 24)")
+        if self.image_width is not None and (self.image_width < self.image_size or self.image_width % 3):
+            raise ValueError(f"image_width {self.image_width} must be a multiple of 3 (three grid columns of whole "
+                             f"pixels) and >= image_size {self.image_size} (objects are sized by the height, so a "
+                             f"narrower cell would clip them)")
         if not 0.0 <= self.held_out_share <= 1.0:
             raise ValueError(f"held_out_share must be in [0, 1], got {self.held_out_share}")
 
@@ -50,7 +56,13 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("num_workers")
+        if d["image_width"] is None:  # square worlds keep the manifest they always had
+            d.pop("image_width")
         return d
+
+    @property
+    def width(self) -> int:
+        return self.image_size if self.image_width is None else self.image_width
 
 
 @dataclass
@@ -62,10 +74,10 @@ class SynthReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _render_one(job: tuple[int, str, int, int, float, str]) -> None:
-    seed, split, index, size, share, folder = job
+def _render_one(job: tuple[int, str, int, int, int | None, float, str]) -> None:
+    seed, split, index, size, width, share, folder = job
     scene = sample_scene(seed, split, index, share)
-    (Path(folder) / scene.file_name).write_bytes(png_bytes(render_scene(scene, size, seed)))
+    (Path(folder) / scene.file_name).write_bytes(png_bytes(render_scene(scene, size, seed, width)))
 
 
 def _render_all(cfg: SynthConfig, root: Path) -> None:
@@ -73,7 +85,8 @@ def _render_all(cfg: SynthConfig, root: Path) -> None:
     for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
         folder = root / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
-        jobs += [(cfg.seed, split, i, cfg.image_size, cfg.held_out_share, str(folder)) for i in range(n)]
+        jobs += [(cfg.seed, split, i, cfg.image_size, cfg.image_width, cfg.held_out_share,
+                  str(folder)) for i in range(n)]
     if cfg.num_workers <= 1:
         for job in jobs:
             _render_one(job)
@@ -143,7 +156,7 @@ def generate_world(cfg: SynthConfig) -> SynthReport:
     pope = evalfiles.pope_files(test, cfg.seed, cfg.pope_images)
     for name, rows in pope.items():
         _dump_jsonl(ev / "pope" / f"coco_pope_{name}.json", rows)
-    _dump(ev / "coco" / "captions_test.json", evalfiles.coco_captions(test, cfg.seed, cfg.image_size))
+    _dump(ev / "coco" / "captions_test.json", evalfiles.coco_captions(test, cfg.seed, cfg.image_size, cfg.width))
     problems, pid_splits, with_images = evalfiles.scienceqa_files(test, cfg.seed, cfg.scienceqa_images, cfg.scienceqa_text)
     _dump(ev / "scienceqa" / "problems.json", problems)
     _dump(ev / "scienceqa" / "pid_splits.json", pid_splits)

@@ -210,6 +210,10 @@ def pretrain_vit(world: Path, out: Path, cfg: ViTPretrainConfig, force: bool = F
     train_captions, test_captions = ([clip_caption(s) for s in scenes] for scenes in (train_scenes, test_scenes))
     train_ids = encode_captions(train_captions, tokenizer, cfg.max_caption_tokens)
     test_ids = encode_captions(test_captions, tokenizer, cfg.max_caption_tokens)
+    if train_images.shape[-1] != train_images.shape[-2]:
+        raise ValueError(f"{world}: images are {train_images.shape[-1]}x{train_images.shape[-2]} (a wide world); the "
+                         "stage-0 ViT trains on square images: pretrain on the square world of the same height and "
+                         "use its backbones")
     image_size = int(train_images.shape[-1])
     patch = patch_size(cfg, image_size)
     cells = CellCaptions({"train": train_scenes, "test": test_scenes}, image_size // patch,

@@ -64,3 +64,30 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, make_config) -> None:
     cfg = make_config(tmp_path / "w")
     with pytest.raises(ValueError, match="too small"):
         type(cfg)(out=str(tmp_path / "w"), image_size=16)
+
+
+def test_wide_world_has_wide_images_and_records_their_size(tmp_path: Path, make_config) -> None:
+    import dataclasses
+
+    from PIL import Image
+
+    cfg = dataclasses.replace(make_config(tmp_path / "wide"), num_train=6, num_test=4, image_width=216)
+    generate_world(cfg)
+    root = Path(cfg.out)
+    assert Image.open(root / "images" / "train" / "000000.png").size == (216, 72)
+    assert Image.open(root / "images" / "test" / "000003.png").size == (216, 72)
+    images = json.loads((root / "eval" / "coco" / "captions_test.json").read_text())["images"]
+    assert {(i["width"], i["height"]) for i in images} == {(216, 72)}
+    assert json.loads((root / "world.json").read_text())["config"]["image_width"] == 216
+
+
+def test_square_world_manifest_does_not_name_image_width(world: Path) -> None:
+    assert "image_width" not in json.loads((world / "world.json").read_text())["config"]
+
+
+@pytest.mark.parametrize("width, message", [(100, "multiple of 3"), (69, ">= image_size")])
+def test_bad_image_width_is_a_clear_error(tmp_path: Path, width: int, message: str) -> None:
+    from synthetic.generate import SynthConfig
+
+    with pytest.raises(ValueError, match=message):
+        SynthConfig(out=str(tmp_path / "w"), image_size=72, image_width=width)

@@ -65,3 +65,14 @@ def test_short_run_lowers_contrastive_loss_and_saves_a_loadable_vit(world: Path,
     with torch.no_grad():
         hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states
     assert hidden[-1].shape == (1, 1 + 16, 32)
+
+
+def test_wide_world_is_refused_with_the_reason(tmp_path: Path, make_config) -> None:
+    import dataclasses
+
+    from synthetic.generate import generate_world
+
+    cfg = dataclasses.replace(make_config(tmp_path / "wide"), num_train=4, num_test=2, image_width=216)
+    generate_world(cfg)
+    with pytest.raises(ValueError, match="square world of the same height"):
+        pretrain_vit(Path(cfg.out), tmp_path / "vit", ViTPretrainConfig(steps=1))
