@@ -89,7 +89,7 @@ class Bench:
         common = [f"data.image_folder={w / 'images'}", f"seed={a.seed}"]
         self.stage(f"{mode}_align", run / "align" / CONFIG_NAME,
                    ["train", str(ALIGN_CONFIG), f"model.vision.spec=hf:{self.backbones / 'vit'}",
-                    f"model.llm={self.backbones / 'llm'}", *vision, f"data.data_path=[{w / 'align.json'}]", *common,
+                    f"model.llm={self.backbones / 'llm'}", f"model.projector={a.projector}", *vision, f"data.data_path=[{w / 'align.json'}]", *common,
                     f"max_steps={a.align_steps}", f"output_dir={run / 'align'}", *self.cache_overrides(mode, "align")])
         self.stage(f"{mode}_instruct", run / "instruct" / CONFIG_NAME,
                    ["train", str(INSTRUCT_CONFIG), f"model.init_from={run / 'align'}",  # anyres comes from phase 1
@@ -106,7 +106,8 @@ class Bench:
         scores = json.loads((run / "eval_vqa" / "scores.json").read_text())["scores"]
         tokens, tiles = image_cost(run / "instruct", size)
         row = {"vqa": scores["accuracy"], "seen": scores["per_group"].get("seen"),
-               "heldout": scores["per_group"].get("heldout"), "image_tokens": tokens, "encoder_tiles": tiles,
+               "heldout": scores["per_group"].get("heldout"), "per_question_type": scores["per_question_type"],
+               "image_tokens": tokens, "encoder_tiles": tiles,
                "feature_cache": mode == "pad" and self.args.pad_feature_cache}
         for phase in ("align", "instruct"):
             row[f"{phase}_step_s"] = mean_step_time(run / phase)
@@ -142,10 +143,14 @@ def print_table(args: argparse.Namespace, results: dict[str, dict], world_s: flo
           "| instruct step s | align wall s | instruct wall s | eval wall s | feature cache |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
-        pct = [f"{100 * v:.1f}" if v is not None else "-" for v in (r["vqa"], r["seen"], r["heldout"])]
+        pct = [f"{v:.1f}" if v is not None else "-" for v in (r["vqa"], r["seen"], r["heldout"])]  # already percent
         print(f"| {mode} | {' | '.join(pct)} | {r['image_tokens']} | {r['encoder_tiles']} | {r['align_step_s']:.3f} "
               f"| {r['instruct_step_s']:.3f} | {r['align_wall_s']:.0f} | {r['instruct_wall_s']:.0f} "
               f"| {r['eval_wall_s']:.0f} | {'on' if r['feature_cache'] else 'off'} |")
+    types = sorted({t for r in results.values() for t in r["per_question_type"]})
+    print("\n| mode | " + " | ".join(types) + " |\n|---|" + "---|" * len(types))
+    for mode, r in results.items():
+        print(f"| {mode} | " + " | ".join(f"{r['per_question_type'].get(t, float('nan')):.1f}" for t in types) + " |")
     if "anyres" in results:
         print("\nanyres trains without the feature cache (the cache holds one feature map per image, anyres a "
               "size-dependent set of tiles); pad " + ("uses it (--pad-feature-cache)." if args.pad_feature_cache
@@ -164,6 +169,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="world and training seed")
     parser.add_argument("--align-steps", type=int, default=60, help="phase-1 max_steps (both modes)")
     parser.add_argument("--instruct-steps", type=int, default=600, help="phase-2 max_steps (both modes)")
+    parser.add_argument("--projector", default="mlp2x_gelu",
+                        help="phase-1 projector for both modes (anyres needs a one-to-one projector)")
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--eval-limit", type=int, default=None, help="only the first N VQA questions")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of pad,anyres")

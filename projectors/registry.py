@@ -5,6 +5,7 @@ import re
 from typing import Callable
 
 from projectors.base import Projector
+from projectors.expanding import ExpandingProjector
 from projectors.mlp import IdentityProjector, LinearProjector, MLPProjector
 from projectors.reducing import AvgPoolProjector, PixelShuffleProjector
 
@@ -22,6 +23,10 @@ FAMILIES: dict[str, tuple[re.Pattern[str], Callable[[str, int, int, int], Projec
     "pixel_shuffle{F}x_mlp2x_gelu": (
         re.compile(rf"pixel_shuffle{_POSITIVE}x_mlp2x_gelu"),
         lambda n, dv, dl, f: PixelShuffleProjector(n, dv, dl, factor=f),
+    ),
+    "expand{M}x_mlp2x_gelu": (
+        re.compile(rf"expand{_POSITIVE}x_mlp2x_gelu"),
+        lambda n, dv, dl, m: ExpandingProjector(n, dv, dl, factor=m),
     ),
     "avgpool{F}x_mlp2x_gelu": (
         re.compile(rf"avgpool{_POSITIVE}x_mlp2x_gelu"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The synthetic world on CPU: build it (if missing), pretrain its backbones (if missing), then phase 1 and phase 2.
+# The synthetic world on CPU: build it (if missing), then phase 1 and phase 2 on the shipped backbones.
 # Extra arguments are overrides applied to both phases, e.g.: bash scripts/train_synthetic.sh max_steps=50
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB
 WORLD=runs/synthetic/world
 VLM=${VLM:-.venv/bin/vlm}
 [[ -f "$WORLD/align.json" ]] || "$VLM" synth --out "$WORLD"
-[[ -d "$WORLD/backbones/llm" && -d "$WORLD/backbones/vit" ]] || "$VLM" pretrain-backbones --world "$WORLD"
 "$VLM" train configs/synthetic_align.yaml "$@"
 "$VLM" train configs/synthetic_instruct.yaml "$@"

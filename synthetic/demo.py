@@ -1,6 +1,8 @@
-"""`vlm demo`: the main job — synthetic world, stage-0 backbones, both phases, benchmarks, chat, report.json.
+"""`vlm demo`: the main job — synthetic world, both phases on the shipped backbones, benchmarks, chat, report.json.
 
-Every stage is an ordinary `vlm` command (the same ones a user runs by hand); this module only sequences
+The stage-0 backbones (a tiny CLIP ViT and Llama, as a real user starts from a pretrained CLIP and LLM) ship
+in `synthetic/backbones/`; `--pretrain-backbones` trains them again, `--ablations` adds LLaVA's
+phase-2-without-phase-1 run. Every stage is an ordinary `vlm` command (the same ones a user runs by hand); this module only sequences
 them, times them, skips stages whose outputs are complete, and gathers the figures into one report. The
 command runner is handed in by the application (`app.cli`), which sits above this package.
 """
@@ -16,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from synthetic.corpus import CORPUS_FILE
+from synthetic.stage0.shipped import SHIPPED_DIR, manifest_problems
 from vlm.config import CONFIG_NAME
-
 
 
 @dataclass(frozen=True)
 class DemoProfile:
-    """Sizes of one demo run: the world, the backbones' steps and the two phases' overrides."""
+    """Sizes of one demo run: the world, the backbones' steps (when retrained) and the two phases' overrides."""
 
     synth: list[str]
     backbones: list[str]
@@ -69,10 +72,12 @@ class Demo:
     """Runs the stages in order under `out`, recording wall seconds per stage in `out/stages.json`."""
 
     def __init__(self, out: Path, profile: DemoProfile, repo: Path, run_command: CommandRunner,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, pretrain_backbones: bool = False, ablations: bool = False):
         self.out, self.profile, self.repo, self.log = out, profile, repo, log
         self.vlm = run_command
         self.world = out / "world"
+        self.pretrain_backbones, self.ablations = pretrain_backbones, ablations
+        self.backbones = self.world / "backbones" if pretrain_backbones else SHIPPED_DIR
         self.feature_cache = self.world / "feature_cache"  # the frozen ViT's features, shared by all three runs
         self.stages_file = out / "stages.json"
         self.stages: dict[str, float] = json.loads(self.stages_file.read_text()) if self.stages_file.is_file() else {}
@@ -96,28 +101,47 @@ class Demo:
         return str(self.repo / name)
 
     def world_overrides(self) -> list[str]:
-        backbones = self.world / "backbones"
+        backbones = self.backbones
         return [f"data.image_folder={self.world / 'images'}", f"model.vision.spec=hf:{backbones / 'vit'}",
                 f"model.llm={backbones / 'llm'}", f"feature_cache_dir={self.feature_cache}"]
 
     # --- stages --------------------------------------------------------------------------------------
     def run_training(self) -> None:
         p, w = self.profile, self.world
-        self.stage("world", lambda: (w / "instruct.json").is_file(),
-                   [["synth", "--out", str(w), "--seed", "0", *p.synth]])
-        self.stage("backbones", lambda: (w / "backbones" / "llm" / "config.json").is_file(),
-                   [["pretrain-backbones", "--world", str(w), *p.backbones]])
+        if self.pretrain_backbones:
+            self.stage("world", lambda: (w / CORPUS_FILE).is_file() and (w / "instruct.json").is_file(),
+                       [["synth", "--out", str(w), "--seed", "0", *p.synth]])
+        else:  # the shipped LLM is already pretrained: no text corpus to write
+            self.stage("world", lambda: (w / "instruct.json").is_file(),
+                       [["synth", "--out", str(w), "--seed", "0", *p.synth, "--corpus-scenes", "0"]])
+        if self.pretrain_backbones:
+            self.stage("backbones", lambda: (self.backbones / "llm" / "config.json").is_file(),
+                       [["pretrain-backbones", "--world", str(w), "--out", str(self.backbones), *p.backbones]])
+        else:
+            problems = manifest_problems(self.backbones)
+            if problems:
+                raise DemoError(f"the shipped backbones in {self.backbones} do not match their manifest "
+                                f"({'; '.join(problems[:3])}): restore them (git checkout -- {self.backbones}) "
+                                "or train new ones with `vlm demo --pretrain-backbones`")
+            self.log(f"[demo] backbones: the shipped ones ({self.backbones}, manifest checked)")
         align_out = self.out / "align"
         self.stage("align", lambda: (align_out / CONFIG_NAME).is_file(),
                    [["train", self.config(ALIGN_CONFIG), *self.world_overrides(),
                      f"data.data_path=[{w / 'align.json'}]", f"output_dir={align_out}", *p.align]])
         self.stage("instruct", lambda: (self.out / "instruct" / CONFIG_NAME).is_file(),
                    [self.instruct_argv(align_out, self.out / "instruct")])
-        scratch = self.out / "noalign_init"
-        self.stage("instruct_without_alignment", lambda: (self.out / "noalign" / CONFIG_NAME).is_file(),
-                   [["build", "--vision", f"hf:{w / 'backbones' / 'vit'}", "--projector", "mlp2x_gelu",
-                     "--llm", str(w / "backbones" / "llm"), "--template", "vicuna_v1", "--out", str(scratch)],
-                    self.instruct_argv(scratch, self.out / "noalign")])
+        if self.ablations:
+            scratch = self.out / "noalign_init"
+            self.stage("instruct_without_alignment", lambda: (self.out / "noalign" / CONFIG_NAME).is_file(),
+                       [["build", "--vision", f"hf:{self.backbones / 'vit'}", "--projector", self.projector(),
+                         "--llm", str(self.backbones / "llm"), "--template", "vicuna_v1", "--out", str(scratch)],
+                        self.instruct_argv(scratch, self.out / "noalign")])
+
+    def projector(self) -> str:
+        """The projector phase 1 builds (read from its config, so the ablation starts from the same architecture)."""
+        import yaml
+
+        return yaml.safe_load(Path(self.config(ALIGN_CONFIG)).read_text())["model"]["projector"]
 
     def instruct_argv(self, init_from: Path, out: Path) -> list[str]:
         w = self.world
@@ -138,11 +162,11 @@ class Demo:
         return {
             "vqa": self.eval_argv(model, "vqav2", "vqa"),
             "vqa_blind": self.eval_argv(model, "vqav2", "vqa_blind", "--blank-images"),
-            "vqa_noalign": self.eval_argv(noalign, "vqav2", "vqa_noalign"),
             "pope": self.eval_argv(model, "pope", "pope"),
             "captions": self.eval_argv(model, "coco_captions", "captions", "--no-meteor"),
             "mcq": self.eval_argv(model, "scienceqa_img", "mcq"),
             "text": self.eval_argv(model, "text_qa", "text"),
+            **({"vqa_noalign": self.eval_argv(noalign, "vqav2", "vqa_noalign")} if self.ablations else {}),
         }
 
     def run_evaluations(self) -> None:
@@ -203,9 +227,14 @@ class Demo:
             "caption_cider": self.scores("captions")["CIDEr"],
             "mcq_accuracy": self.scores("mcq")["accuracy"],
             "text_only_accuracy": self.scores("text")["accuracy"],
-            "no_alignment_vqa_accuracy_seen": self.scores("vqa_noalign")["per_group"].get("seen"),
+            "backbones": "retrained (--pretrain-backbones)" if self.pretrain_backbones else "shipped",
+            "stages_run": list(self.stages),
             "wall_seconds": {**self.stages, "total": round(total, 1)},
         }
+        if self.ablations:
+            noalign = self.scores("vqa_noalign")["per_group"]
+            report["no_alignment_vqa_accuracy_seen"] = noalign.get("seen")
+            report["no_alignment_vqa_accuracy_heldout"] = noalign.get("heldout")
         (self.out / "report.json").write_text(json.dumps(report, indent=2))
         return report
 
@@ -213,15 +242,21 @@ class Demo:
 def print_table(report: dict[str, Any], log: Callable[[str], None] = print) -> None:
     log("\n| metric | value |\n|---|---|")
     for key, value in report.items():
-        if key != "wall_seconds":
+        if key not in ("wall_seconds", "stages_run"):
             log(f"| {key} | {value} |")
     log(f"| wall seconds (total) | {report['wall_seconds']['total']} |")
+    log(f"stages run: {', '.join(report['stages_run'])}")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where every stage writes (default runs/demo)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+    parser.add_argument("--pretrain-backbones", action="store_true",
+                        help="train the stage-0 ViT and LLM again (under OUT/world/backbones) instead of using the "
+                             "shipped ones in synthetic/backbones/")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run phase 2 without phase 1 (LLaVA's ablation) and report its VQA accuracy")
 
 
 def main(args: argparse.Namespace, run_command: CommandRunner) -> int:
@@ -230,7 +265,8 @@ def main(args: argparse.Namespace, run_command: CommandRunner) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parents[1]
-    demo = Demo(out, PROFILES[args.profile], repo, run_command)
+    demo = Demo(out, PROFILES[args.profile], repo, run_command, pretrain_backbones=args.pretrain_backbones,
+                ablations=args.ablations)
     start = time.perf_counter()
     try:
         demo.run_training()

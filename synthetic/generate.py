@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from synthetic import evalfiles
-from synthetic.corpus import DOC_SEPARATOR, corpus_documents
+from synthetic.corpus import CORPUS_FILE, corpus_records, record_texts
 from synthetic.draw import png_bytes, render_scene
 from synthetic.llava_records import align_record, detail_record, mcq_record, text_record, vqa_record
 from synthetic.tokenizer import save_tokenizer, train_tokenizer
@@ -37,7 +37,8 @@ class SynthConfig:
     scienceqa_images: int = 200
     scienceqa_text: int = 20
     text_eval: int = 200
-    facts_per_kind: int = 400
+    text_chats: int = 4000  # text-only chats (numbers, facts) in the LLM's corpus
+    corpus_scenes: int = 20000  # scenes written as text for the LLM's pretraining (never drawn as images)
     vocab_size: int = 2048
 
     def __post_init__(self) -> None:
@@ -169,12 +170,13 @@ def generate_world(cfg: SynthConfig) -> SynthReport:
     report.timings["eval"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    docs = list(corpus_documents(train, cfg.seed, cfg.facts_per_kind))
-    (root / "text_corpus.txt").write_text(DOC_SEPARATOR.join(docs) + "\n", encoding="utf-8")
+    corpus = list(corpus_records(cfg.seed, cfg.corpus_scenes, cfg.text_chats))
+    _dump_jsonl(root / CORPUS_FILE, corpus)
     report.timings["corpus"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tokenizer_texts = docs + [turn["value"] for r in align + instruct for turn in r["conversations"]]
+    tokenizer_texts = [text for entry in corpus for text in record_texts(entry)]
+    tokenizer_texts += [turn["value"] for r in align + instruct for turn in r["conversations"]]
     save_tokenizer(train_tokenizer(tokenizer_texts, cfg.vocab_size), root / "tokenizer")
     report.timings["tokenizer"] = time.perf_counter() - t0
 
@@ -182,7 +184,7 @@ def generate_world(cfg: SynthConfig) -> SynthReport:
                      "instruct": len(instruct), "vqav2_questions": len(questions["questions"]),
                      "vqav2_heldout": sum(v == "heldout" for v in splits.values()),
                      "pope_random": len(pope["random"]), "coco_images": len(test), "scienceqa": len(problems),
-                     "text_eval": len(text_rows), "corpus_documents": len(docs)}
+                     "text_eval": len(text_rows), "corpus_records": len(corpus)}
     manifest = {"format": "vlm-synthetic-world/1", "config": cfg.content_dict(), "shapes": list(SHAPES),
                 "colours": list(COLOUR_NAMES), "held_out_pairs": [list(p) for p in sorted(HELD_OUT)],
                 "counts": report.counts}

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from synthetic.stage0.config import LLMPretrainConfig, ViTPretrainConfig
 from synthetic.stage0.llm import pretrain_llm
+from synthetic.stage0.shipped import write_manifest
 from synthetic.stage0.vit import pretrain_vit
 
 
@@ -40,6 +43,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", choices=("both", "llm", "vit"), default="both")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--force", action="store_true", help="retrain even when a cached run matches")
+    parser.add_argument("--manifest", action="store_true",
+                        help="write OUT/manifest.json (configs, world settings, command, wall times, metrics, sha256 "
+                             "per file): how the shipped backbones in synthetic/backbones/ are made")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +55,12 @@ def main(args: argparse.Namespace) -> int:
     llm = LLMPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch_size)
     vit = ViTPretrainConfig(steps=args.vit_steps, batch_size=args.vit_batch_size, patch_size=args.vit_patch_size)
     results = pretrain_backbones(args.world, out, llm, vit, force=args.force, only=args.only)
+    if args.manifest:
+        world = json.loads((args.world / "world.json").read_text())
+        write_manifest(out, command="vlm " + " ".join(sys.argv[1:]), world=world["config"],
+                       llm_config=asdict(llm), vit_config=asdict(vit), torch_threads=torch.get_num_threads(),
+                       train_seconds={k: round(v["train_seconds"], 1) for k, v in results.items()},
+                       metrics={k: {m: v[m] for m in v if m not in ("cached", "wall_seconds")} for k, v in results.items()})
     print(json.dumps(results, indent=2))
     print(f"backbones in {out}: LLM at {out / 'llm'} (AutoModelForCausalLM), ViT at {out / 'vit'} (spec hf:{out / 'vit'})")
     return 0

@@ -16,17 +16,19 @@ class LLMPretrainConfig:
     """A tiny Llama trained by next-token prediction on the world's text corpus."""
 
     hidden_size: int = 128
-    num_layers: int = 3
+    num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
-    seq_len: int = 128
+    seq_len: int = 256
     batch_size: int = 32
-    steps: int = 600
-    lr: float = 3e-3
-    warmup_steps: int = 30
+    steps: int = 3000
+    lr: float = 2e-3
+    warmup_steps: int = 50
     weight_decay: float = 0.01
     val_fraction: float = 0.02
+    replies_only: bool = True  # loss on the replies (chats) and captions only: the skills, not the prompts
+    gate_scenes: int = 300  # unseen scenes of the text gate scored after training (0: skip it)
     seed: int = 0
 
 
@@ -49,7 +51,7 @@ class ViTPretrainConfig:
     projection_dim: int = 64
     max_caption_tokens: int = 48
     batch_size: int = 64
-    steps: int = 400
+    steps: int = 1500
     lr: float = 1e-3
     warmup_steps: int = 30
     weight_decay: float = 0.1

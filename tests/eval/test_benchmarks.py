@@ -13,7 +13,7 @@ def world(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("world")
     generate_world(SynthConfig(out=str(root), num_train=10, num_test=8, num_workers=1, pope_images=4,
-                               scienceqa_images=4, scienceqa_text=2, text_eval=4, facts_per_kind=2, vocab_size=300))
+                               scienceqa_images=4, scienceqa_text=2, text_eval=4, text_chats=4, corpus_scenes=20, vocab_size=300))
     return root
 
 

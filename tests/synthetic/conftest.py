@@ -11,7 +11,7 @@ from synthetic.generate import SynthConfig, generate_world
 def tiny_config(out: Path, seed: int = 0, num_workers: int = 1) -> SynthConfig:
     return SynthConfig(out=str(out), seed=seed, num_train=60, num_test=30, num_workers=num_workers,
                        pope_images=20, scienceqa_images=10, scienceqa_text=3, text_eval=20,
-                       facts_per_kind=10, vocab_size=600)
+                       text_chats=20, corpus_scenes=200, vocab_size=600)
 
 
 @pytest.fixture(scope="session")

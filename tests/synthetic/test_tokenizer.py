@@ -4,7 +4,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from conversation.records import parse_record
-from synthetic.corpus import vicuna_chat
+from conversation.records import Message
+from conversation.templates import render_text
 from synthetic.tokenizer import train_tokenizer
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -30,7 +31,8 @@ def test_chat_template_renders_vicuna_v1(world: Path) -> None:
                 {"role": "user", "content": "What is 1 plus 1?"}]
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered == f"<s>{SYSTEM} USER: What is 2 plus 3? ASSISTANT: 5</s>USER: What is 1 plus 1? ASSISTANT:"
-    assert rendered.removeprefix("<s>").removesuffix("USER: What is 1 plus 1? ASSISTANT:") == vicuna_chat([("What is 2 plus 3?", "5")])
+    ours = render_text([Message(m["role"], m["content"]) for m in messages], "vicuna_v1", tok, generation=True)
+    assert rendered == ours  # the world's tokenizer renders exactly as the trainer's vicuna_v1 template
     custom = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, *messages[:2]], tokenize=False)
     assert custom == "<s>Be brief. USER: What is 2 plus 3? ASSISTANT: 5</s>"
 

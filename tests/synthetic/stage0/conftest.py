@@ -14,14 +14,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stage0") / "w"
     generate_world(SynthConfig(out=str(out), seed=0, num_train=96, num_test=32, image_size=32, num_workers=1,
                                pope_images=4, scienceqa_images=2, scienceqa_text=1, text_eval=4,
-                               facts_per_kind=20, vocab_size=600))
+                               text_chats=40, corpus_scenes=300, vocab_size=600))
     return out
 
 
 @pytest.fixture
 def tiny_llm() -> LLMPretrainConfig:
     return LLMPretrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                             seq_len=32, batch_size=8, steps=40, lr=1e-2, warmup_steps=4)
+                             seq_len=32, batch_size=8, steps=40, lr=1e-2, warmup_steps=4, gate_scenes=5)
 
 
 @pytest.fixture

@@ -1,0 +1,94 @@
+"""The shipped stage-0 backbones: files match the manifest, they load through the ordinary paths, they pass the
+text gate, and `vlm pretrain-backbones` with the manifest's config reproduces them in kind."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+
+from synthetic.generate import SynthConfig, generate_world
+from synthetic.stage0.cli import pretrain_backbones
+from synthetic.stage0.config import LLMPretrainConfig, ViTPretrainConfig
+from synthetic.stage0.shipped import MANIFEST, SHIPPED_DIR, file_hashes, manifest_problems
+from synthetic.stage0.text_gate import text_gate
+from vision_encoders.config import VisionEncoderConfig
+from vlm.model import VisionLanguageModel
+
+ARCHITECTURE = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def manifest() -> dict:
+    return json.loads((SHIPPED_DIR / MANIFEST).read_text())
+
+
+def test_files_match_the_manifest() -> None:
+    assert manifest_problems(SHIPPED_DIR) == []
+    assert {"llm/model.safetensors", "vit/model.safetensors"} <= set(manifest()["files"])
+    assert not list(SHIPPED_DIR.rglob("*.bin")) and not list(SHIPPED_DIR.rglob("*.pt"))  # safetensors only
+
+
+def test_a_changed_file_is_reported(tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "backbones"
+    shutil.copytree(SHIPPED_DIR, copy)
+    (copy / "llm" / "config.json").write_text("{}")
+    (copy / "extra.txt").write_text("x")
+    assert manifest_problems(copy) == ["extra.txt: not in the manifest", "llm/config.json: sha256 differs from the manifest"]
+
+
+def test_manifest_config_is_the_command_default() -> None:
+    """`vlm pretrain-backbones --world W` with default flags trains what ships (steps and all)."""
+    m = manifest()
+    assert m["llm_config"] == asdict(LLMPretrainConfig()) and m["vit_config"] == asdict(ViTPretrainConfig())
+    assert m["command"].startswith("vlm pretrain-backbones") and m["world"]["seed"] == 0
+    assert set(m["train_seconds"]) == {"llm", "vit"}
+
+
+def test_they_load_through_the_ordinary_paths_and_build_the_demo_model() -> None:
+    llm = AutoModelForCausalLM.from_pretrained(str(SHIPPED_DIR / "llm"))
+    tok = AutoTokenizer.from_pretrained(str(SHIPPED_DIR / "llm"))
+    assert llm.config.vocab_size == len(tok) and tok.convert_tokens_to_ids("<image>") == 4
+    vit = CLIPVisionModel.from_pretrained(str(SHIPPED_DIR / "vit"))
+    assert vit.config.image_size == 72 and vit.config.patch_size == 24
+    model = VisionLanguageModel.build(VisionEncoderConfig(spec=f"hf:{SHIPPED_DIR / 'vit'}", select_layer=-2),
+                                      "expand5x_mlp2x_gelu", str(SHIPPED_DIR / "llm"), "vicuna_v1")
+    assert model.config.num_image_tokens == 45  # nine cells, five word-like tokens each
+
+
+@pytest.mark.slow
+def test_the_shipped_llm_passes_the_text_gate() -> None:
+    """Re-measured here on fresh scenes (not read from the manifest): it reads a scene sheet."""
+    recorded = manifest()["metrics"]["llm"]["text_gate"]
+    assert recorded["overall"] >= 95, recorded
+    torch.set_num_threads(1)
+    llm = AutoModelForCausalLM.from_pretrained(str(SHIPPED_DIR / "llm"))
+    tok = AutoTokenizer.from_pretrained(str(SHIPPED_DIR / "llm"))
+    scores = text_gate(llm, tok, seed=7, num_scenes=60)
+    assert scores["overall"] >= 90, scores  # 180 questions: a few points of sampling noise under the recorded gate
+
+
+@pytest.mark.slow
+def test_the_command_reproduces_them_in_kind(tmp_path: Path) -> None:
+    """A short run of the manifest's config on a small world of the same image size: same files, same shapes."""
+    m = manifest()
+    world = tmp_path / "world"
+    generate_world(SynthConfig(out=str(world), seed=0, num_train=48, num_test=16, num_workers=1, pope_images=4,
+                               scienceqa_images=2, scienceqa_text=1, text_eval=4, text_chats=20, corpus_scenes=60,
+                               vocab_size=m["world"]["vocab_size"]))
+    llm = LLMPretrainConfig(**{**m["llm_config"], "steps": 2, "batch_size": 4, "warmup_steps": 1, "gate_scenes": 2})
+    vit = ViTPretrainConfig(**{**m["vit_config"], "steps": 2, "batch_size": 8, "warmup_steps": 1})
+    torch.set_num_threads(1)
+    out = tmp_path / "backbones"
+    pretrain_backbones(world, out, llm, vit)
+    shipped = {name for name in file_hashes(SHIPPED_DIR) if not name.endswith("stage0.json")}
+    assert {name for name in file_hashes(out) if not name.endswith("stage0.json")} == shipped
+    for part in ("llm", "vit"):
+        ours, theirs = (json.loads((root / part / "config.json").read_text()) for root in (out, SHIPPED_DIR))
+        if part == "vit":
+            ours, theirs = ours["vision_config"], theirs["vision_config"]
+        assert {k: ours[k] for k in ARCHITECTURE} == {k: theirs[k] for k in ARCHITECTURE}, part

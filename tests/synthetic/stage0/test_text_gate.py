@@ -1,0 +1,35 @@
+"""The stage-0 text gate: the VLM's own prompt with the sheet for the image, scored per question kind."""
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from conversation.records import Message
+from conversation.tokenize import encode_prompt
+from synthetic.questions import QUESTION_KINDS, SHORT_ANSWER_SUFFIX
+from synthetic.stage0.text_gate import gate_prompts, text_gate
+
+
+def test_gate_prompt_is_the_vqa_prompt_with_the_sheet(world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    image_id = tok.convert_tokens_to_ids("<image>")
+    kind, ids, answer = gate_prompts(tok, seed=1, num_scenes=1)[0]
+    assert kind in QUESTION_KINDS and answer
+    text = tok.decode(ids)
+    question = text.split("\n", 1)[1].removesuffix(" ASSISTANT:").removesuffix(SHORT_ANSWER_SUFFIX)
+    vlm = encode_prompt([Message("user", f"<image>\n{question}{SHORT_ANSWER_SUFFIX}")], "vicuna_v1", tok,
+                        image_token_id=image_id, num_image_tokens=1)
+    start = vlm.index(image_id)
+    assert ids[:start] == vlm[:start] and ids[-(len(vlm) - start - 1):] == vlm[start + 1:]
+    assert len(ids) - len(vlm) + 1 == 45  # the image block became the 45-word sheet
+
+
+def test_gate_scores_every_kind_and_an_untrained_model_fails_it(world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=256,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    scores = text_gate(model, tok, seed=1, num_scenes=30)
+    assert set(scores) == set(QUESTION_KINDS) | {"overall"}
+    assert scores["overall"] < 10 and model.training  # nothing learned; the model's mode is restored

@@ -1,0 +1,75 @@
+"""Which stages the demo runs: shipped backbones by default (manifest checked), stage 0 only when asked, the
+no-alignment ablation only under --ablations. A recording runner stands in for the `vlm` commands."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from synthetic.demo import PROFILES, Demo, DemoError
+from synthetic.stage0.shipped import SHIPPED_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Recorder:
+    """Runs nothing; writes the file each command's stage checks for, and remembers the argv."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> int:
+        self.calls.append(argv)
+        if argv[0] == "synth":
+            out = Path(argv[argv.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "instruct.json").write_text("[]")
+            if "--corpus-scenes" not in argv:
+                (out / "text_corpus.jsonl").write_text("")
+        elif argv[0] == "pretrain-backbones":
+            out = Path(argv[argv.index("--out") + 1]) / "llm"
+            out.mkdir(parents=True)
+            (out / "config.json").write_text("{}")
+        elif argv[0] == "train":
+            out = Path(next(a for a in argv if a.startswith("output_dir=")).split("=", 1)[1])
+            out.mkdir(parents=True)
+            (out / "vlm_config.json").write_text("{}")
+        return 0
+
+
+def test_default_uses_the_shipped_backbones_and_skips_the_ablation(tmp_path: Path) -> None:
+    runner = Recorder()
+    demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None)
+    demo.run_training()
+    assert [argv[0] for argv in runner.calls] == ["synth", "train", "train"]
+    assert "--corpus-scenes" in runner.calls[0]  # no text corpus: the LLM is already pretrained
+    align = runner.calls[1]
+    assert f"model.llm={SHIPPED_DIR / 'llm'}" in align and f"model.vision.spec=hf:{SHIPPED_DIR / 'vit'}" in align
+    assert "vqa_noalign" not in demo.evaluations() and set(demo.stages) == {"world", "align", "instruct"}
+
+
+def test_ablations_and_pretrain_backbones_add_their_stages(tmp_path: Path) -> None:
+    runner = Recorder()
+    demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None, pretrain_backbones=True, ablations=True)
+    demo.run_training()
+    assert [argv[0] for argv in runner.calls] == ["synth", "pretrain-backbones", "train", "train", "build", "train"]
+    backbones = tmp_path / "world" / "backbones"
+    assert f"model.llm={backbones / 'llm'}" in runner.calls[2]
+    build = runner.calls[4]
+    assert build[build.index("--projector") + 1] == demo.projector() and build[build.index("--llm") + 1] == str(backbones / "llm")
+    assert "vqa_noalign" in demo.evaluations()
+    assert set(demo.stages) == {"world", "backbones", "align", "instruct", "instruct_without_alignment"}
+
+
+def test_tampered_shipped_backbones_stop_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "backbones"
+    shutil.copytree(SHIPPED_DIR, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "llm" / "config.json").write_text("{}")
+    assert "llm/config.json" in manifest["files"]
+    demo = Demo(tmp_path / "run", PROFILES["ci"], REPO, Recorder(), log=lambda _: None)
+    demo.backbones = copy
+    with pytest.raises(DemoError, match="do not match their manifest.*llm/config.json"):
+        demo.run_training()
