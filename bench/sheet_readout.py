@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from synthetic.sheet import WORDS_PER_CELL, cell_words
+from synthetic.sheet import EMPTY_WORD, WORDS_PER_CELL, cell_words
 from synthetic.world import COLOUR_NAMES, COLS, HELD_OUT, ROWS, SHAPES, SIZES, Scene
-from synthetic.sheet import EMPTY_WORD
 from vlm.checkpoint import load
 
 KINDS = ("row", "column", "size", "colour", "shape")

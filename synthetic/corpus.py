@@ -75,6 +75,7 @@ def record_texts(entry: dict) -> Iterator[str]:
     """The text of a corpus record as its template renders it, system prompt and role markers included (for
     training the tokenizer: they are in every prompt, so they should be few tokens)."""
     turns = entry["conversations"]
+    # Not through `parse_record`: it normalizes where images sit, and the tokenizer was trained on the text as stored.
     roles = {"human": "user", "gpt": "assistant"}
     messages = [Message(roles[t["from"]], t["value"]) for t in turns]
     yield render_text(messages, entry["template"], None).replace(IMAGE_TOKEN, entry.get("sheet", ""))

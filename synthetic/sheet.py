@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conversation.records import IMAGE_TOKEN, parse_record
+from conversation.records import IMAGE_TOKEN, Message, parse_record
 from conversation.templates import Span, render_spans
 from conversation.tokenize import spans_to_ids
 from synthetic.world import COLS, ROWS, Scene
@@ -54,17 +54,23 @@ def spans_with_sheet(spans: list[Span], sheet: str) -> list[Span]:
     return out
 
 
+def record_messages(record: dict, sheet: str | None, generation: bool = False) -> list[Message]:
+    """A LLaVA-format record's messages through the one record parser (a generation prompt ends with the question,
+    which a training record may not: it gets a placeholder reply, dropped again); the image path is nominal, the
+    sheet stands in for the pixels."""
+    turns = record["conversations"] + ([{"from": "gpt", "value": "-"}] if generation else [])
+    conv = parse_record({**record, "conversations": turns, **({"image": "sheet"} if sheet is not None else {})}, 0)
+    return conv.messages[:-1] if generation else conv.messages
+
+
 def record_ids(record: dict, tokenizer: Any, template: str, sheet: str | None,
                generation: bool = False) -> tuple[list[int], list[int]]:
     """(ids, labels) of a LLaVA-format record through the VLM's own template and tokenization, sheet for image."""
-    # The one record parser (a generation prompt ends with the question, which a training record may not: it
-    # gets a placeholder reply, dropped again); the image path is nominal, the sheet stands in for the pixels.
-    turns = record["conversations"] + ([{"from": "gpt", "value": "-"}] if generation else [])
-    conv = parse_record({**record, "conversations": turns, **({"image": "sheet"} if sheet is not None else {})}, 0)
-    messages = conv.messages[:-1] if generation else conv.messages
-    spans = render_spans(messages, template, tokenizer, generation=generation, record_id=conv.id)
+    record_id = str(record.get("id"))
+    spans = render_spans(record_messages(record, sheet, generation), template, tokenizer, generation=generation,
+                         record_id=record_id)
     if sheet is not None:
         spans = spans_with_sheet(spans, sheet)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    ids, labels, _ = spans_to_ids(spans, tokenizer, image_token_id=image_token_id, num_image_tokens=1, record_id=conv.id)
+    ids, labels, _ = spans_to_ids(spans, tokenizer, image_token_id=image_token_id, num_image_tokens=1, record_id=record_id)
     return ids, labels
