@@ -11,7 +11,7 @@ from pathlib import Path
 from synthetic import evalfiles
 from synthetic.corpus import CORPUS_FILE, corpus_records, record_texts
 from synthetic.draw import png_bytes, render_scene
-from synthetic.llava_records import align_record, detail_record, mcq_record, text_record, vqa_record
+from synthetic.llava_records import align_record, caption_record, detail_record, mcq_record, text_record, vqa_record
 from synthetic.tokenizer import save_tokenizer, train_tokenizer
 from synthetic.world import COLOUR_NAMES, HELD_OUT, SEEN_PAIRS, SHAPES, Scene, sample_scene, scene_rng
 
@@ -31,6 +31,7 @@ class SynthConfig:
     held_out_share: float = 0.5  # share of test scenes forced to contain a held-out colour-shape pair
     detail_share: float = 0.25
     mcq_share: float = 0.25
+    caption_share: float = 0.25  # one-sentence caption chats (LLaVA-1.5's TextCaps share, with its prompt)
     text_share: float = 0.15  # text-only conversations, as a share of training images
     vqa_per_image: int = 5
     pope_images: int = 150
@@ -121,6 +122,8 @@ def training_records(cfg: SynthConfig, train: list[Scene]) -> tuple[list[dict], 
             record = mcq_record(scene, rng, absent)
             if record is not None:
                 instruct.append(record)
+        if rng.random() < cfg.caption_share:
+            instruct.append(caption_record(scene, rng))
     for i in range(int(round(cfg.text_share * len(train)))):
         instruct.append(text_record(i, scene_rng(cfg.seed, "text", i, "chat")))
     return align, instruct

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+from eval.items import CAPTION_PROMPT
 from synthetic.questions import QA, SHORT_ANSWER_SUFFIX, sample_questions
 from synthetic.text import BRIEF_PROMPTS, DETAIL_PROMPTS, brief_caption, detailed_description
 from synthetic.textonly import sample_fact
@@ -30,6 +31,13 @@ def align_record(scene: Scene, rng: random.Random) -> dict:
     prompt = _with_image(rng.choice(BRIEF_PROMPTS), rng)
     return {"id": f"align-{scene.id:06d}", "image": scene.image,
             "conversations": _turns([(prompt, brief_caption(scene, rng))])}
+
+
+def caption_record(scene: Scene, rng: random.Random) -> dict:
+    """A one-sentence caption chat, as LLaVA-1.5's mix has them (TextCaps, asked with the captioning benchmark's
+    prompt): without them the instruction-tuned model answers a caption request like a question."""
+    return {"id": f"caption-{scene.id:06d}", "image": scene.image,
+            "conversations": _turns([(f"<image>\n{CAPTION_PROMPT}", brief_caption(scene, rng))])}
 
 
 def long_answer(qa: QA) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.items import CAPTION_PROMPT
 from synthetic.generate import generate_world
 from synthetic.world import HELD_OUT, SHAPE_PLURALS
 
@@ -54,6 +55,18 @@ def test_training_answers_are_balanced(world: Path) -> None:
                for t in r["conversations"][1::2] if t["value"] in ("yes", "no")]
     assert len(answers) > 30
     assert 0.35 < answers.count("yes") / len(answers) < 0.65
+
+
+def test_instruct_mix_has_caption_chats_asked_like_the_captioning_benchmark(world: Path) -> None:
+    """LLaVA-1.5's mix has TextCaps captions under this prompt; without them phase 2 answers it like a question."""
+    records = json.loads((world / "instruct.json").read_text())
+    captions = [r for r in records if r["id"].startswith("caption-")]
+    images = {r["image"] for r in records if "image" in r}
+    assert 0.1 < len(captions) / len(images) < 0.4  # caption_share 0.25 of the training images
+    for record in captions:
+        human, gpt = record["conversations"]
+        assert human["value"] == f"<image>\n{CAPTION_PROMPT}" and gpt["value"].endswith(".")
+        assert len(gpt["value"].split()) >= 4 and "\n" not in gpt["value"]
 
 
 def test_refuses_to_overwrite_a_foreign_directory(tmp_path: Path, make_config) -> None:
