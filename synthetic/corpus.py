@@ -1,9 +1,10 @@
 """The language-pretraining corpus: the VLM's own kinds of records about scenes written as sheets, as JSONL.
 
-Every scene record is one the VLM data has (an alignment caption, a multi-turn VQA chat, a detailed
-description, a multiple-choice chat) with a `sheet` (`synthetic.sheet`) standing in for the image and the
-`template` it is rendered with: stage 0 tokenizes it through the VLM's own template and tokenizer, so the LLM
-learns, from text, exactly the skills the image questions need, in the prompt layout it will meet them in.
+Every scene record is one the VLM data has (an alignment caption, a caption chat, a multi-turn VQA chat, a
+detailed description, a multiple-choice chat) or an inventory (below), with a `sheet` (`synthetic.sheet`)
+standing in for the image and the `template` it is rendered with: stage 0 tokenizes it through the VLM's own
+template and tokenizer, so the LLM learns, from text, exactly the skills the image questions need, in the prompt
+layout it will meet them in.
 Corpus scenes are drawn from every colour-shape pair, as a real LLM's text mentions red stars although no
 training image shows one.
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from conversation.records import IMAGE_TOKEN, Message
 from conversation.templates import render_text
-from synthetic.llava_records import align_record, detail_record, long_answer, mcq_record, text_record, vqa_record
+from synthetic.llava_records import (align_record, caption_record, detail_record, long_answer, mcq_record, text_record,
+                                     vqa_record)
 from synthetic.questions import QUESTION_KINDS, SHORT_ANSWER_SUFFIX, sample_questions
 from synthetic.sheet import scene_sheet
 from synthetic.world import ALL_PAIRS, Scene, sample_scene, scene_rng
@@ -49,14 +51,41 @@ def drill_record(scene: Scene, rng: random.Random, absent: list[tuple[str, str]]
     return {"id": f"drill-{scene.id:06d}", "conversations": turns}
 
 
+INVENTORY_KEYS = ("shape", "color")
+INVENTORY_VALUES = ("color", "shape", "size", "position")
+
+
+def inventory_record(scene: Scene, rng: random.Random) -> dict:
+    """Every object named by one attribute and followed by another, sorted (`circle red, star green, star red.`).
+
+    Each value sits right after the word it is looked up by, so this teaches the one-step lookup (find the cell
+    holding a word, read another of its words) on its own; the questions then only add carrying the question's
+    noun to the answer. The order is alphabetical, not random: a next word the model cannot know is noise on every
+    step (measured: listing in random order, a 4-layer model was still at chance on the values after 300 steps of
+    64 records; sorted, or with the loss on the values only, it read them right 99 % of the time by step 200).
+    """
+    key = rng.choice(INVENTORY_KEYS)
+    value = rng.choice([v for v in INVENTORY_VALUES if v != key])
+    words = {"shape": lambda o: o.shape, "color": lambda o: o.colour, "size": lambda o: o.size,
+             "position": lambda o: o.position}
+    pairs = sorted((words[key](o), words[value](o)) for o in scene.objects)
+    prompt = f"<image>\nList every object by its {key}, each followed by its {value}."
+    return {"id": f"inventory-{scene.id:06d}", "conversations": [
+        {"from": "human", "value": prompt}, {"from": "gpt", "value": ", ".join(f"{k} {v}" for k, v in pairs) + "."}]}
+
+
 def corpus_scene_records(scene: Scene, seed: int) -> Iterator[dict]:
-    """One corpus scene's records: its plain caption, a VQA chat, and sometimes a description or an MCQ chat."""
+    """One corpus scene's records: its plain caption, a VQA chat, a drill, an inventory, and sometimes a caption
+    chat, a description or an MCQ chat."""
     rng = scene_rng(seed, scene.split, scene.id, "corpus")
     sheet = scene_sheet(scene)
     absent = list(ALL_PAIRS)
     yield _entry(align_record(scene, rng), "plain", sheet)
     yield _entry(vqa_record(scene, rng, absent), "vicuna_v1", sheet)
     yield _entry(drill_record(scene, rng, absent), "vicuna_v1", sheet)
+    yield _entry(inventory_record(scene, rng), "vicuna_v1", sheet)
+    if rng.random() < 0.25:
+        yield _entry(caption_record(scene, rng), "vicuna_v1", sheet)
     if rng.random() < 0.25:
         yield _entry(detail_record(scene, rng), "vicuna_v1", sheet)
     if rng.random() < 0.25 and (mcq := mcq_record(scene, rng, absent)) is not None:

@@ -13,17 +13,20 @@ CACHE_FILE = "stage0.json"
 
 @dataclass
 class LLMPretrainConfig:
-    """A tiny Llama trained by next-token prediction on the world's text corpus."""
+    """A tiny Llama trained by next-token prediction on the world's text corpus (`synthetic.corpus`).
+
+    Each record is a row of its own (no attention across records: a record's answers must come from its own sheet,
+    not from another record of the same scene); rows of similar length are batched up to `batch_tokens`.
+    """
 
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
-    seq_len: int = 256
-    batch_size: int = 32
+    batch_tokens: int = 8192  # padded tokens per batch
     steps: int = 3000
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     val_fraction: float = 0.02

@@ -2,38 +2,68 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
+from conversation.tokenize import IGNORE_INDEX
 from synthetic.corpus import CORPUS_FILE, read_corpus
-from synthetic.sheet import record_ids
-
-from synthetic.stage0.steps import log_progress, optimizer_step
+from synthetic.sheet import NO_CELL, WORDS_PER_CELL, SheetRecord, record_ids, sheet_embeddings
 from synthetic.stage0.config import LLMPretrainConfig, cache_key, cached_metrics, write_cache
+from synthetic.stage0.steps import log_progress, optimizer_step
 from synthetic.stage0.text_gate import text_gate
 
 
-def token_blocks(corpus: Path, tokenizer: PreTrainedTokenizerBase, seq_len: int,
-                 replies_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The corpus records, tokenized as the VLM tokenizes them (`record_ids`), in one stream cut into `[n, seq_len]`
-    blocks: (input ids, labels). Labels keep the template's supervision (replies and captions) with `replies_only`,
-    or are the ids themselves (plain language modelling)."""
+@dataclass(frozen=True)
+class SheetBatch:
+    """Right-padded rows of whole records: ids, labels (IGNORE_INDEX on padding), cell-word ids, attention mask."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    cell_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def corpus_records(corpus: Path, tokenizer: PreTrainedTokenizerBase, replies_only: bool = True) -> list[SheetRecord]:
+    """The corpus records tokenized as the VLM tokenizes them (`record_ids`). Labels keep the template's
+    supervision (replies and captions) with `replies_only`, or are the ids themselves (plain language modelling)."""
     entries = read_corpus(corpus)
     if not entries:
         raise ValueError(f"{corpus}: no text to pretrain on")
-    stream: list[int] = []
-    targets: list[int] = []
-    for entry in entries:
-        ids, labels = record_ids(entry, tokenizer, entry["template"], entry.get("sheet"))
-        stream.extend(ids)
-        targets.extend(labels if replies_only else ids)
-    n = len(stream) // seq_len
-    if n < 2:
-        raise ValueError(f"{corpus}: {len(stream)} tokens is too little for blocks of {seq_len}")
-    return (torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len),
-            torch.tensor(targets[: n * seq_len], dtype=torch.long).view(n, seq_len))
+    records = [record_ids(entry, tokenizer, entry["template"], entry.get("sheet")) for entry in entries]
+    if not replies_only:
+        records = [SheetRecord(r.input_ids, list(r.input_ids), r.cell_ids) for r in records]
+    return records
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped by length (shortest first), each group as many rows as fit `batch_tokens` once padded."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * lengths[index] <= batch_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def collate(records: list[SheetRecord], pad_token_id: int) -> SheetBatch:
+    width = max(len(r.input_ids) for r in records)
+    pads = [width - len(r.input_ids) for r in records]
+    return SheetBatch(
+        input_ids=torch.tensor([r.input_ids + [pad_token_id] * p for r, p in zip(records, pads)]),
+        labels=torch.tensor([r.labels + [IGNORE_INDEX] * p for r, p in zip(records, pads)]),
+        cell_ids=torch.tensor([r.cell_ids + [[NO_CELL] * WORDS_PER_CELL] * p for r, p in zip(records, pads)]),
+        attention_mask=torch.tensor([[1] * len(r.input_ids) + [0] * p for r, p in zip(records, pads)]),
+    )
+
+
+def sheet_loss(model: LlamaForCausalLM, batch: SheetBatch) -> torch.Tensor:
+    embeds = sheet_embeddings(model.get_input_embeddings(), batch.input_ids, batch.cell_ids)
+    return model(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=batch.labels).loss
 
 
 def build_llm(cfg: LLMPretrainConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
@@ -47,10 +77,9 @@ def build_llm(cfg: LLMPretrainConfig, tokenizer: PreTrainedTokenizerBase) -> Lla
 
 
 @torch.no_grad()
-def evaluate_loss(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+def evaluate_loss(model: LlamaForCausalLM, batches: list[SheetBatch]) -> float:
     model.eval()
-    losses = [model(input_ids=ids[i: i + batch_size], labels=labels[i: i + batch_size]).loss.item()
-              for i in range(0, len(ids), batch_size)]
+    losses = [sheet_loss(model, batch).item() for batch in batches]
     model.train()
     return float(sum(losses) / len(losses))
 
@@ -62,35 +91,39 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
         return {**metrics, "cached": True}
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    ids, labels = token_blocks(world / CORPUS_FILE, tokenizer, cfg.seq_len, replies_only=cfg.replies_only)
+    records = corpus_records(world / CORPUS_FILE, tokenizer, replies_only=cfg.replies_only)
+    if max(len(r.input_ids) for r in records) > cfg.batch_tokens:
+        raise ValueError(f"a corpus record is longer than batch_tokens={cfg.batch_tokens}")
     gen = torch.Generator().manual_seed(cfg.seed)
-    # Validation blocks drawn from the whole stream (the corpus is ordered: scenes first, then facts).
-    order = torch.randperm(len(ids), generator=gen)
-    n_val = max(1, int(len(ids) * cfg.val_fraction))
-    val, train = order[:n_val][:64], order[n_val:]
+    order = torch.randperm(len(records), generator=gen).tolist()
+    n_val = max(1, int(len(records) * cfg.val_fraction))
+    val_records, train_records = [records[i] for i in order[:n_val]], [records[i] for i in order[n_val:]]
+    train_batches = length_batches([len(r.input_ids) for r in train_records], cfg.batch_tokens)
+    if len(train_batches) < 2:
+        raise ValueError(f"{world / CORPUS_FILE}: {len(train_records)} records is too little to pretrain on")
+    val = [collate([val_records[i] for i in group], tokenizer.pad_token_id)
+           for group in length_batches([len(r.input_ids) for r in val_records], cfg.batch_tokens)]
     model = build_llm(cfg, tokenizer)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(optim, cfg.warmup_steps, cfg.steps)
-    initial_val = evaluate_loss(model, ids[val], labels[val], cfg.batch_size)
-    start, train_losses = time.perf_counter(), []
-    shuffled, cursor = train[torch.randperm(len(train), generator=gen)], 0
+    initial_val = evaluate_loss(model, val)
+    start, train_losses, tokens = time.perf_counter(), [], 0
+    schedule: list[int] = []
     for step in range(cfg.steps):
-        if cursor + cfg.batch_size > len(shuffled):
-            shuffled, cursor = train[torch.randperm(len(train), generator=gen)], 0
-        rows = shuffled[cursor: cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        loss = model(input_ids=ids[rows], labels=labels[rows]).loss
-        train_losses.append(optimizer_step(loss, model, optim, sched, "LLM", step))
+        if not schedule:  # one pass over the batches in a fresh random order
+            schedule = torch.randperm(len(train_batches), generator=gen).tolist()
+        batch = collate([train_records[i] for i in train_batches[schedule.pop()]], tokenizer.pad_token_id)
+        tokens += int(batch.attention_mask.sum())
+        train_losses.append(optimizer_step(sheet_loss(model, batch), model, optim, sched, "LLM", step))
         log_progress("llm", step, cfg.steps, train_losses, log_every)
     wall = time.perf_counter() - start
     window = max(1, min(10, cfg.steps // 5))
     metrics = {
-        "params": sum(p.numel() for p in model.parameters()), "train_blocks": len(train),
-        "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len, "initial_val_loss": initial_val,
-        "final_val_loss": evaluate_loss(model, ids[val], labels[val], cfg.batch_size),
+        "params": sum(p.numel() for p in model.parameters()), "train_records": len(train_records),
+        "train_batches": len(train_batches), "tokens_seen": tokens, "initial_val_loss": initial_val,
+        "final_val_loss": evaluate_loss(model, val),
         "first_train_loss": sum(train_losses[:window]) / window, "final_train_loss": sum(train_losses[-window:]) / window,
-        "train_seconds": wall, "tokens_per_second": cfg.steps * cfg.batch_size * cfg.seq_len / wall,
-        "torch_threads": torch.get_num_threads(),
+        "train_seconds": wall, "tokens_per_second": tokens / wall, "torch_threads": torch.get_num_threads(),
     }
     if cfg.gate_scenes:
         metrics["text_gate"] = text_gate(model, tokenizer, seed=cfg.seed + 1, num_scenes=cfg.gate_scenes)

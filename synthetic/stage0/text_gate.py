@@ -1,7 +1,8 @@
 """The stage-0 LLM's gate: short-answer questions about unseen scenes given as sheets, scored per question kind.
 
-The questions are the VQA files' own templates, asked in the exact prompt the VLM will see with the image
-replaced by the scene's sheet; the answer is read by greedy decoding and must equal the canonical answer.
+The questions are the VQA files' own templates, asked in the exact prompt the VLM will see, the image tokens
+replaced by the scene's nine cell tokens (`synthetic.sheet`); the answer is read by greedy decoding and must equal
+the canonical answer.
 """
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from synthetic.questions import QUESTION_KINDS, SHORT_ANSWER_SUFFIX, sample_questions
-from synthetic.sheet import record_ids, scene_sheet
+from synthetic.sheet import NO_CELL, WORDS_PER_CELL, SheetRecord, record_ids, scene_sheet, sheet_embeddings
 from synthetic.world import ALL_PAIRS, sample_scene, scene_rng
 
 GATE_SPLIT = "gate"  # scenes used nowhere else
 
 
 def gate_prompts(tokenizer: PreTrainedTokenizerBase, seed: int, num_scenes: int,
-                 per_scene: int = 3) -> list[tuple[str, list[int], str]]:
-    """(kind, prompt ids, answer) for `num_scenes` fresh scenes, `per_scene` questions of distinct kinds each; the
+                 per_scene: int = 3) -> list[tuple[str, SheetRecord, str]]:
+    """(kind, prompt, answer) for `num_scenes` fresh scenes, `per_scene` questions of distinct kinds each; the
     prompt is the VLM's vicuna_v1 generation prompt for `<image>\\nQUESTION` with the sheet for the image."""
     items = []
     for index in range(num_scenes):
@@ -28,8 +29,8 @@ def gate_prompts(tokenizer: PreTrainedTokenizerBase, seed: int, num_scenes: int,
         for qa in sample_questions(scene, rng, per_scene, list(ALL_PAIRS)):
             record = {"id": f"gate-{index}", "conversations": [
                 {"from": "human", "value": f"<image>\n{qa.question}{SHORT_ANSWER_SUFFIX}"}]}
-            ids, _ = record_ids(record, tokenizer, "vicuna_v1", scene_sheet(scene), generation=True)
-            items.append((qa.kind, ids, qa.answer))
+            prompt = record_ids(record, tokenizer, "vicuna_v1", scene_sheet(scene), generation=True)
+            items.append((qa.kind, prompt, qa.answer))
     return items
 
 
@@ -44,12 +45,16 @@ def text_gate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: 
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start: start + batch_size]
-            width = max(len(prompt) for _, prompt, _ in chunk)
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for _, p, _ in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p, _ in chunk])
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            replies = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            pads = [max(len(p.input_ids) for _, p, _ in chunk) - len(p.input_ids) for _, p, _ in chunk]
+            ids = torch.tensor([[tokenizer.pad_token_id] * n + p.input_ids for (_, p, _), n in zip(chunk, pads)])
+            cells = torch.tensor([[[NO_CELL] * WORDS_PER_CELL] * n + p.cell_ids for (_, p, _), n in zip(chunk, pads)])
+            mask = torch.tensor([[0] * n + [1] * len(p.input_ids) for (_, p, _), n in zip(chunk, pads)])
+            embeds = sheet_embeddings(model.get_input_embeddings(), ids, cells)
+            # From embeddings, `generate` returns the new tokens only.
+            out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+            replies = tokenizer.batch_decode(out, skip_special_tokens=True)
             for (kind, _, answer), reply in zip(chunk, replies):
                 hits[kind].append(reply.strip() == answer)
     finally:

@@ -6,27 +6,45 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conversation.tokenize import IGNORE_INDEX
 from synthetic.corpus import CORPUS_FILE, read_corpus
-from synthetic.stage0.llm import pretrain_llm, token_blocks
+from synthetic.sheet import NO_CELL, SheetRecord
+from synthetic.stage0.llm import collate, corpus_records, length_batches, pretrain_llm
 
 
-def test_token_blocks_are_the_corpus_records_tokenized_as_the_vlm_does(world: Path) -> None:
+def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positions(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    ids, labels = token_blocks(world / CORPUS_FILE, tok, 32)
-    assert ids.shape == labels.shape and ids.shape[1] == 32 and ids[0, 0].item() == tok.bos_token_id
-    flat, targets = ids.flatten().tolist(), labels.flatten().tolist()
-    assert flat.count(tok.bos_token_id) > 10 and flat.count(tok.eos_token_id) > 10  # records delimited
-    supervised = [t for t in targets if t != IGNORE_INDEX]
-    assert 0.03 < len(supervised) / len(targets) < 0.5  # replies and captions, not prompts and sheets
-    assert all(t == i for t, i in zip(targets, flat) if t != IGNORE_INDEX)
-    # Every eos of a vicuna reply is supervised; the system prompt and the sheets never are.
-    first = read_corpus(world / CORPUS_FILE)[0]
-    record, sheet = first["conversations"], first["sheet"]
-    sheet_ids = tok(sheet, add_special_tokens=False)["input_ids"]
-    assert flat[1: 1 + len(sheet_ids)] == sheet_ids and all(t == IGNORE_INDEX for t in targets[: 1 + len(sheet_ids)])
-    caption = tok(record[1]["value"] + "\n", add_special_tokens=False)["input_ids"]
-    assert targets[1 + len(sheet_ids): 1 + len(sheet_ids) + len(caption)] == caption
-    plain_ids, plain_labels = token_blocks(world / CORPUS_FILE, tok, 32, replies_only=False)
-    assert torch.equal(plain_ids, ids) and torch.equal(plain_labels, ids)
+    records = corpus_records(world / CORPUS_FILE, tok)
+    entries = read_corpus(world / CORPUS_FILE)
+    assert len(records) == len(entries)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    first = records[0]  # a plain-template caption: bos, the nine cells, the caption
+    assert first.input_ids[0] == tok.bos_token_id and first.input_ids[1:10] == [image_id] * 9
+    assert all(c != [NO_CELL] * 5 for c in first.cell_ids[1:10]) and first.cell_ids[0] == [NO_CELL] * 5
+    caption = tok(entries[0]["conversations"][1]["value"] + "\n", add_special_tokens=False)["input_ids"]
+    assert first.labels[:10] == [IGNORE_INDEX] * 10 and first.labels[10: 10 + len(caption)] == caption
+    labels = [t for r in records for t in r.labels]
+    assert 0.03 < sum(t != IGNORE_INDEX for t in labels) / len(labels) < 0.6  # replies and captions, not prompts
+    assert all(t == i for r in records for t, i in zip(r.labels, r.input_ids) if t != IGNORE_INDEX)
+    text_only = [r for r, e in zip(records, entries) if "sheet" not in e]
+    assert text_only and all(image_id not in r.input_ids and {c[0] for c in r.cell_ids} == {NO_CELL} for r in text_only)
+    plain = corpus_records(world / CORPUS_FILE, tok, replies_only=False)
+    assert all(p.labels == p.input_ids for p in plain)
+
+
+def test_length_batches_fit_the_token_budget_and_cover_every_record_once() -> None:
+    lengths = [5, 30, 7, 12, 30, 3, 9, 64]
+    batches = length_batches(lengths, 64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in batches)
+    assert batches[0] == [5, 0, 2, 6, 3]  # shortest first: 5 rows padded to 12 = 60 tokens
+
+
+def test_collate_pads_right_and_masks_the_padding() -> None:
+    a = SheetRecord([1, 4, 7], [IGNORE_INDEX, IGNORE_INDEX, 7], [[NO_CELL] * 5, [9] * 5, [NO_CELL] * 5])
+    b = SheetRecord([1, 8], [IGNORE_INDEX, 8], [[NO_CELL] * 5] * 2)
+    batch = collate([a, b], pad_token_id=0)
+    assert batch.input_ids.tolist() == [[1, 4, 7], [1, 8, 0]]
+    assert batch.labels.tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7], [IGNORE_INDEX, 8, IGNORE_INDEX]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]] and batch.cell_ids.shape == (2, 3, 5)
 
 
 def test_short_run_lowers_loss_and_reloads(world: Path, tmp_path: Path, tiny_llm) -> None:

@@ -1,4 +1,4 @@
-"""The stage-0 text gate: the VLM's own prompt with the sheet for the image, scored per question kind."""
+"""The stage-0 text gate: the VLM's own prompt with the sheet's cells at the image tokens, scored per question kind."""
 from pathlib import Path
 
 import torch
@@ -7,21 +7,23 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from conversation.records import Message
 from conversation.tokenize import encode_prompt
 from synthetic.questions import QUESTION_KINDS, SHORT_ANSWER_SUFFIX
+from synthetic.sheet import NO_CELL
 from synthetic.stage0.text_gate import gate_prompts, text_gate
 
 
-def test_gate_prompt_is_the_vqa_prompt_with_the_sheet(world: Path) -> None:
+def test_gate_prompt_is_the_vqa_prompt_with_the_cells_at_the_image_tokens(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     image_id = tok.convert_tokens_to_ids("<image>")
-    kind, ids, answer = gate_prompts(tok, seed=1, num_scenes=1)[0]
+    kind, prompt, answer = gate_prompts(tok, seed=1, num_scenes=1)[0]
     assert kind in QUESTION_KINDS and answer
-    text = tok.decode(ids)
+    text = tok.decode([i for i in prompt.input_ids if i != image_id])
     question = text.split("\n", 1)[1].removesuffix(" ASSISTANT:").removesuffix(SHORT_ANSWER_SUFFIX)
     vlm = encode_prompt([Message("user", f"<image>\n{question}{SHORT_ANSWER_SUFFIX}")], "vicuna_v1", tok,
-                        image_token_id=image_id, num_image_tokens=1)
-    start = vlm.index(image_id)
-    assert ids[:start] == vlm[:start] and ids[-(len(vlm) - start - 1):] == vlm[start + 1:]
-    assert len(ids) - len(vlm) + 1 == 45  # the image block became the 45-word sheet
+                        image_token_id=image_id, num_image_tokens=9)
+    assert prompt.input_ids == vlm  # exactly the VLM's prompt, nine image tokens included
+    cells = [c for c, i in zip(prompt.cell_ids, prompt.input_ids) if i == image_id]
+    assert len(cells) == 9 and all(c != [NO_CELL] * 5 for c in cells)
+    assert [c for c, i in zip(prompt.cell_ids, prompt.input_ids) if i != image_id] == [[NO_CELL] * 5] * (len(vlm) - 9)
 
 
 def test_gate_scores_every_kind_and_an_untrained_model_fails_it(world: Path) -> None:
