@@ -29,6 +29,8 @@ CORPUS_SPLIT = "corpus"  # scenes of their own: never a training or test image
 
 def _entry(record: dict, template: str, sheet: str | None) -> dict:
     entry = {"id": record["id"], "template": template, "conversations": record["conversations"]}
+    if record.get("lookup"):  # an inventory whose every value is determined by its key: stage 0's warm-up
+        entry["lookup"] = True
     return {**entry, "sheet": sheet} if sheet is not None else entry
 
 
@@ -70,7 +72,8 @@ def inventory_record(scene: Scene, rng: random.Random) -> dict:
              "position": lambda o: o.position}
     pairs = sorted((words[key](o), words[value](o)) for o in scene.objects)
     prompt = f"<image>\nList every object by its {key}, each followed by its {value}."
-    return {"id": f"inventory-{scene.id:06d}", "conversations": [
+    keys = [k for k, _ in pairs]
+    return {"id": f"inventory-{scene.id:06d}", "lookup": len(set(keys)) == len(keys), "conversations": [
         {"from": "human", "value": prompt}, {"from": "gpt", "value": ", ".join(f"{k} {v}" for k, v in pairs) + "."}]}
 
 

@@ -1,6 +1,8 @@
 """Stage 0a: pretrain a tiny Llama on the world's text corpus and save it the way a Vicuna checkpoint is laid out."""
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +12,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from conversation.tokenize import IGNORE_INDEX
 from synthetic.corpus import CORPUS_FILE, read_corpus
-from synthetic.sheet import NO_CELL, WORDS_PER_CELL, SheetRecord, record_ids, sheet_embeddings
+from synthetic.sheet import NO_CELL, WORDS_PER_CELL, SheetRecord, record_ids, sheet_embeddings, word_id
+from synthetic.world import COLOUR_NAMES, SHAPES
 from synthetic.stage0.config import LLMPretrainConfig, cache_key, cached_metrics, write_cache
 from synthetic.stage0.steps import log_progress, optimizer_step
 from synthetic.stage0.text_gate import text_gate
@@ -36,6 +39,25 @@ def corpus_records(corpus: Path, tokenizer: PreTrainedTokenizerBase, replies_onl
     if not replies_only:
         records = [SheetRecord(r.input_ids, list(r.input_ids), r.cell_ids) for r in records]
     return records
+
+
+def lookup_labels(record: SheetRecord, key_ids: set[int], stop_ids: set[int]) -> SheetRecord:
+    """An inventory's labels narrowed to the looked-up words: a word right after a key word, and the words that
+    continue it up to the next comma, period or eos (`top left` after `star`).
+
+    Why (measured on inventories alone, 64 per step): with the loss on these words only, a 4-layer model learns the
+    lookup in ~150 steps; with the loss also on the keys and punctuation it was still at chance after 300 — the
+    other targets are easier and hold the attention on them, a plateau the lookup never leaves in the budget.
+    """
+    labels = [IGNORE_INDEX] * len(record.labels)
+    for p in range(1, len(labels)):
+        if record.labels[p] == IGNORE_INDEX:
+            continue
+        after_key = record.input_ids[p - 1] in key_ids and labels[p - 1] == IGNORE_INDEX
+        continues = labels[p - 1] != IGNORE_INDEX and record.input_ids[p] not in stop_ids
+        if after_key or continues:
+            labels[p] = record.labels[p]
+    return SheetRecord(record.input_ids, labels, record.cell_ids)
 
 
 def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -92,6 +114,12 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     records = corpus_records(world / CORPUS_FILE, tokenizer, replies_only=cfg.replies_only)
+    key_ids = {word_id(tokenizer, w) for w in (*SHAPES, *COLOUR_NAMES)}
+    stop_ids = {tokenizer.convert_tokens_to_ids(","), tokenizer.convert_tokens_to_ids("."), tokenizer.eos_token_id}
+    lookups = [lookup_labels(r, key_ids, stop_ids) for r, e in zip(records, read_corpus(world / CORPUS_FILE))
+               if e.get("lookup")]
+    if cfg.lookup_steps and len(lookups) < cfg.lookup_batch:
+        raise ValueError(f"{world / CORPUS_FILE}: {len(lookups)} lookup inventories, fewer than one warm-up batch")
     if max(len(r.input_ids) for r in records) > cfg.batch_tokens:
         raise ValueError(f"a corpus record is longer than batch_tokens={cfg.batch_tokens}")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -105,9 +133,22 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
            for group in length_batches([len(r.input_ids) for r in val_records], cfg.batch_tokens)]
     model = build_llm(cfg, tokenizer)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = get_cosine_schedule_with_warmup(optim, cfg.warmup_steps, cfg.steps)
     initial_val = evaluate_loss(model, val)
     start, train_losses, tokens = time.perf_counter(), [], 0
+    picker = random.Random(cfg.seed)
+    warmup_losses: list[float] = []
+    for step in range(cfg.lookup_steps):
+        batch = collate(picker.sample(lookups, cfg.lookup_batch), tokenizer.pad_token_id)
+        loss = sheet_loss(model, batch)
+        warmup_losses.append(loss.item())
+        if not math.isfinite(warmup_losses[-1]):
+            raise FloatingPointError(f"stage-0 LLM lookup warm-up: non-finite loss at step {step}")
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        log_progress("llm lookup warm-up", step, cfg.lookup_steps, warmup_losses, log_every)
+    # Created after the warm-up (at lr cfg.lr throughout): the scheduler sets the lr it starts from when made.
+    sched = get_cosine_schedule_with_warmup(optim, cfg.warmup_steps, cfg.steps)
     schedule: list[int] = []
     for step in range(cfg.steps):
         if not schedule:  # one pass over the batches in a fresh random order
@@ -123,6 +164,8 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
         "train_batches": len(train_batches), "tokens_seen": tokens, "initial_val_loss": initial_val,
         "final_val_loss": evaluate_loss(model, val),
         "first_train_loss": sum(train_losses[:window]) / window, "final_train_loss": sum(train_losses[-window:]) / window,
+        "lookup_steps": cfg.lookup_steps, "lookup_records": len(lookups),
+        "final_lookup_loss": sum(warmup_losses[-window:]) / max(1, len(warmup_losses[-window:])),
         "train_seconds": wall, "tokens_per_second": tokens / wall, "torch_threads": torch.get_num_threads(),
     }
     if cfg.gate_scenes:
