@@ -73,3 +73,22 @@ def test_second_run_is_cached_and_config_change_retrains(world: Path, tmp_path: 
     assert again["cached"] and again["final_val_loss"] == first["final_val_loss"]
     tiny_llm.steps = 4
     assert not pretrain_llm(world, out, tiny_llm, log_every=0)["cached"]
+
+
+def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    entry = {"id": "inventory-1", "template": "vicuna_v1", "lookup": True,
+             "sheet": "top left small blue cross top center empty empty empty top right large red star "
+                      "middle left empty empty empty middle center empty empty empty middle right empty empty empty "
+                      "bottom left empty empty empty bottom center empty empty empty bottom right empty empty empty",
+             "conversations": [{"from": "human", "value": "<image>\nList every object by its shape, each followed by its position."},
+                               {"from": "gpt", "value": "cross top left, star top right."}]}
+    from synthetic.sheet import record_ids, word_id
+    from synthetic.stage0.llm import lookup_labels
+    record = record_ids(entry, tok, "vicuna_v1", entry["sheet"])
+    keys = {word_id(tok, w) for w in ("cross", "star", "red", "blue")}
+    stops = {tok.convert_tokens_to_ids(","), tok.convert_tokens_to_ids("."), tok.eos_token_id}
+    narrowed = lookup_labels(record, keys, stops)
+    kept = tok.convert_ids_to_tokens([t for t in narrowed.labels if t != IGNORE_INDEX])
+    assert [t.lstrip("Ġ") for t in kept] == ["top", "left", "top", "right"]
+    assert narrowed.input_ids == record.input_ids and narrowed.cell_ids == record.cell_ids
