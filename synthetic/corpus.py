@@ -27,10 +27,13 @@ CORPUS_FILE = "text_corpus.jsonl"
 CORPUS_SPLIT = "corpus"  # scenes of their own: never a training or test image
 
 
+LOOKUP_KINDS = ("values", "answer")  # what stage 0's warm-up supervises in a record: looked-up values, the answer
+
+
 def _entry(record: dict, template: str, sheet: str | None) -> dict:
     entry = {"id": record["id"], "template": template, "conversations": record["conversations"]}
-    if record.get("lookup"):  # an inventory whose every value is determined by its key: stage 0's warm-up
-        entry["lookup"] = True
+    if record.get("lookup"):  # a record for stage 0's lookup warm-up (`synthetic.stage0.llm`), and what it supervises
+        entry["lookup"] = record["lookup"]
     return {**entry, "sheet": sheet} if sheet is not None else entry
 
 
@@ -73,13 +76,23 @@ def inventory_record(scene: Scene, rng: random.Random) -> dict:
     pairs = sorted((words[key](o), words[value](o)) for o in scene.objects)
     prompt = f"<image>\nList every object by its {key}, each followed by its {value}."
     keys = [k for k, _ in pairs]
-    return {"id": f"inventory-{scene.id:06d}", "lookup": len(set(keys)) == len(keys), "conversations": [
+    lookup = "values" if len(set(keys)) == len(keys) else None  # with a repeated key the value is ambiguous
+    return {"id": f"inventory-{scene.id:06d}", "lookup": lookup, "conversations": [
         {"from": "human", "value": prompt}, {"from": "gpt", "value": ", ".join(f"{k} {v}" for k, v in pairs) + "."}]}
 
 
+def answer_record(scene: Scene, rng: random.Random, absent: list[tuple[str, str]]) -> dict:
+    """One short-answer question, its kind drawn at random: stage 0's warm-up trains on the answer alone, so every
+    question kind (existence, counting, size, relations: lookups the inventories do not teach) is learnt as a
+    lookup before the corpus's longer replies compete for the model's attention."""
+    qa = sample_questions(scene, rng, 1, absent)[0]
+    return {"id": f"answer-{scene.id:06d}", "lookup": "answer", "conversations": [
+        {"from": "human", "value": f"<image>\n{qa.question}{SHORT_ANSWER_SUFFIX}"}, {"from": "gpt", "value": qa.answer}]}
+
+
 def corpus_scene_records(scene: Scene, seed: int) -> Iterator[dict]:
-    """One corpus scene's records: its plain caption, a VQA chat, a drill, an inventory, and sometimes a caption
-    chat, a description or an MCQ chat."""
+    """One corpus scene's records: its plain caption, a VQA chat, a drill, an inventory, a one-question chat, and
+    sometimes a caption chat, a description or an MCQ chat."""
     rng = scene_rng(seed, scene.split, scene.id, "corpus")
     sheet = scene_sheet(scene)
     absent = list(ALL_PAIRS)
@@ -87,6 +100,7 @@ def corpus_scene_records(scene: Scene, seed: int) -> Iterator[dict]:
     yield _entry(vqa_record(scene, rng, absent), "vicuna_v1", sheet)
     yield _entry(drill_record(scene, rng, absent), "vicuna_v1", sheet)
     yield _entry(inventory_record(scene, rng), "vicuna_v1", sheet)
+    yield _entry(answer_record(scene, rng, absent), "vicuna_v1", sheet)
     if rng.random() < 0.25:
         yield _entry(caption_record(scene, rng), "vicuna_v1", sheet)
     if rng.random() < 0.25:

@@ -25,11 +25,13 @@ class LLMPretrainConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
     batch_tokens: int = 8192  # padded tokens per batch
-    # Lookup warm-up before the corpus: batches of `lookup_batch` inventories whose loss is on the looked-up words
-    # only, constant lr, no clipping (`synthetic.stage0.llm.lookup_labels` says why).
-    lookup_steps: int = 400
+    # Lookup warm-up before the corpus: batches of `lookup_batch` records whose loss is on the looked-up words only
+    # (`lookup_kinds`: inventories' values, one-question chats' answers), constant lr, no clipping
+    # (`synthetic.stage0.llm.lookup_labels` says why).
+    lookup_steps: int = 1200
     lookup_batch: int = 64
-    steps: int = 3000
+    lookup_kinds: tuple[str, ...] = ("values", "answer")
+    steps: int = 2500
     lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01

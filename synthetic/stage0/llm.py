@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from conversation.tokenize import IGNORE_INDEX
-from synthetic.corpus import CORPUS_FILE, read_corpus
+from synthetic.corpus import CORPUS_FILE, LOOKUP_KINDS, read_corpus
 from synthetic.sheet import NO_CELL, WORDS_PER_CELL, SheetRecord, record_ids, sheet_embeddings, word_id
 from synthetic.world import COLOUR_NAMES, SHAPES
 from synthetic.stage0.config import LLMPretrainConfig, cache_key, cached_metrics, write_cache
@@ -58,6 +58,25 @@ def lookup_labels(record: SheetRecord, key_ids: set[int], stop_ids: set[int]) ->
         if after_key or continues:
             labels[p] = record.labels[p]
     return SheetRecord(record.input_ids, labels, record.cell_ids)
+
+
+def answer_labels(record: SheetRecord, stop_ids: set[int]) -> SheetRecord:
+    """A one-question chat's labels without the end of turn: the answer's words only (why: `lookup_labels`)."""
+    labels = [IGNORE_INDEX if token in stop_ids else label for token, label in zip(record.input_ids, record.labels)]
+    return SheetRecord(record.input_ids, labels, record.cell_ids)
+
+
+def warmup_records(records: list[SheetRecord], entries: list[dict], kinds: tuple[str, ...],
+                   tokenizer: PreTrainedTokenizerBase) -> list[SheetRecord]:
+    """The corpus records the lookup warm-up trains on (those whose `lookup` is in `kinds`), labels narrowed to
+    what is looked up."""
+    unknown = set(kinds) - set(LOOKUP_KINDS)
+    if unknown:
+        raise ValueError(f"unknown lookup kinds {sorted(unknown)}; known: {', '.join(LOOKUP_KINDS)}")
+    key_ids = {word_id(tokenizer, w) for w in (*SHAPES, *COLOUR_NAMES)}
+    stop_ids = {tokenizer.convert_tokens_to_ids(","), tokenizer.convert_tokens_to_ids("."), tokenizer.eos_token_id}
+    narrow = {"values": lambda r: lookup_labels(r, key_ids, stop_ids), "answer": lambda r: answer_labels(r, stop_ids)}
+    return [narrow[e["lookup"]](r) for r, e in zip(records, entries) if e.get("lookup") in kinds]
 
 
 def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -114,12 +133,10 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     records = corpus_records(world / CORPUS_FILE, tokenizer, replies_only=cfg.replies_only)
-    key_ids = {word_id(tokenizer, w) for w in (*SHAPES, *COLOUR_NAMES)}
-    stop_ids = {tokenizer.convert_tokens_to_ids(","), tokenizer.convert_tokens_to_ids("."), tokenizer.eos_token_id}
-    lookups = [lookup_labels(r, key_ids, stop_ids) for r, e in zip(records, read_corpus(world / CORPUS_FILE))
-               if e.get("lookup")]
+    lookups = warmup_records(records, read_corpus(world / CORPUS_FILE), tuple(cfg.lookup_kinds), tokenizer)
     if cfg.lookup_steps and len(lookups) < cfg.lookup_batch:
-        raise ValueError(f"{world / CORPUS_FILE}: {len(lookups)} lookup inventories, fewer than one warm-up batch")
+        raise ValueError(f"{world / CORPUS_FILE}: {len(lookups)} lookup records ({', '.join(cfg.lookup_kinds)}), "
+                         f"fewer than one warm-up batch of {cfg.lookup_batch}")
     if max(len(r.input_ids) for r in records) > cfg.batch_tokens:
         raise ValueError(f"a corpus record is longer than batch_tokens={cfg.batch_tokens}")
     gen = torch.Generator().manual_seed(cfg.seed)

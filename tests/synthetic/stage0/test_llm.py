@@ -1,13 +1,14 @@
 """Stage-0 LLM: a short run lowers the held-out LM loss and saves a checkpoint AutoModelForCausalLM loads as-is."""
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conversation.tokenize import IGNORE_INDEX
 from synthetic.corpus import CORPUS_FILE, read_corpus
 from synthetic.sheet import NO_CELL, SheetRecord
-from synthetic.stage0.llm import collate, corpus_records, length_batches, pretrain_llm
+from synthetic.stage0.llm import collate, corpus_records, length_batches, pretrain_llm, warmup_records
 
 
 def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positions(world: Path) -> None:
@@ -77,7 +78,7 @@ def test_second_run_is_cached_and_config_change_retrains(world: Path, tmp_path: 
 
 def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    entry = {"id": "inventory-1", "template": "vicuna_v1", "lookup": True,
+    entry = {"id": "inventory-1", "template": "vicuna_v1", "lookup": "values",
              "sheet": "top left small blue cross top center empty empty empty top right large red star "
                       "middle left empty empty empty middle center empty empty empty middle right empty empty empty "
                       "bottom left empty empty empty bottom center empty empty empty bottom right empty empty empty",
@@ -92,3 +93,19 @@ def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
     kept = tok.convert_ids_to_tokens([t for t in narrowed.labels if t != IGNORE_INDEX])
     assert [t.lstrip("Ġ") for t in kept] == ["top", "left", "top", "right"]
     assert narrowed.input_ids == record.input_ids and narrowed.cell_ids == record.cell_ids
+
+
+def test_warmup_records_are_the_flagged_ones_supervised_on_what_is_looked_up(world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    entries = read_corpus(world / CORPUS_FILE)
+    records = corpus_records(world / CORPUS_FILE, tok)
+    answers = warmup_records(records, entries, ("answer",), tok)
+    flagged = [e for e in entries if e.get("lookup") == "answer"]
+    assert len(answers) == len(flagged) > 0
+    for record, entry in zip(answers, flagged):
+        kept = [t for t in record.labels if t != IGNORE_INDEX]
+        assert tok.decode(kept).strip() == entry["conversations"][1]["value"]  # the answer, no end of turn
+    both = warmup_records(records, entries, ("values", "answer"), tok)
+    assert len(both) == len(answers) + sum(e.get("lookup") == "values" for e in entries) > len(answers)
+    with pytest.raises(ValueError, match="unknown lookup kinds"):
+        warmup_records(records, entries, ("answers",), tok)

@@ -44,7 +44,8 @@ def test_a_changed_file_is_reported(tmp_path: Path) -> None:
 def test_manifest_config_is_the_command_default() -> None:
     """`vlm pretrain-backbones --world W` with default flags trains what ships (steps and all)."""
     m = manifest()
-    assert m["llm_config"] == asdict(LLMPretrainConfig()) and m["vit_config"] == asdict(ViTPretrainConfig())
+    as_stored = json.loads(json.dumps({"llm": asdict(LLMPretrainConfig()), "vit": asdict(ViTPretrainConfig())}))
+    assert m["llm_config"] == as_stored["llm"] and m["vit_config"] == as_stored["vit"]
     assert m["command"].startswith("vlm pretrain-backbones") and m["world"]["seed"] == 0
     assert set(m["train_seconds"]) == {"llm", "vit"}
 
@@ -56,8 +57,8 @@ def test_they_load_through_the_ordinary_paths_and_build_the_demo_model() -> None
     vit = CLIPVisionModel.from_pretrained(str(SHIPPED_DIR / "vit"))
     assert vit.config.image_size == 72 and vit.config.patch_size == 24
     model = VisionLanguageModel.build(VisionEncoderConfig(spec=f"hf:{SHIPPED_DIR / 'vit'}", select_layer=-2),
-                                      "expand5x_mlp2x_gelu", str(SHIPPED_DIR / "llm"), "vicuna_v1")
-    assert model.config.num_image_tokens == 45  # nine cells, five word-like tokens each
+                                      "mlp2x_gelu", str(SHIPPED_DIR / "llm"), "vicuna_v1")
+    assert model.config.num_image_tokens == 9  # one token per cell, where the LLM read the sheet's nine cells
 
 
 def _remeasured_gate() -> dict[str, float]:
@@ -92,7 +93,8 @@ def test_the_command_reproduces_them_in_kind(tmp_path: Path) -> None:
     generate_world(SynthConfig(out=str(world), seed=0, num_train=48, num_test=16, num_workers=1, pope_images=4,
                                scienceqa_images=2, scienceqa_text=1, text_eval=4, text_chats=20, corpus_scenes=60,
                                vocab_size=m["world"]["vocab_size"]))
-    llm = LLMPretrainConfig(**{**m["llm_config"], "steps": 2, "batch_size": 4, "warmup_steps": 1, "gate_scenes": 2})
+    llm = LLMPretrainConfig(**{**m["llm_config"], "steps": 2, "batch_tokens": 1024, "warmup_steps": 1, "lookup_steps": 2,
+                               "lookup_batch": 4, "gate_scenes": 2})
     vit = ViTPretrainConfig(**{**m["vit_config"], "steps": 2, "batch_size": 8, "warmup_steps": 1})
     torch.set_num_threads(1)
     out = tmp_path / "backbones"
