@@ -44,7 +44,7 @@ PROFILES: dict[str, DemoProfile] = {
         backbones=[],
         align=["epochs=3"],
         instruct=["epochs=3"],
-        notes="the README's demo: about 12 minutes on 2 CPU cores",
+        notes="the README's demo: about 9 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
         synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",

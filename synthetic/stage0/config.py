@@ -25,6 +25,7 @@ class LLMPretrainConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
     batch_tokens: int = 8192  # padded tokens per batch
+    length_window: int = 256  # records sorted by length together into batches (0: the whole corpus; see length_batches)
     # Lookup warm-up before the corpus: batches of `lookup_batch` records whose loss is on the looked-up words only
     # (`lookup_kinds`: inventories' values, one-question chats' answers), constant lr, no clipping
     # (`synthetic.stage0.llm.lookup_labels` says why).

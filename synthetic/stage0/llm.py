@@ -79,15 +79,25 @@ def warmup_records(records: list[SheetRecord], entries: list[dict], kinds: tuple
     return [narrow[e["lookup"]](r) for r, e in zip(records, entries) if e.get("lookup") in kinds]
 
 
-def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped by length (shortest first), each group as many rows as fit `batch_tokens` once padded."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def length_batches(lengths: list[int], batch_tokens: int, window: int = 0,
+                   generator: torch.Generator | None = None) -> list[list[int]]:
+    """Indices grouped by length, each group as many rows as fit `batch_tokens` once padded.
+
+    With `window`, the records are shuffled first and sorted by length only within windows of that many: every
+    batch then mixes the corpus's kinds of records. Why (measured): sorted over the whole corpus, the 4,000 short
+    text-only chats filled ~20 of 1,500 batches, 34 steps in a run, and the LLM answered 19 % of the text-only
+    questions it answered 69 % of when they were spread over every step.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist() if window else list(range(len(lengths)))
+    chunks = [order[i: i + window] for i in range(0, len(order), window)] if window else [order]
     batches: list[list[int]] = []
-    for index in order:
-        if batches and (len(batches[-1]) + 1) * lengths[index] <= batch_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+    for chunk in chunks:
+        start = len(batches)
+        for index in sorted(chunk, key=lambda i: lengths[i]):
+            if len(batches) > start and (len(batches[-1]) + 1) * lengths[index] <= batch_tokens:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
     return batches
 
 
@@ -143,7 +153,8 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
     order = torch.randperm(len(records), generator=gen).tolist()
     n_val = max(1, int(len(records) * cfg.val_fraction))
     val_records, train_records = [records[i] for i in order[:n_val]], [records[i] for i in order[n_val:]]
-    train_batches = length_batches([len(r.input_ids) for r in train_records], cfg.batch_tokens)
+    train_lengths = [len(r.input_ids) for r in train_records]
+    train_batches = length_batches(train_lengths, cfg.batch_tokens, cfg.length_window, gen)
     if len(train_batches) < 2:
         raise ValueError(f"{world / CORPUS_FILE}: {len(train_records)} records is too little to pretrain on")
     val = [collate([val_records[i] for i in group], tokenizer.pad_token_id)
@@ -168,7 +179,9 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
     sched = get_cosine_schedule_with_warmup(optim, cfg.warmup_steps, cfg.steps)
     schedule: list[int] = []
     for step in range(cfg.steps):
-        if not schedule:  # one pass over the batches in a fresh random order
+        if not schedule:  # one pass over the corpus: batches formed afresh, in a random order
+            if step:
+                train_batches = length_batches(train_lengths, cfg.batch_tokens, cfg.length_window, gen)
             schedule = torch.randperm(len(train_batches), generator=gen).tolist()
         batch = collate([train_records[i] for i in train_batches[schedule.pop()]], tokenizer.pad_token_id)
         tokens += int(batch.attention_mask.sum())

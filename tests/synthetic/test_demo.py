@@ -49,34 +49,35 @@ def question_type_accuracy(demo_out: Path, evaluation: str) -> dict[str, float]:
 def test_reduced_demo_answers_from_the_image(demo_out: Path):
     report = json.loads((demo_out / "report.json").read_text())
     # Learning that cannot happen by chance: looking at the image must beat both the same model on blank images
-    # and the best image-free guess (the most frequent answer per question type) by several standard errors of
-    # the ~800 seen questions (about 1.8 points). The margins (6 and 7 points) were set under the worst of five
-    # phase-2 seeds of the earlier design; the run on the shipped backbones with caption chats beat blind and the
-    # baseline by 22.6 and 20.5.
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 6, report
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 7, report
+    # and the best image-free guess (the most frequent answer per question type) by many standard errors of the
+    # ~800 seen questions (about 1.8 points). Measured on the shipped cell-token backbones, two phase-2 seeds:
+    # seen 68.7 / 69.6 against 18.3 / 28.3 blind and a 31.5 baseline; the margins sit well under the worse seed.
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 30, report
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 20, report
     # "Where is the <colour> <shape>?" has nine answers and cannot be guessed from the question: the model must
-    # find the object among the image tokens. ~140 such questions: a guesser scores 11 +- 2.7 (measured: 52.5 with
-    # the image, 0.0 on blank images).
+    # find the object among the image tokens. ~140 such questions: a guesser scores 11 +- 2.7 (measured: 56.2 with
+    # the image, 5.1 on blank images).
     where, where_blind = (question_type_accuracy(demo_out, name)["where is the"] for name in ("vqa", "vqa_blind"))
-    assert where >= 20 and where >= where_blind + 10, (where, where_blind)
-    # "What color is the <shape>?" needs the object's colour read off the image (measured: 64.3 vs 20.2 blind).
+    assert where >= 35 and where >= where_blind + 25, (where, where_blind)
+    # Colour and shape read off the image (measured: colour 62.0 vs 20.2 blind, shape 86.4 vs 3.8).
     colour, colour_blind = (question_type_accuracy(demo_out, name)["what color is the"] for name in ("vqa", "vqa_blind"))
-    assert colour >= colour_blind + 20, (colour, colour_blind)
+    assert colour >= colour_blind + 25, (colour, colour_blind)
+    shape, shape_blind = (question_type_accuracy(demo_out, name)["what shape is the"] for name in ("vqa", "vqa_blind"))
+    assert shape >= shape_blind + 45, (shape, shape_blind)
 
 
 @pytest.mark.slow
 def test_reduced_demo_captions_when_asked_for_a_caption(demo_out: Path):
     """The captioning benchmark's prompt gets a caption, not a yes/no: phase 2's mix has caption chats under it
-    (measured: CIDEr 134 in this demo; 0.3-7.5 in the full demo before they were added, answers like "No, there is
+    (measured: CIDEr 202 in this demo; 0.3-7.5 in the full demo before they were added, answers like "No, there is
     not.")."""
     report = json.loads((demo_out / "report.json").read_text())
-    assert report["caption_cider"] >= 40, report
+    assert report["caption_cider"] >= 100, report
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not reached (issue 18's targets): the model answers 'no' to almost every "
-                                       "'is there a X' question (POPE F1 0.31; measurements in the README)")
 def test_reduced_demo_answers_object_questions_far_better_than_a_coin(demo_out: Path):
+    """POPE: "is there a X" over objects present and absent (measured F1 0.807 / 0.817 over two seeds; 0.31 before
+    the cell-token backbones)."""
     report = json.loads((demo_out / "report.json").read_text())
-    assert report["pope_f1"] >= 0.75, report  # answering "yes" to everything already scores F1 0.667
+    assert report["pope_f1"] >= 0.7, report  # answering "yes" to everything already scores F1 0.667

@@ -39,6 +39,16 @@ def test_length_batches_fit_the_token_budget_and_cover_every_record_once() -> No
     assert batches[0] == [5, 0, 2, 6, 3]  # shortest first: 5 rows padded to 12 = 60 tokens
 
 
+def test_windowed_length_batches_mix_the_corpus_and_still_fit_the_budget() -> None:
+    lengths = [4] * 40 + [30] * 200  # 40 short records (text-only chats) among long ones
+    batches = length_batches(lengths, 128, window=24, generator=torch.Generator().manual_seed(0))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 128 for b in batches)
+    with_short = sum(any(i < 40 for i in b) for b in batches)
+    assert with_short >= 8  # a global sort puts all 40 into 2 batches
+    assert len(length_batches(lengths, 128)) < len(batches)  # the price: a little more padding
+
+
 def test_collate_pads_right_and_masks_the_padding() -> None:
     a = SheetRecord([1, 4, 7], [IGNORE_INDEX, IGNORE_INDEX, 7], [[NO_CELL] * 5, [9] * 5, [NO_CELL] * 5])
     b = SheetRecord([1, 8], [IGNORE_INDEX, 8], [[NO_CELL] * 5] * 2)
