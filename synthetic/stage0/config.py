@@ -25,7 +25,9 @@ class LLMPretrainConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 1024
     batch_tokens: int = 8192  # padded tokens per batch
-    length_window: int = 256  # records sorted by length together into batches (0: the whole corpus; see length_batches)
+    # Records sorted by length together into batches (0: the whole corpus). 256 mixes the kinds in every batch;
+    # measured against 0: gate 71 vs 72 % (colour 99 vs 71, where 54 vs 72), text-only 28 vs 19 % (README).
+    length_window: int = 0
     # Lookup warm-up before the corpus: batches of `lookup_batch` records whose loss is on the looked-up words only
     # (`lookup_kinds`: inventories' values, one-question chats' answers), constant lr, no clipping
     # (`synthetic.stage0.llm.lookup_labels` says why).

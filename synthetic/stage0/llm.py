@@ -84,9 +84,10 @@ def length_batches(lengths: list[int], batch_tokens: int, window: int = 0,
     """Indices grouped by length, each group as many rows as fit `batch_tokens` once padded.
 
     With `window`, the records are shuffled first and sorted by length only within windows of that many: every
-    batch then mixes the corpus's kinds of records. Why (measured): sorted over the whole corpus, the 4,000 short
-    text-only chats filled ~20 of 1,500 batches, 34 steps in a run, and the LLM answered 19 % of the text-only
-    questions it answered 69 % of when they were spread over every step.
+    batch then mixes the corpus's kinds of records. Why (measured on the shipped world's corpus): sorted over the
+    whole corpus, the 4,000 short text-only chats filled 82 of 1,523 batches (~135 steps of a 2,500-step run);
+    windows of 256 spread them over 919 of 2,168 batches, for 18.7 % padding instead of 0.1 % — and lifted the
+    LLM's text-only answers from 19 to 28 % only (the config's comment has the rest).
     """
     order = torch.randperm(len(lengths), generator=generator).tolist() if window else list(range(len(lengths)))
     chunks = [order[i: i + window] for i in range(0, len(order), window)] if window else [order]
