@@ -87,7 +87,8 @@ def answer_record(scene: Scene, rng: random.Random, absent: list[tuple[str, str]
     lookup before the corpus's longer replies compete for the model's attention."""
     qa = sample_questions(scene, rng, 1, absent)[0]
     return {"id": f"answer-{scene.id:06d}", "lookup": "answer", "conversations": [
-        {"from": "human", "value": f"<image>\n{qa.question}{SHORT_ANSWER_SUFFIX}"}, {"from": "gpt", "value": qa.answer}]}
+        {"from": "human", "value": f"<image>\n{qa.question}{SHORT_ANSWER_SUFFIX}"},
+        {"from": "gpt", "value": qa.answer}]}
 
 
 def corpus_scene_records(scene: Scene, seed: int) -> Iterator[dict]:

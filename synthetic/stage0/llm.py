@@ -29,12 +29,11 @@ class SheetBatch:
     attention_mask: torch.Tensor
 
 
-def corpus_records(corpus: Path, tokenizer: PreTrainedTokenizerBase, replies_only: bool = True) -> list[SheetRecord]:
-    """The corpus records tokenized as the VLM tokenizes them (`record_ids`). Labels keep the template's
-    supervision (replies and captions) with `replies_only`, or are the ids themselves (plain language modelling)."""
-    entries = read_corpus(corpus)
-    if not entries:
-        raise ValueError(f"{corpus}: no text to pretrain on")
+def tokenize_corpus(entries: list[dict], tokenizer: PreTrainedTokenizerBase,
+                    replies_only: bool = True) -> list[SheetRecord]:
+    """The corpus entries (`read_corpus`) tokenized as the VLM tokenizes them (`record_ids`). Labels keep the
+    template's supervision (replies and captions) with `replies_only`, or are the ids themselves (plain language
+    modelling)."""
     records = [record_ids(entry, tokenizer, entry["template"], entry.get("sheet")) for entry in entries]
     if not replies_only:
         records = [SheetRecord(r.input_ids, list(r.input_ids), r.cell_ids) for r in records]
@@ -143,8 +142,11 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
         return {**metrics, "cached": True}
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    records = corpus_records(world / CORPUS_FILE, tokenizer, replies_only=cfg.replies_only)
-    lookups = warmup_records(records, read_corpus(world / CORPUS_FILE), tuple(cfg.lookup_kinds), tokenizer)
+    entries = read_corpus(world / CORPUS_FILE)
+    if not entries:
+        raise ValueError(f"{world / CORPUS_FILE}: no text to pretrain on")
+    records = tokenize_corpus(entries, tokenizer, replies_only=cfg.replies_only)
+    lookups = warmup_records(records, entries, tuple(cfg.lookup_kinds), tokenizer)
     if cfg.lookup_steps and len(lookups) < cfg.lookup_batch:
         raise ValueError(f"{world / CORPUS_FILE}: {len(lookups)} lookup records ({', '.join(cfg.lookup_kinds)}), "
                          f"fewer than one warm-up batch of {cfg.lookup_batch}")
@@ -196,7 +198,7 @@ def pretrain_llm(world: Path, out: Path, cfg: LLMPretrainConfig, force: bool = F
         "final_val_loss": evaluate_loss(model, val),
         "first_train_loss": sum(train_losses[:window]) / window, "final_train_loss": sum(train_losses[-window:]) / window,
         "lookup_steps": cfg.lookup_steps, "lookup_records": len(lookups),
-        "final_lookup_loss": sum(warmup_losses[-window:]) / max(1, len(warmup_losses[-window:])),
+        "final_lookup_loss": sum(warmup_losses[-window:]) / len(warmup_losses[-window:]) if warmup_losses else None,
         "train_seconds": wall, "tokens_per_second": tokens / wall, "torch_threads": torch.get_num_threads(),
     }
     if cfg.gate_scenes:

@@ -16,7 +16,8 @@ def test_inventory_lists_every_object_sorted_and_is_a_lookup_only_when_keys_are_
     for scene in _scenes(60):
         record = inventory_record(scene, rng)
         prompt, reply = (t["value"] for t in record["conversations"])
-        key, value = prompt.removeprefix("<image>\nList every object by its ").removesuffix(".").split(", each followed by its ")
+        asked = prompt.removeprefix("<image>\nList every object by its ").removesuffix(".")
+        key, value = asked.split(", each followed by its ")
         word = {"shape": lambda o: o.shape, "color": lambda o: o.colour, "size": lambda o: o.size,
                 "position": lambda o: o.position}
         expected = sorted((word[key](o), word[value](o)) for o in scene.objects)
@@ -33,7 +34,8 @@ def test_answer_record_asks_one_short_answer_question_with_its_true_answer() -> 
     for scene in _scenes(120):
         record = answer_record(scene, rng, list(ALL_PAIRS))
         question, answer = (t["value"] for t in record["conversations"])
-        assert record["lookup"] == "answer" and question.startswith("<image>\n") and question.endswith(SHORT_ANSWER_SUFFIX)
+        assert record["lookup"] == "answer" and question.startswith("<image>\n")
+        assert question.endswith(SHORT_ANSWER_SUFFIX)
         asked = question.removeprefix("<image>\n").removesuffix(SHORT_ANSWER_SUFFIX)
         matches = [qa for kind in ("color_of_shape", "shape_of_color", "count_all", "count_shape", "count_color",
                                    "where", "size", "exists", "relation")

@@ -8,12 +8,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conversation.tokenize import IGNORE_INDEX
 from synthetic.corpus import CORPUS_FILE, read_corpus
 from synthetic.sheet import NO_CELL, SheetRecord
-from synthetic.stage0.llm import collate, corpus_records, length_batches, pretrain_llm, warmup_records
+from synthetic.stage0.llm import collate, length_batches, pretrain_llm, tokenize_corpus, warmup_records
 
 
 def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positions(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    records = corpus_records(world / CORPUS_FILE, tok)
+    records = tokenize_corpus(read_corpus(world / CORPUS_FILE), tok)
     entries = read_corpus(world / CORPUS_FILE)
     assert len(records) == len(entries)
     image_id = tok.convert_tokens_to_ids("<image>")
@@ -27,7 +27,7 @@ def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positi
     assert all(t == i for r in records for t, i in zip(r.labels, r.input_ids) if t != IGNORE_INDEX)
     text_only = [r for r, e in zip(records, entries) if "sheet" not in e]
     assert text_only and all(image_id not in r.input_ids and {c[0] for c in r.cell_ids} == {NO_CELL} for r in text_only)
-    plain = corpus_records(world / CORPUS_FILE, tok, replies_only=False)
+    plain = tokenize_corpus(read_corpus(world / CORPUS_FILE), tok, replies_only=False)
     assert all(p.labels == p.input_ids for p in plain)
 
 
@@ -108,7 +108,7 @@ def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
 def test_warmup_records_are_the_flagged_ones_supervised_on_what_is_looked_up(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     entries = read_corpus(world / CORPUS_FILE)
-    records = corpus_records(world / CORPUS_FILE, tok)
+    records = tokenize_corpus(read_corpus(world / CORPUS_FILE), tok)
     answers = warmup_records(records, entries, ("answer",), tok)
     flagged = [e for e in entries if e.get("lookup") == "answer"]
     assert len(answers) == len(flagged) > 0
