@@ -27,14 +27,23 @@ CORPUS_FILE = "text_corpus.jsonl"
 CORPUS_SPLIT = "corpus"  # scenes of their own: never a training or test image
 
 
-LOOKUP_KINDS = ("values", "answer")  # what stage 0's warm-up supervises in a record: looked-up values, the answer
+TEXT_SKILL = "text"  # the skill of a text-only chat: its answers come from the question, not from a sheet
+# Stage 0's warm-up lessons, in the order taught (`lookup:skill`; `lookup` says what is supervised: an inventory's
+# values or a chat's answers): inventories by the value they list, one-question chats by question kind, text-only chats.
+LESSONS = (*(f"values:{v}" for v in ("size", "color", "shape", "position")),
+           *(f"answer:{kind}" for kind in QUESTION_KINDS), f"answer:{TEXT_SKILL}")
 
 
 def _entry(record: dict, template: str, sheet: str | None) -> dict:
     entry = {"id": record["id"], "template": template, "conversations": record["conversations"]}
-    if record.get("lookup"):  # a record for stage 0's lookup warm-up (`synthetic.stage0.llm`), and what it supervises
-        entry["lookup"] = record["lookup"]
+    if record.get("lookup"):  # a record for stage 0's lookup warm-up (`synthetic.stage0.llm`): what it supervises
+        entry["lookup"], entry["skill"] = record["lookup"], record["skill"]
     return {**entry, "sheet": sheet} if sheet is not None else entry
+
+
+def lesson(entry: dict) -> str | None:
+    """The warm-up lesson a corpus entry belongs to (one of `LESSONS`), or None."""
+    return f"{entry['lookup']}:{entry['skill']}" if entry.get("lookup") else None
 
 
 def drill_record(scene: Scene, rng: random.Random, absent: list[tuple[str, str]], sentence_share: float = 0.5) -> dict:
@@ -77,7 +86,7 @@ def inventory_record(scene: Scene, rng: random.Random) -> dict:
     prompt = f"<image>\nList every object by its {key}, each followed by its {value}."
     keys = [k for k, _ in pairs]
     lookup = "values" if len(set(keys)) == len(keys) else None  # with a repeated key the value is ambiguous
-    return {"id": f"inventory-{scene.id:06d}", "lookup": lookup, "conversations": [
+    return {"id": f"inventory-{scene.id:06d}", "lookup": lookup, "skill": value, "conversations": [
         {"from": "human", "value": prompt}, {"from": "gpt", "value": ", ".join(f"{k} {v}" for k, v in pairs) + "."}]}
 
 
@@ -86,7 +95,7 @@ def answer_record(scene: Scene, rng: random.Random, absent: list[tuple[str, str]
     question kind (existence, counting, size, relations: lookups the inventories do not teach) is learnt as a
     lookup before the corpus's longer replies compete for the model's attention."""
     qa = sample_questions(scene, rng, 1, absent)[0]
-    return {"id": f"answer-{scene.id:06d}", "lookup": "answer", "conversations": [
+    return {"id": f"answer-{scene.id:06d}", "lookup": "answer", "skill": qa.kind, "conversations": [
         {"from": "human", "value": f"<image>\n{qa.question}{SHORT_ANSWER_SUFFIX}"},
         {"from": "gpt", "value": qa.answer}]}
 
@@ -115,7 +124,8 @@ def corpus_records(seed: int, num_scenes: int, num_text_chats: int) -> Iterator[
     for index in range(num_scenes):
         yield from corpus_scene_records(sample_scene(seed, CORPUS_SPLIT, index, held_out_share=0.0), seed)
     for index in range(num_text_chats):
-        yield _entry(text_record(index, scene_rng(seed, CORPUS_SPLIT, index, "text")), "vicuna_v1", None)
+        chat = text_record(index, scene_rng(seed, CORPUS_SPLIT, index, "text"))
+        yield _entry({**chat, "lookup": "answer", "skill": TEXT_SKILL}, "vicuna_v1", None)
 
 
 def record_texts(entry: dict) -> Iterator[str]:

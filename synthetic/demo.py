@@ -49,7 +49,7 @@ PROFILES: dict[str, DemoProfile] = {
     "ci": DemoProfile(
         synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",
                "--text-eval", "40"],
-        backbones=["--llm-lookup-steps", "50", "--llm-steps", "150", "--vit-steps", "200"],
+        backbones=["--llm-lesson-steps", "5", "--llm-steps", "150", "--vit-steps", "200"],
         align=["max_steps=150"],
         instruct=["max_steps=600"],
         eval_limit=None,

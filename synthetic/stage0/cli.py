@@ -36,10 +36,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default WORLD/backbones)")
     parser.add_argument("--llm-steps", type=int, default=LLMPretrainConfig.steps)
     parser.add_argument("--vit-steps", type=int, default=ViTPretrainConfig.steps)
-    parser.add_argument("--llm-lookup-steps", type=int, default=LLMPretrainConfig.lookup_steps,
-                        help="lookup warm-up steps before the corpus (0: none)")
-    parser.add_argument("--llm-lookup-kinds", nargs="+", default=list(LLMPretrainConfig.lookup_kinds),
-                        help="what the warm-up trains on: values (inventories), answer (one-question chats)")
+    parser.add_argument("--llm-lesson-steps", type=int, default=LLMPretrainConfig.lesson_steps,
+                        help="steps per lookup warm-up lesson before the corpus (0: no warm-up)")
+    parser.add_argument("--llm-lessons", nargs="+", default=list(LLMPretrainConfig.lookup_lessons),
+                        help="the warm-up lessons in order (values:SKILL for inventories, answer:KIND for one-question "
+                             "chats, answer:text for text-only chats)")
     parser.add_argument("--llm-batch-tokens", type=int, default=LLMPretrainConfig.batch_tokens,
                         help="padded tokens per corpus batch")
     parser.add_argument("--vit-batch-size", type=int, default=ViTPretrainConfig.batch_size)
@@ -57,8 +58,8 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or args.world / "backbones"
-    llm = LLMPretrainConfig(steps=args.llm_steps, batch_tokens=args.llm_batch_tokens, lookup_steps=args.llm_lookup_steps,
-                            lookup_kinds=tuple(args.llm_lookup_kinds))
+    llm = LLMPretrainConfig(steps=args.llm_steps, batch_tokens=args.llm_batch_tokens, lesson_steps=args.llm_lesson_steps,
+                            lookup_lessons=tuple(args.llm_lessons))
     vit = ViTPretrainConfig(steps=args.vit_steps, batch_size=args.vit_batch_size, patch_size=args.vit_patch_size)
     results = pretrain_backbones(args.world, out, llm, vit, force=args.force, only=args.only)
     if args.manifest:

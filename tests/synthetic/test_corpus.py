@@ -1,7 +1,7 @@
 """The LLM's corpus: inventories and one-question chats, the records stage 0's lookup warm-up trains on."""
 import random
 
-from synthetic.corpus import answer_record, corpus_scene_records, inventory_record
+from synthetic.corpus import LESSONS, answer_record, corpus_records, corpus_scene_records, inventory_record, lesson
 from synthetic.questions import SHORT_ANSWER_SUFFIX, candidates
 from synthetic.world import ALL_PAIRS, sample_scene
 
@@ -23,7 +23,7 @@ def test_inventory_lists_every_object_sorted_and_is_a_lookup_only_when_keys_are_
         expected = sorted((word[key](o), word[value](o)) for o in scene.objects)
         assert reply == ", ".join(f"{k} {v}" for k, v in expected) + "."
         unique = len({k for k, _ in expected}) == len(expected)
-        assert record["lookup"] == ("values" if unique else None)
+        assert record["lookup"] == ("values" if unique else None) and record["skill"] == value
         flags.add(record["lookup"])
     assert flags == {"values", None}
 
@@ -42,6 +42,7 @@ def test_answer_record_asks_one_short_answer_question_with_its_true_answer() -> 
                    for qa in candidates(scene, kind, list(ALL_PAIRS)) if qa.question == asked]
         assert matches and all(qa.answer == answer for qa in matches), (asked, answer)
         kinds.add(matches[0].kind)
+        assert record["skill"] == matches[0].kind
     assert len(kinds) == 9  # every question kind is drilled
 
 
@@ -49,3 +50,10 @@ def test_every_corpus_scene_has_one_answer_record() -> None:
     for scene in _scenes(5):
         ids = [r["id"] for r in corpus_scene_records(scene, seed=3)]
         assert sum(i.startswith("answer-") for i in ids) == 1 and sum(i.startswith("inventory-") for i in ids) == 1
+
+
+def test_every_lesson_is_in_the_corpus_and_text_chats_are_answer_lessons() -> None:
+    entries = list(corpus_records(seed=3, num_scenes=60, num_text_chats=5))
+    assert {lesson(e) for e in entries} - {None} == set(LESSONS)
+    text = [e for e in entries if "sheet" not in e]
+    assert len(text) == 5 and {lesson(e) for e in text} == {"answer:text"}

@@ -50,35 +50,36 @@ def test_reduced_demo_answers_from_the_image(demo_out: Path):
     report = json.loads((demo_out / "report.json").read_text())
     # Learning that cannot happen by chance: looking at the image must beat both the same model on blank images
     # and the best image-free guess (the most frequent answer per question type) by many standard errors of the
-    # ~800 seen questions (about 1.8 points). Measured on the shipped cell-token backbones, three phase-2 seeds:
-    # seen 68.7 / 69.6 / 69.3 against 18.3 / 28.3 / 17.8 blind and a 31.5 baseline; the margins sit well under the
-    # worst seed.
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 30, report
-    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 20, report
+    # ~800 seen questions (about 1.8 points). Measured on the shipped backbones (lesson warm-up), three phase-2
+    # seeds: seen 90.3 / 91.2 / 88.8 against 33.1 / 35.1 / 31.9 blind and a 31.5 baseline (margins 56-60); the
+    # asserted margins sit 16 points under the worst seed.
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_blind"] + 40, report
+    assert report["vqa_accuracy_seen"] >= report["vqa_accuracy_prior_baseline"] + 40, report
     # "Where is the <colour> <shape>?" has nine answers and cannot be guessed from the question: the model must
-    # find the object among the image tokens. ~140 such questions: a guesser scores 11 +- 2.7 (measured: 56.2 with
-    # the image, 5.1 on blank images).
+    # find the object among the image tokens. ~140 such questions: a guesser scores 11 +- 2.7 (measured over three
+    # seeds: 86.1-90.5 with the image, 9.5-15.3 on blank images).
     where, where_blind = (question_type_accuracy(demo_out, name)["where is the"] for name in ("vqa", "vqa_blind"))
-    assert where >= 35 and where >= where_blind + 25, (where, where_blind)
-    # Colour and shape read off the image (measured: colour 62.0 vs 20.2 blind, shape 86.4 vs 3.8).
+    assert where >= 65 and where >= where_blind + 50, (where, where_blind)
+    # Colour and shape read off the image (measured, worst seeds: colour 89.2 vs 15.5 blind and 91.5 vs 20.2; shape
+    # 87.9 vs 14.4 and 92.4 vs 21.2).
     colour, colour_blind = (question_type_accuracy(demo_out, name)["what color is the"] for name in ("vqa", "vqa_blind"))
-    assert colour >= colour_blind + 25, (colour, colour_blind)
+    assert colour >= colour_blind + 50, (colour, colour_blind)
     shape, shape_blind = (question_type_accuracy(demo_out, name)["what shape is the"] for name in ("vqa", "vqa_blind"))
-    assert shape >= shape_blind + 45, (shape, shape_blind)
+    assert shape >= shape_blind + 50, (shape, shape_blind)
 
 
 @pytest.mark.slow
 def test_reduced_demo_captions_when_asked_for_a_caption(demo_out: Path):
     """The captioning benchmark's prompt gets a caption, not a yes/no: phase 2's mix has caption chats under it
-    (measured: CIDEr 202 in this demo; 0.3-7.5 in the full demo before they were added, answers like "No, there is
-    not.")."""
+    (measured: CIDEr 199-216 in this demo over three seeds; 0.3-7.5 in the full demo before they were added,
+    answers like "No, there is not.")."""
     report = json.loads((demo_out / "report.json").read_text())
-    assert report["caption_cider"] >= 100, report
+    assert report["caption_cider"] >= 150, report
 
 
 @pytest.mark.slow
 def test_reduced_demo_answers_object_questions_far_better_than_a_coin(demo_out: Path):
-    """POPE: "is there a X" over objects present and absent (measured F1 0.807 / 0.817 / 0.764 over three seeds;
-    0.31 before the cell-token backbones)."""
+    """POPE: "is there a X" over objects present and absent (measured F1 0.883 / 0.878 / 0.881 over three seeds;
+    0.76-0.82 with the inventories-only warm-up, 0.31 before the cell-token backbones)."""
     report = json.loads((demo_out / "report.json").read_text())
-    assert report["pope_f1"] >= 0.7, report  # answering "yes" to everything already scores F1 0.667
+    assert report["pope_f1"] >= 0.8, report  # answering "yes" to everything already scores F1 0.667

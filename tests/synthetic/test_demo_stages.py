@@ -2,6 +2,7 @@
 no-alignment ablation only under --ablations. A recording runner stands in for the `vlm` commands."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from synthetic.demo import PROFILES, Demo, DemoError
+from synthetic.stage0.cli import register as register_backbones
 from synthetic.stage0.shipped import SHIPPED_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,3 +75,12 @@ def test_tampered_shipped_backbones_stop_the_demo(tmp_path: Path, monkeypatch: p
     demo.backbones = copy
     with pytest.raises(DemoError, match="do not match their manifest.*llm/config.json"):
         demo.run_training()
+
+
+def test_every_profile_passes_flags_pretrain_backbones_knows() -> None:
+    """The profiles' stage-0 flags go to `vlm pretrain-backbones` only with --pretrain-backbones: parse them here."""
+    parser = argparse.ArgumentParser()
+    register_backbones(parser)
+    for name, profile in PROFILES.items():
+        args = parser.parse_args(["--world", "w", *profile.backbones])  # an unknown flag exits: the test fails
+        assert args.world == Path("w"), name

@@ -21,7 +21,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_llm() -> LLMPretrainConfig:
     return LLMPretrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                             batch_tokens=1024, lookup_steps=5, lookup_batch=16, steps=40, lr=1e-2, warmup_steps=4,
+                             batch_tokens=1024, lesson_steps=1, lookup_batch=16, steps=40, lr=1e-2, warmup_steps=4,
                              gate_scenes=5)
 
 

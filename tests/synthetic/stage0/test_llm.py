@@ -6,9 +6,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conversation.tokenize import IGNORE_INDEX
-from synthetic.corpus import CORPUS_FILE, read_corpus
+from synthetic.corpus import CORPUS_FILE, LESSONS, lesson, read_corpus
 from synthetic.sheet import NO_CELL, SheetRecord
-from synthetic.stage0.llm import collate, length_batches, pretrain_llm, tokenize_corpus, warmup_records
+from synthetic.stage0.llm import collate, length_batches, lesson_records, pretrain_llm, tokenize_corpus, warmup_pools
 
 
 def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positions(world: Path) -> None:
@@ -105,17 +105,31 @@ def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
     assert narrowed.input_ids == record.input_ids and narrowed.cell_ids == record.cell_ids
 
 
-def test_warmup_records_are_the_flagged_ones_supervised_on_what_is_looked_up(world: Path) -> None:
+def test_lesson_records_are_the_flagged_ones_supervised_on_what_is_looked_up(world: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     entries = read_corpus(world / CORPUS_FILE)
-    records = tokenize_corpus(read_corpus(world / CORPUS_FILE), tok)
-    answers = warmup_records(records, entries, ("answer",), tok)
-    flagged = [e for e in entries if e.get("lookup") == "answer"]
-    assert len(answers) == len(flagged) > 0
-    for record, entry in zip(answers, flagged):
-        kept = [t for t in record.labels if t != IGNORE_INDEX]
-        assert tok.decode(kept).strip() == entry["conversations"][1]["value"]  # the answer, no end of turn
-    both = warmup_records(records, entries, ("values", "answer"), tok)
-    assert len(both) == len(answers) + sum(e.get("lookup") == "values" for e in entries) > len(answers)
-    with pytest.raises(ValueError, match="unknown lookup kinds"):
-        warmup_records(records, entries, ("answers",), tok)
+    records = tokenize_corpus(entries, tok)
+    by_lesson = lesson_records(records, entries, LESSONS, tok)
+    assert list(by_lesson) == list(LESSONS) and all(by_lesson.values())  # every lesson has records
+    for name in ("answer:exists", "answer:count_shape", "answer:text"):
+        flagged = [e for e in entries if lesson(e) == name]
+        assert len(by_lesson[name]) == len(flagged)
+        for record, entry in zip(by_lesson[name], flagged):
+            kept = tok.decode([t for t in record.labels if t != IGNORE_INDEX]).replace(" ", "")
+            replies = "".join(t["value"] for t in entry["conversations"][1::2])
+            # the replies without the end of turn, commas and periods (text chats answer in sentences, too)
+            assert kept == replies.replace(" ", "").replace(",", "").replace(".", ""), entry["id"]
+    sizes = [tok.decode([t for t in r.labels if t != IGNORE_INDEX]).split() for r in by_lesson["values:size"]]
+    assert sizes and all(set(words) <= {"small", "large"} for words in sizes)
+    with pytest.raises(ValueError, match="unknown warm-up lessons"):
+        lesson_records(records, entries, ("values:colour",), tok)
+
+
+def test_warmup_pools_add_one_lesson_at_a_time() -> None:
+    a, b = (SheetRecord([i], [i], [[NO_CELL] * 5]) for i in (1, 2))
+    pools = warmup_pools({"x": [a, a], "y": [b]}, ("x", "y"), batch=2)
+    assert pools == [[a, a], [a, a, b]]
+    with pytest.raises(ValueError, match="fewer than one batch of 3"):
+        warmup_pools({"x": [a, a], "y": [b]}, ("x", "y"), batch=3)
+    with pytest.raises(ValueError, match="'y' has no records"):
+        warmup_pools({"x": [a, a], "y": []}, ("x", "y"), batch=2)
