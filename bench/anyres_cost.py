@@ -81,7 +81,7 @@ def main() -> None:
 
             def step() -> None:
                 model.zero_grad(set_to_none=True)
-                model(batch).loss.backward()
+                model.loss(batch).loss.backward()
 
             for _ in range(2):
                 step()

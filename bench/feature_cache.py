@@ -71,8 +71,10 @@ def make_trainer(root: Path, base: Path, data: Path, images: Path, *, cache: boo
                  global_batch: int, micro_batch: int) -> Any:
     from conversation.images import resolve_image_path
     from train.config import config_from_dict
-    from train.loop import Trainer, seed_everything
-    from train.recipes import build_data, build_model, feature_hook, prepare_model
+    from train.feature_source import feature_source
+    from train.loop import Trainer
+    from train.recipes import build_data, build_model, prepare_model
+    from train.runtime import seed_everything
     from train.strategies.single import SingleProcessStrategy
 
     name = f"{'cache' if cache else 'nocache'}{'_nodecode' if skip_decode else ''}"
@@ -95,7 +97,7 @@ def make_trainer(root: Path, base: Path, data: Path, images: Path, *, cache: boo
             return None, [str(resolve_image_path(ref, roots)) for ref in refs]
 
         train_data.dataset._images = keys_only
-    return Trainer(cfg, model, train_data, strategy, features_fn=feature_hook(cfg, model))
+    return Trainer(cfg, model, train_data, strategy, features=feature_source(cfg, model, strategy))
 
 
 def time_epoch(trainer: Any, epoch: int) -> list[float]:
@@ -117,7 +119,7 @@ def image_share(trainer: Any, epoch: int) -> tuple[float, float]:
     """CPU seconds per step spent (decoding + preprocessing, running the frozen encoder) on the step's images."""
     from conversation.images import load_image
 
-    model = trainer.model
+    model = trainer.strategy.unwrap(trainer.model)
     decode = encode = 0.0
     for batch_indices in trainer.data.epoch_batches(epoch)[: trainer.steps_per_epoch * trainer.accum]:
         items = [trainer.data.dataset[i] for i in batch_indices]
@@ -150,7 +152,7 @@ def main() -> None:
             "cache + skip decode": make_trainer(root, base, data, images, cache=True, skip_decode=True, **kw),
         }
         time_epoch(runs["cache (images still decoded)"], 0)  # fills the cache (and warms up)
-        runs["cache (images still decoded)"].features_fn.flush()
+        runs["cache (images still decoded)"].features.flush()
         step_times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.rounds):  # interleaved rounds: load from other processes hits every variant alike
             for name, trainer in runs.items():

@@ -60,7 +60,8 @@ def write_instruct_data(root: Path, images: Path, n: int, seed: int = 1) -> Path
 
 def make_trainer(root: Path, base: Path, data: Path, images: Path, args: argparse.Namespace, group_by: str) -> Any:
     from train.config import config_from_dict
-    from train.loop import Trainer, seed_everything
+    from train.loop import Trainer
+    from train.runtime import seed_everything
     from train.recipes import build_data, build_model, prepare_model
     from train.strategies.single import SingleProcessStrategy
 
@@ -120,7 +121,7 @@ def main() -> None:
             counter = FlopCounterMode(display=False)
             with counter:
                 trainer._step(windows[1])
-            positions = sum(b["attention_mask"].numel() for b in windows[1] if b)
+            positions = sum(b.attention_mask.numel() for b in windows[1] if b)
             flops_per_position = counter.get_total_flops() / positions  # compute scales with padded positions
             cpu, wall, tokens, padded = [], [], 0, 0
             for window in windows[2:]:
@@ -129,7 +130,7 @@ def main() -> None:
                 cpu.append(time.process_time() - start_cpu)
                 wall.append(time.perf_counter() - start_wall)
                 tokens += metrics["tokens"]
-                padded += sum(b["attention_mask"].numel() for b in window if b)
+                padded += sum(b.attention_mask.numel() for b in window if b)
             step_cpu = sum(cpu) / len(cpu)
             achieved = flops_per_position * padded / sum(cpu)
             print(f"{name}: {tokens / sum(cpu):.0f} train tokens/s ({tokens / sum(wall):.0f} by wall clock), "

@@ -1,7 +1,7 @@
 """Our trainer's micro-batch step vs HF `LlavaForConditionalGeneration` with its own loss: same weights, same
 collated samples, interleaved timing, for phase 1 (projector trains) and phase 2 (full LLM); one JSON line each.
 
-Ours is the loop's own loss path, `train.loop.summed_token_loss(model, batch, device, features)`, on a batch from
+Ours is the loop's own loss path, `train.step.summed_token_loss(model, batch, device, features)`, on a batch from
 the real collator over tokenized records; in phase 1 it reads the vision features as the trainer's feature cache
 hands them (computed once, outside the timed step), while HF runs its vision tower every step. Both sides run
 forward + backward from zeroed gradients (the optimizer step is the same AdamW on both and is left out).
@@ -167,7 +167,7 @@ def step_fns(side: str, model: Any, batch: Any, phase: int, device: str) -> tupl
     """A step function returning the mean token loss, and whether the vision tower runs in it."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     if side == "ours":
-        from train.loop import summed_token_loss
+        from train.step import summed_token_loss
 
         features = cached_features(model, batch, device) if phase == 1 else None
         labels = batch.labels

@@ -160,6 +160,10 @@ class PackedBatchSampler:
         self.epoch = epoch
         return self._cache[epoch]
 
+    def stats(self, epoch: int) -> PackStats:
+        """Samples, rows and padding of this rank's packed micro-batches of `epoch`."""
+        return pack_stats(self.epoch_batches(epoch), self.lengths)
+
     def digest(self, epoch: int) -> str:
         """A short fingerprint of the epoch's packing (which samples in which rows of which micro-batch)."""
         text = repr(self.epoch_batches(epoch)).encode()

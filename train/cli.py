@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     from conversation.errors import RecordFileError
     from instruct_data.audit import AuditError
     from train.guards import DataFailure, summary_line
-    from train.loop import NonFiniteLossError
+    from train.step import NonFiniteLossError
     from train.recipes import run
 
     try:

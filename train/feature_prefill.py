@@ -8,6 +8,7 @@ the encoder, and an image the fill could not decode skips its records as usual.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -18,7 +19,10 @@ from torch import nn
 from conversation.errors import ImageLoadError
 from train.config import TrainConfig
 from train.feature_cache import FeatureCache
-from train.loop import TrainData, grad_accum_steps
+from train.feature_source import FeatureSource
+from train.loop import TrainData
+from train.runtime import grad_accum_steps
+from train.strategies.base import Strategy
 
 
 @dataclass
@@ -86,3 +90,27 @@ def prefill_features(cache: FeatureCache, dataset: Any, micro_batches: Iterator[
         encode(pending)
     cache.flush()
     return report
+
+
+def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy, source: FeatureSource) -> None:
+    """Before the engine starts: every rank encodes the images of its own micro-batches (the encoder still whole
+    on each rank), then all wait at a barrier; `source` then only reads, and skips what the fill could not
+    decode (`source.bad`)."""
+    model.vision_encoder.to(strategy.device)
+    params = list(model.vision_encoder.parameters())
+    whole = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # built under zero.Init: gather the frozen encoder to read it
+        import deepspeed
+
+        whole = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    batches, dataset = planned_micro_batches(cfg, data, strategy.world_size), data.dataset
+    if data.packer is not None:  # packed micro-batches are lists of rows of indices
+        batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
+    with whole:
+        report = prefill_features(source.cache, dataset, batches, model.vision_encoder, model.image_processor,
+                                  batch_size=max(cfg.micro_batch_size, 32))
+    source.bad.update(report.bad)
+    strategy.barrier()
+    if strategy.is_main:
+        print(f"feature cache filled before training (parameters partitioned): rank 0 encoded {report.encoded} "
+              f"image(s), found {report.cached} cached, {len(report.bad)} undecodable", flush=True)

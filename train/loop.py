@@ -1,28 +1,26 @@
-"""The training loop: accumulation to a global batch, token-weighted loss, clipping, schedule, checkpoints, resume."""
+"""The training loop: epochs of optimizer steps (`train.step`), resume, logging and checkpoints."""
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
-from instruct_data.packed_collate import sample_image_owners, without_samples
-from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_state, resolve_resume,
-                                 save_checkpoint)
+from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoint, read_data_state,
+                                 read_trainer_state, resolve_resume, save_checkpoint)
 from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
+from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
+from train.runtime import grad_accum_steps, peak_memory_mb, resolve_precision
+from train.step import NonFiniteLossError, SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from vlm.batch import Batch
@@ -30,26 +28,18 @@ from vlm.batch import Batch
 CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stopped before the optimizer step, checkpoints untouched."""
-
-
 @dataclass
 class TrainData:
     """What the loop needs from the data layer (assembled by the recipe)."""
 
-    dataset: Any  # map-style: __getitem__(i) -> item dict (see docs/architecture.md), or None when skipped
+    dataset: Any  # map-style: __getitem__(i) -> an item, or `Skipped` (see docs/architecture.md)
     collate: Callable[[list[Any]], Batch | None]
     epoch_batches: Callable[[int], list[list[int]]]  # this rank's micro-batches (index lists) of an epoch
-    # reason -> count of records the data layer dropped outside batches (e.g. at indexing); batches also
-    # carry `skipped: [(id, reason)]`, which the loop counts itself
-    skipped: Callable[[], dict[str, int]] = lambda: {}
     num_workers: int = 0
     # Packing (`data.packing`): the packer (state_dict / load_state_dict, saved per rank in checkpoints), and
     # rows -> (packed batch, the same samples unpacked) for the self-check at the start of the run.
     packer: Any = None
     check_pair: Callable[[list[tuple[int, ...]]], tuple[Batch, Batch]] | None = None
-    lengths: list[int] | None = None
 
 
 @dataclass
@@ -64,62 +54,15 @@ class RunResult:
     trained: int = 0  # records that reached the model (all processes, whole run)
 
 
-def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """global_batch / (micro_batch * world_size), which must divide exactly."""
-    per_step = micro_batch * world_size
-    if global_batch % per_step:
-        raise ValueError(f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} x "
-                         f"world_size={world_size} = {per_step}")
-    return global_batch // per_step
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> bf16 on a bf16-capable GPU, else fp32; bf16 on a CPU is refused with the reason."""
-    gpu_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return "bf16" if gpu_bf16 else "fp32"
-    if precision == "bf16" and not gpu_bf16:
-        from train.distributed import cuda_unavailable_reason
-
-        why = f" ({cuda_unavailable_reason()})" if not torch.cuda.is_available() else ""
-        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device}{why} "
-                         "(bf16 on this CPU runs at under 1 GFLOP/s): use precision=fp32 or precision=auto")
-    return precision
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated GPU memory, or this process's peak resident set size on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def summed_token_loss(model: nn.Module, batch: Batch, device: torch.device,
-                      vision_features: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum (not mean) of fp32 next-token cross-entropy over the supervised positions of one micro-batch.
-
-    Calls the (possibly DDP/DeepSpeed-wrapped) model on the Batch, so the wrappers' hooks run; the model applies
-    the LM head to supervised positions only (`vlm.lm_loss`), never building [B, T, V] logits."""
-    return model(batch.to(device), vision_features=vision_features).loss
-
-
 class Trainer:
     """One run of one recipe: `Trainer(cfg, model, data, strategy).fit()`."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy | None = None,
-                 features_fn: Callable[[Batch], torch.Tensor | None] | None = None) -> None:
+                 features: FeatureSource | None = None) -> None:
         self.cfg = cfg
         self.strategy = strategy or build_strategy(cfg.strategy, cfg)
         self.data = data
-        self.features_fn = features_fn  # feature cache hook: batch -> vision features (None: use pixels)
+        self.features = features  # feature cache on: vision features instead of pixels
         self.output_dir = Path(cfg.output_dir)
         self.precision = resolve_precision(cfg.precision, self.strategy.device)
         self.tf32 = enable_tf32(self.precision, self.strategy.device)
@@ -135,11 +78,13 @@ class Trainer:
         self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
                                   global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
         self.resumed_from: Path | None = None
-        self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
-        config = getattr(model, "config", None)
-        anyres = bool(getattr(getattr(config, "vision", None), "anyres", False))
-        self.guard = DataGuard(cfg.data, None if anyres else getattr(config, "num_image_tokens", None))
-        self.efficiency = EfficiencyLog(self.strategy.unwrap(self.model), self.strategy.device, self.precision)
+        self.skips = SkipTally(self.state.skipped)
+        config = model.config
+        self.guard = DataGuard(cfg.data, None if config.vision.anyres else config.num_image_tokens)
+        self.step_inputs = StepInputs(self.model, self.strategy, self.precision, self.guard, self.skips,
+                                      pad_token_id=int(config.pad_token_id), max_grad_norm=cfg.optim.max_grad_norm,
+                                      strict=cfg.data.strict, features=features)
+        self.efficiency = EfficiencyLog(model, self.strategy.device, self.precision)
         self.wait_warner = WaitWarner()
         self._feeder: Feeder | None = None
 
@@ -156,19 +101,17 @@ class Trainer:
         if state.world_size != self.strategy.world_size:
             raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
                              f"now {self.strategy.world_size}")
-        from train.checkpointing import read_data_state
-
         saved = read_data_state(path, self.strategy.rank)
         if (saved is None) != (self.data.packer is None):
             raise ValueError(f"cannot resume exactly from {path}: it was saved with data.packing="
                              f"{saved is not None}, this run has data.packing={self.data.packer is not None}")
         if self.data.packer is not None:  # the packs must be the ones the checkpoint was trained on
             self.data.packer.load_state_dict(saved)
-        state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
-        self.state = state
+        self.state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
+        self.skips.counts = self.state.skipped
         self.resumed_from = path
         if self.strategy.is_main:
-            truncate_metrics(self.output_dir, state.step)
+            truncate_metrics(self.output_dir, self.state.step)
 
     def _loader(self, epoch: int, skip: int) -> Iterator[Batch | None]:
         # One DataLoader for the run (its workers persist across epochs); see train/feeding.py.
@@ -178,126 +121,33 @@ class Trainer:
         return self._feeder.epoch(epoch, skip)
 
     # ------------------------------------------------------------------ one optimizer step
-    def _count_skip(self, record_id: Any, reason: Any) -> None:
-        kind = str(reason).split(":", 1)[0]  # the data layer's reasons start with their kind
-        self.state.skipped[kind] = self.state.skipped.get(kind, 0) + 1
-        self.skip_log.append((str(record_id), str(reason)))
-
-    def _cached_features(self, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:
-        """The feature-cache hook's features for `batch`, before any token is counted: with the cache on, images
-        are decoded on first use, so a record whose image cannot be decoded is dropped here (skipped and counted
-        like the data layer's skips), or stops the run when `data.strict` is set."""
-        if self.features_fn is None or batch is None or batch.num_samples == 0:
-            return batch, None
-        while True:
-            try:
-                return batch, self.features_fn(batch)
-            except ImageLoadError as err:
-                bad = sorted({owner for owner, key in zip(sample_image_owners(batch), batch.image_keys)
-                              if key == err.path})
-                if not bad:
-                    raise
-                if self.cfg.data.strict:
-                    raise ImageLoadError(err.path, f"{err.reason} (records {[batch.ids[i] for i in bad]}; "
-                                         "data.strict stops on a bad image)") from None
-                for i in bad:
-                    self._count_skip(batch.ids[i], f"image: {err}")
-                batch = without_samples(batch, bad, int(self.strategy.unwrap(self.model).config.pad_token_id))
-                if batch.num_samples == 0:
-                    return batch, None
-
     def _step(self, window: list[Batch | None]) -> dict[str, float]:
-        device = self.strategy.device
+        """`train.step.train_step` on the window, then the schedule and this step's metrics."""
         t0 = time.perf_counter()
-        skips_before = len(self.skip_log)
-        for batch in window:
-            for record_id, reason in batch.skipped if batch is not None else []:
-                self._count_skip(record_id, reason)
-        features: list[torch.Tensor | None] = []
-        with self.strategy.autocast(self.precision):
-            for index, batch in enumerate(window):
-                window[index], batch_features = self._cached_features(batch)
-                features.append(batch_features)
-        window = [b if b is not None and b.num_samples > 0 else None for b in window]
-        counts = torch.tensor([float(sum(b.supervised_tokens() for b in window if b)),
-                               float(sum(int(b.attention_mask.sum()) for b in window if b)),
-                               float(sum(len(b.ids) for b in window if b)),  # records (packed: several a row)
-                               float(sum(b.num_samples for b in window if b))], dtype=torch.float64,
-                              device=device)
-        self.strategy.all_reduce_sum(counts)
-        total_sup, total_tokens, samples, rows = (float(x) for x in counts.tolist())
-        self.guard.after_step(self.strategy, len(window), samples, total_sup, len(self.skip_log) - skips_before,
-                              self.skip_log)  # fail loud (same verdict on every rank) before any forward
-        # d(sum of token losses)/d(theta) / global token count, whatever the accumulation and world size;
-        # x world_size because DDP/DeepSpeed average gradients over ranks.
-        scale = self.strategy.world_size / total_sup if total_sup > 0 else 0.0
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        autocast = self.strategy.autocast(self.precision)
-        last = len(window) - 1
-        for index, batch in enumerate(window):
-            if batch is None and (index < last or total_sup == 0):
-                continue
-            # Gradients are reduced across ranks only by the backward outside no_sync, which every rank must
-            # run: an empty last micro-batch (all its records skipped) still runs a zero-loss one. Not when
-            # the whole window is empty on every rank (total_sup is global): then no rank steps.
-            sync = contextlib.nullcontext() if index == last else self.strategy.no_sync(self.model)
-            with sync:
-                if batch is None:
-                    self.strategy.backward(self._zero_loss(autocast))
-                    continue
-                with autocast:
-                    token_loss = summed_token_loss(self.model, batch, device, features[index])
-                if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
-                    token_loss = token_loss + self._zero_link()
-                self.strategy.backward(token_loss * scale)
-            loss_sum += token_loss.detach().double()
-        self.strategy.all_reduce_sum(loss_sum)
-        loss = float(loss_sum) / total_sup if total_sup > 0 else float("nan")
-        if total_sup > 0 and not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss}) at step {self.state.step + 1}; the run stopped before the optimizer step. "
-                f"Last good checkpoint: {self._last_ckpt_text()}. Lower the learning rate or check the data.")
-        grad_norm = float("nan")
-        if total_sup > 0:
-            grad_norm = self.strategy.clip_and_step(self.cfg.optim.max_grad_norm)
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLossError(f"non-finite gradient norm at step {self.state.step + 1}; stopped. "
-                                         f"Last good checkpoint: {self._last_ckpt_text()}.")
+        try:
+            outcome = train_step(self.step_inputs, window)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"step {self.state.step + 1}: {err} Last good checkpoint: "
+                                     f"{self._last_ckpt_text()}. Lower the learning rate or check the data.") from None
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         self.scheduler.step()
-        self.strategy.zero_grad()
         elapsed = time.perf_counter() - t0
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
-                   "supervised_tokens": total_sup, "tokens": total_tokens, "samples": samples,
-                   "tokens_per_s": total_tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed,
-                   "samples_per_row": samples / rows if rows > 0 else 0.0}  # packed rows: > 1
-        metrics["peak_mem_mb"] = peak_memory_mb(device)
-        kept = [(b, f is None and b.pixel_values is not None) for b, f in zip(window, features) if b]
-        metrics.update(self.efficiency.step_metrics([b for b, _ in kept], [ran for _, ran in kept], elapsed))
+        self.state.samples_seen += int(outcome.records)
+        self.state.tokens_seen += int(outcome.tokens)
+        return self._metrics(outcome, lrs, elapsed)
+
+    def _metrics(self, outcome: StepOutcome, lrs: dict[str, float], elapsed: float) -> dict[str, float]:
+        metrics = {"loss": outcome.loss, "grad_norm": outcome.grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()))),
+                   "supervised_tokens": outcome.supervised_tokens, "tokens": outcome.tokens,
+                   "samples": outcome.records,
+                   "tokens_per_s": outcome.tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed,
+                   "samples_per_row": outcome.records / outcome.rows if outcome.rows > 0 else 0.0}  # packed: > 1
+        metrics["peak_mem_mb"] = peak_memory_mb(self.strategy.device)
+        metrics.update(self.efficiency.step_metrics(outcome.batches, outcome.encoder_ran, elapsed))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
-        self.state.samples_seen += int(samples)
-        self.state.tokens_seen += int(total_tokens)
         return metrics
 
-    def _zero_loss(self, autocast: Any) -> torch.Tensor:
-        """0 from a forward of the (wrapped) model on one unsupervised pad token, so that DDP/ZeRO see a real
-        forward + backward (their gradient hooks and unused-branch touches run as for any text-only batch)."""
-        config = getattr(self.strategy.unwrap(self.model), "config", None)
-        batch = Batch.empty(int(getattr(config, "pad_token_id", 0) or 0))
-        with autocast:
-            loss = summed_token_loss(self.model, batch, self.strategy.device)  # a sum over no positions: 0
-        if not loss.requires_grad:
-            loss = loss + self._zero_link()
-        return loss * 0.0
-
-    def _zero_link(self) -> torch.Tensor:
-        """0 attached to every trainable parameter, so backward runs (and DDP syncs zeros) on every rank."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return sum((p.reshape(-1)[0] * 0.0 for p in params), torch.zeros((), device=self.strategy.device))
-
     def _last_ckpt_text(self) -> str:
-        from train.checkpointing import latest_checkpoint
-
         found = latest_checkpoint(self.output_dir)
         return str(found) if found else "none yet"
 
@@ -316,34 +166,12 @@ class Trainer:
         losses: list[float] = []
         # Loaded models come in eval mode (as from_pretrained); dropout must be on while training. The VLM's
         # train() keeps a fully frozen encoder in eval mode. The caller's mode is restored afterwards.
-        was_training = self.model.training
+        was_training = self.strategy.unwrap(self.model).training
         self.model.train()
         try:
             while self.state.step < self.total_steps:
-                it = self._loader(self.state.epoch, self.state.micro_batches_in_epoch)
-                exhausted = False
-                while self.state.step < self.total_steps and not exhausted:
-                    window = [batch for _, batch in zip(range(self.accum), it)]
-                    if len(window) < self.accum:
-                        exhausted = True  # the epoch's tail shorter than one global batch is dropped
-                        break
-                    wait_s = it.take_wait()
-                    metrics = self._step([to_device(batch, self.strategy.device) for batch in window])
-                    self._note_wait(metrics, wait_s, logger)
-                    self.state.step += 1
-                    self.state.micro_batches_in_epoch += self.accum
-                    metrics["epoch"] = self.state.epoch + self.state.micro_batches_in_epoch / (
-                        self.steps_per_epoch * self.accum)
-                    losses.append(metrics["loss"])
-                    if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
-                        logger.log_step(self.state.step, metrics)
-                    if cfg.save_every > 0 and self.state.step % cfg.save_every == 0 and \
-                            self.state.step < self.total_steps:
-                        self._save()
-                    exhausted = self.state.micro_batches_in_epoch >= self.steps_per_epoch * self.accum
-                if exhausted:
-                    self._end_epoch(logger)
-            self.guard.at_end(self.skip_log)  # a run that trained nothing keeps no "final" checkpoint
+                self._train_epoch(logger, losses)
+            self.guard.at_end(self.skips.log)  # a run that trained nothing keeps no "final" checkpoint
             self._save()
             summary = self.efficiency.summary()
             if summary:
@@ -354,8 +182,33 @@ class Trainer:
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
-        return RunResult(self.output_dir, self.state.step, losses, self._skipped_totals(), self.resumed_from,
+        return RunResult(self.output_dir, self.state.step, losses, dict(self.state.skipped), self.resumed_from,
                          self.state.samples_seen)
+
+    def _train_epoch(self, logger: RunLogger, losses: list[float]) -> None:
+        """The steps of the current epoch from its saved position, until the epoch or the run ends."""
+        it = self._loader(self.state.epoch, self.state.micro_batches_in_epoch)
+        epoch_end = self.steps_per_epoch * self.accum  # the epoch's tail shorter than one global batch is dropped
+        ran_out = False
+        while self.state.step < self.total_steps and self.state.micro_batches_in_epoch < epoch_end:
+            window = [batch for _, batch in zip(range(self.accum), it)]
+            if len(window) < self.accum:
+                ran_out = True
+                break
+            wait_s = it.take_wait()
+            metrics = self._step([to_device(batch, self.strategy.device) for batch in window])
+            self._note_wait(metrics, wait_s, logger)
+            self.state.step += 1
+            self.state.micro_batches_in_epoch += self.accum
+            metrics["epoch"] = self.state.epoch + self.state.micro_batches_in_epoch / epoch_end
+            losses.append(metrics["loss"])
+            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps:
+                logger.log_step(self.state.step, metrics)
+            if self.cfg.save_every > 0 and self.state.step % self.cfg.save_every == 0 and \
+                    self.state.step < self.total_steps:
+                self._save()
+        if ran_out or self.state.micro_batches_in_epoch >= epoch_end:
+            self._end_epoch(logger)
 
     def _note_wait(self, metrics: dict[str, float], wait_s: float, logger: RunLogger) -> None:
         metrics["loader_wait_s"] = wait_s
@@ -364,17 +217,12 @@ class Trainer:
         if warning:
             logger.message(warning)
 
-    def _skipped_totals(self) -> dict[str, int]:
-        totals = dict(self.state.skipped)
-        for reason, count in self.data.skipped().items():
-            totals[f"{reason} (indexing)"] = int(count)
-        return totals
-
     def _end_epoch(self, logger: RunLogger) -> None:
-        skipped = self._skipped_totals()
+        skipped = self.state.skipped
         total = sum(skipped.values())
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
-        first = f"; first: {self.skip_log[0][0]!r}: {self.skip_log[0][1]}" if self.skip_log else ""
+        log = self.skips.log
+        first = f"; first: {log[0][0]!r}: {log[0][1]}" if log else ""
         logger.message(f"epoch {self.state.epoch} done at step {self.state.step}: skipped records {total} "
                        f"({detail}){first}")
         self.state.epoch += 1
@@ -400,16 +248,15 @@ class Trainer:
             try:
                 result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss,
                                        device=self.strategy.device, precision=self.precision,
-                                       features_fn=self.features_fn, autocast=self.strategy.autocast(self.precision))
+                                       features_fn=self.features.features if self.features else None,
+                                       autocast=self.strategy.autocast(self.precision))
             except ImageLoadError as err:  # the step that reaches it skips (or stops on, if strict) that record
                 failures.append(str(err))
                 continue
             if result is not None:
                 break
-        if self.data.lengths is not None:
-            from instruct_data.packing import pack_stats
-
-            stats = pack_stats(self.data.epoch_batches(self.state.epoch), self.data.lengths)
+        if self.data.packer is not None:
+            stats = self.data.packer.stats(self.state.epoch)
             logger.message(f"packing: {stats.samples} samples in {stats.rows} rows ({stats.samples_per_row:.2f} per "
                            f"row) over {stats.micro_batches} micro-batches this epoch on this rank; padding "
                            f"{stats.padding_ratio:.1%}")

@@ -57,7 +57,7 @@ def check_packing(model: nn.Module, packed: Batch, unpacked: Batch, *,
     finally:
         model.train(was_training)
     tokens = unpacked.supervised_tokens()
-    result = PackCheckResult(losses[0] / tokens, losses[1] / tokens, tokens, len(unpacked.ids), packed.num_samples)
+    result = PackCheckResult(losses[0] / tokens, losses[1] / tokens, tokens, len(unpacked.ids), packed.num_rows)
     if not result.difference <= tolerance:  # also catches NaN
         raise PackingCheckError(
             f"packing self-check failed: one packed micro-batch gives loss per token {result.packed:.8f}, the same "

@@ -14,7 +14,10 @@ from torch import nn
 from conversation.errors import ImageLoadError
 from train.config import ConfigError, TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
-from train.loop import RunResult, Trainer, TrainData, seed_everything
+from train.feature_prefill import prefill
+from train.feature_source import FeatureSource, feature_source
+from train.loop import RunResult, Trainer, TrainData
+from train.runtime import resolve_precision, seed_everything
 from train.preflight import load_train_records, run_preflight, training_template
 from train.recipe_registry import get_recipe
 from train.strategies.base import Strategy
@@ -28,7 +31,6 @@ def build_model(cfg: TrainConfig, strategy: Strategy | None = None) -> nn.Module
     """Load `model.init_from` or build from vision/projector/llm; set the training template. With a strategy: in
     the dtype of `train.load_policy` and inside the strategy's model-init context (ZeRO-3: partitioned)."""
     from train.load_policy import FP32, load_dtype
-    from train.loop import resolve_precision
 
     dtype = None
     if strategy is not None:
@@ -188,95 +190,7 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
         return packed(items), plain([it for row in items for it in row])
 
     return TrainData(dataset=PackedRows(dataset), collate=packed, epoch_batches=packer.epoch_batches,
-                     num_workers=cfg.data.num_workers, packer=packer, check_pair=check_pair, lengths=lengths)
-
-
-# ---------------------------------------------------------------------------- feature cache hook
-def feature_hook(cfg: TrainConfig, model: nn.Module,
-                 encode_on_miss: bool = True) -> Callable[[Batch], torch.Tensor | None] | None:
-    """batch -> cached vision features, when the feature cache is on (align with a frozen encoder).
-
-    `encode_on_miss=False` (ZeRO-3, cache filled before training by `prefill`): the hook never runs the
-    encoder; an image the fill could not decode raises ImageLoadError (its records are skipped)."""
-    wanted = cfg.feature_cache
-    anyres = model.config.vision.anyres
-    if wanted and anyres:
-        raise ConfigError("feature_cache=true with image_aspect_ratio anyres: the cache holds one feature map per "
-                          "image, anyres encodes a size-dependent set of tiles; set feature_cache=false")
-    if wanted is None:  # auto (off for anyres: tiles are not cached)
-        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not anyres
-    if not wanted:
-        return None
-    if not vision_is_frozen(model):
-        raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
-    from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
-
-    directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
-    cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
-    bad: dict[str, str] = {}  # image key -> why the fill could not decode it
-
-    def features(batch: Batch) -> torch.Tensor | None:
-        keys, pixels = batch.image_keys, batch.pixel_values
-        if not keys:
-            return None
-        if not encode_on_miss:
-            for key in keys:
-                if key in bad:
-                    raise ImageLoadError(key, bad[key])
-            cached = cache.get(keys)
-            if cached is None:
-                raise FeatureCacheError(
-                    f"images {cache.missing(keys)[:3]} are not in the feature cache filled before training; under "
-                    "ZeRO-3 no rank may run the partitioned encoder alone. Did an image change on disk during the run?")
-            return cached
-
-        def encode(missing: list[str]) -> torch.Tensor:
-            from conversation.images import load_image
-
-            if pixels is not None:
-                index = {k: i for i, k in enumerate(keys)}
-                values = pixels[[index[k] for k in missing]]
-            else:
-                # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
-                # ImageLoadError naming the key: the trainer drops that batch's records using it (or stops if strict).
-                check = getattr(model.image_processor, "size_problem", None)
-                values = torch.stack([model.image_processor(load_image(k, check_size=check)) for k in missing])
-            with torch.no_grad():
-                param = next(model.vision_encoder.parameters())
-                return model.vision_encoder(values.to(param.device, param.dtype))
-
-        return cache.get_or_compute(keys, encode)
-
-    features.flush = cache.flush  # type: ignore[attr-defined]  # rows buffered by get_or_compute reach disk
-    features.cache = cache  # type: ignore[attr-defined]
-    features.bad = bad  # type: ignore[attr-defined]
-    return features
-
-
-def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy,
-            hook: Callable[[Batch], torch.Tensor | None]) -> None:
-    """Before the engine starts: every rank encodes the images of its own micro-batches (the encoder still whole
-    on each rank), then all wait at a barrier; the hook then only reads (see `train.feature_prefill`)."""
-    from train.feature_prefill import planned_micro_batches, prefill_features
-
-    model.vision_encoder.to(strategy.device)
-    params = list(model.vision_encoder.parameters())
-    whole = contextlib.nullcontext()
-    if any(hasattr(p, "ds_id") for p in params):  # built under zero.Init: gather the frozen encoder to read it
-        import deepspeed
-
-        whole = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    batches, dataset = planned_micro_batches(cfg, data, strategy.world_size), data.dataset
-    if data.packer is not None:  # packed micro-batches are lists of rows of indices
-        batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
-    with whole:
-        report = prefill_features(hook.cache, dataset, batches,  # type: ignore[attr-defined]
-                                  model.vision_encoder, model.image_processor, batch_size=max(cfg.micro_batch_size, 32))
-    hook.bad.update(report.bad)  # type: ignore[attr-defined]
-    strategy.barrier()
-    if strategy.is_main:
-        print(f"feature cache filled before training (parameters partitioned): rank 0 encoded {report.encoded} "
-              f"image(s), found {report.cached} cached, {len(report.bad)} undecodable", flush=True)
+                     num_workers=cfg.data.num_workers, packer=packer, check_pair=check_pair)
 
 
 # ---------------------------------------------------------------------------- final output
@@ -327,40 +241,51 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
 
         check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
     strategy = strategy or build_strategy(cfg.strategy, cfg)
-    seed_everything(cfg.seed)
-    records = load_train_records(cfg)
-    early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
-    if early:
-        run_preflight(cfg, records, strategy)
-    model = build_model(cfg, strategy)
-    if not early:
-        run_preflight(cfg, records, strategy, model=model)
-    if cfg.data.packing:  # sdpa -> SDPA per packed sample (vlm.packing); before LoRA wraps the LLM
-        from vlm.packing import use_varlen_attention
-
-        use_varlen_attention(model.llm)
-    counts = prepare_model(model, cfg)
-    if not strategy.keeps_master_weights:
-        from train.load_policy import upcast_trainable
-
-        upcast_trainable(model)  # torch AdamW steps fp32 masters; the frozen rest may stay bf16
-    # ZeRO-3 partitions even the frozen encoder: the cache is then filled before the engine starts and no rank
-    # runs the encoder during training (one rank alone would hang the others' collectives).
-    partitioned = bool(getattr(strategy, "partitions_parameters", False))
-    hook = feature_hook(cfg, model, encode_on_miss=not partitioned)
-    # With the cache on, items carry image paths only: a warm cache never decodes an image.
-    data = build_data(cfg, model, strategy, load_pixels=hook is None, records=records)
-    if hook is not None and partitioned:
-        prefill(cfg, model, data, strategy, hook)
-        strategy.encoder_in_forward = False  # type: ignore[attr-defined]  # its text-only touch skips the encoder
-    trainer = Trainer(cfg, model, data, strategy, features_fn=hook)
-    if strategy.is_main:
-        parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
-        print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
-              f"feature cache {'on' if hook else 'off'}", flush=True)
-    result = trainer.fit()
-    if hook is not None:
-        hook.flush()  # type: ignore[attr-defined]
-    save_final_model(cfg, trainer.model, strategy)
+    try:
+        result = _train(cfg, strategy)
+    except BaseException:
+        strategy.abort()
+        raise
     strategy.close()
+    return result
+
+
+def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
+    features: FeatureSource | None = None
+    try:
+        seed_everything(cfg.seed)
+        records = load_train_records(cfg)
+        early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
+        if early:
+            run_preflight(cfg, records, strategy)
+        model = build_model(cfg, strategy)
+        if not early:
+            run_preflight(cfg, records, strategy, model=model)
+        if cfg.data.packing:  # sdpa -> SDPA per packed sample (vlm.packing); before LoRA wraps the LLM
+            from vlm.packing import use_varlen_attention
+
+            use_varlen_attention(model.llm)
+        counts = prepare_model(model, cfg)
+        if not strategy.keeps_master_weights:
+            from train.load_policy import upcast_trainable
+
+            upcast_trainable(model)  # torch AdamW steps fp32 masters; the frozen rest may stay bf16
+        features = feature_source(cfg, model, strategy)
+        # With the cache on, items carry image paths only: a warm cache never decodes an image.
+        data = build_data(cfg, model, strategy, load_pixels=features is None, records=records)
+        if features is not None and strategy.partitions_parameters:
+            # ZeRO-3 partitions even the frozen encoder: the cache is filled before the engine starts and no
+            # rank runs the encoder during training (one rank alone would hang the others' collectives).
+            prefill(cfg, model, data, strategy, features)
+            strategy.use_cached_vision_features()
+        trainer = Trainer(cfg, model, data, strategy, features=features)
+        if strategy.is_main:
+            parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
+            print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
+                  f"feature cache {'on' if features else 'off'}", flush=True)
+        result = trainer.fit()
+        save_final_model(cfg, trainer.model, strategy)
+    finally:
+        if features is not None:
+            features.flush()  # what was encoded reaches disk, also when the run failed
     return result

@@ -22,7 +22,7 @@ KNOWN_HEADS = frozenset({
 
 
 class TokenLoss(NamedTuple):
-    """What `VisionLanguageModel(batch)` returns: the summed fp32 next-token CE and the positions it sums over."""
+    """What `VisionLanguageModel.loss(batch)` returns: the summed fp32 next-token CE and the positions it sums over."""
 
     loss: torch.Tensor
     tokens: int

@@ -268,7 +268,7 @@ class VisionLanguageModel(nn.Module):
     # ----------------------------------------------------------------- language path
     def forward(
         self,
-        input_ids: torch.Tensor | Batch,
+        input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
@@ -278,20 +278,17 @@ class VisionLanguageModel(nn.Module):
         sample_lengths: list[list[int]] | None = None,
         image_sizes: list[tuple[int, int]] | None = None,
         **llm_kwargs: Any,
-    ) -> CausalLMOutputWithPast | TokenLoss:
-        """On a `Batch` (training): `TokenLoss`, the summed fp32 next-token CE over its supervised positions,
-        computed without [B, T, V] logits (`vision_features` may stand in for its pixels). On tensors: the LLM's
-        own output with full logits (and its mean loss when `labels` are given), as HF models do. Packed rows
-        (`sample_lengths`: per row, the lengths of its samples; in a Batch or as arguments) keep their samples
-        apart: positions restart per sample and attention stays inside each (`vlm.packing`)."""
-        if isinstance(input_ids, Batch):
-            return self.batch_loss(input_ids, vision_features)
+    ) -> CausalLMOutputWithPast:
+        """HF-style: the LLM's own output with full logits (and its mean loss when `labels` are given).
+
+        Args: input_ids / attention_mask / labels `[B, L]`; pixel_values `[N, 3, S, S]` (anyres: every image's
+        tiles) or vision_features `[N, T, D_v]` in their place; image_counts `[B]` images per row; image_sizes
+        `[N]` (height, width) for anyres. Packed rows (`sample_lengths`: per row, the lengths of its samples)
+        keep their samples apart: positions restart per sample and attention stays inside each (`vlm.packing`).
+        Training uses `loss`, which never builds the `[B, L, V]` logits."""
         embeds = self.embed(input_ids, pixel_values, vision_features, image_counts, image_sizes)
         if sample_lengths is not None:
-            from vlm.packing import packed_llm_kwargs
-
-            llm_kwargs.update(packed_llm_kwargs(self.llm, sample_lengths, embeds.shape[1], dtype=embeds.dtype,
-                                                device=embeds.device, position_ids=position_ids))
+            llm_kwargs.update(self._packed_kwargs(sample_lengths, embeds, position_ids))
             attention_mask = llm_kwargs.pop("attention_mask")
         elif position_ids is not None:
             llm_kwargs["position_ids"] = position_ids.to(embeds.device)
@@ -301,7 +298,10 @@ class VisionLanguageModel(nn.Module):
             labels = labels.to(embeds.device)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
-    def batch_loss(self, batch: Batch, vision_features: torch.Tensor | None = None) -> TokenLoss:
+    def loss(self, batch: Batch, vision_features: torch.Tensor | None = None) -> TokenLoss:
+        """The training loss of a `Batch`: the summed fp32 next-token CE over its supervised positions and their
+        count, computed without `[B, L, V]` logits (`vlm.lm_loss`); `vision_features` may stand in for its pixels.
+        Under a DDP / DeepSpeed wrapper it is reached through `train.strategies.loss_view.LossView`."""
         if batch.labels is None:
             raise ValueError("the training loss needs a Batch with labels")
         pixels = None if vision_features is not None else batch.pixel_values
@@ -314,12 +314,16 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"{err} [records of this batch, by row: {batch.ids}]") from None
         packed = None
         if batch.sample_lengths is not None:
-            from vlm.packing import packed_llm_kwargs
-
-            packed = packed_llm_kwargs(self.llm, batch.sample_lengths, embeds.shape[1], dtype=embeds.dtype,
-                                       device=embeds.device, position_ids=batch.position_ids)
+            packed = self._packed_kwargs(batch.sample_lengths, embeds, batch.position_ids)
         return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
                                batch.position_ids, packed=packed)
+
+    def _packed_kwargs(self, sample_lengths: list[list[int]], embeds: torch.Tensor,
+                       position_ids: torch.Tensor | None) -> dict[str, Any]:
+        from vlm.packing import packed_llm_kwargs
+
+        return packed_llm_kwargs(self.llm, sample_lengths, embeds.shape[1], dtype=embeds.dtype, device=embeds.device,
+                                 position_ids=position_ids)
 
     def generate(self, prompts: Batch | torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:

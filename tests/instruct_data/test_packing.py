@@ -12,9 +12,8 @@ from PIL import Image
 
 from conversation.tokenize import IGNORE_INDEX
 from instruct_data.collate import Skipped, collate
-from instruct_data.packed_collate import packed_image_owners
 from instruct_data.dataset import InstructDataset
-from instruct_data.packed_collate import PackedRows, collate_packed, select_packed, split_packed
+from instruct_data.packed_collate import PackedRows, collate_packed
 from instruct_data.packing import (PackedBatchSampler, balanced_rows, first_fit_decreasing, micro_batches, pack_stats,
                                    unpacked_stats)
 from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
@@ -154,18 +153,33 @@ def test_packed_collation() -> None:
     assert batch.pixel_values[:, 0, 0, 0].tolist() == [3.0, 2.0, 2.0]
     assert batch.image_keys == ["a/0.png", "c/0.png", "c/1.png"]
     assert batch.ids == ["a", "bb", "c"] and batch.skipped == [("x", "image: gone")]
-    assert packed_image_owners(batch) == [0, 2, 2]
+    assert batch.record_image_owners() == [0, 2, 2]
 
 
-def test_split_and_select_keep_rows_and_images_matched() -> None:
+def test_without_records_keeps_rows_and_images_matched() -> None:
     batch = collate_packed([[item("a", 3, 1), item("bb", 4, 0), item("c", 2, 2)], [item("d", 5, 1)]], pad_token_id=0)
-    rows = split_packed(batch)
-    assert [[it["id"] for it in row] for row in rows] == [["a", "bb", "c"], ["d"]]
-    assert rows[0][2]["image_keys"] == ["c/0.png", "c/1.png"] and rows[1][0]["pixel_values"].shape[0] == 1
-    kept = select_packed(batch, [1, 3], pad_token_id=0)
+    only_c = batch.without_records([0, 1, 3], pad_token_id=0)
+    assert only_c.ids == ["c"] and only_c.image_keys == ["c/0.png", "c/1.png"]
+    kept = batch.without_records([0, 2], pad_token_id=0)
     assert kept.ids == ["bb", "d"] and kept.sample_lengths == [[4], [5]]
     assert kept.image_keys == ["d/0.png"] and kept.image_counts.tolist() == [0, 1]
     assert kept.pixel_values[:, 0, 0, 0].tolist() == [5.0]
+
+
+@pytest.mark.parametrize("drop", [[], [0], [1], [2], [0, 2], [1, 3], [0, 1, 2], [3], [0, 1, 2, 3]])
+def test_without_records_equals_collating_the_remaining_items(drop) -> None:
+    """Cutting records out of packed rows gives exactly the batch the collator makes of the records left."""
+    rows = [[item("a", 3, 1, first_label=99), item("bb", 4, 0), item("c", 2, 2)], [item("d", 5, 1)]]
+    batch = collate_packed(rows, pad_token_id=0)
+    numbered = iter(range(4))
+    kept_rows = [[it for it in row if next(numbered) not in drop] for row in rows]
+    expected = collate_packed([row for row in kept_rows if row], pad_token_id=0)
+    cut = batch.without_records(drop, pad_token_id=0)
+    assert cut.ids == expected.ids and cut.sample_lengths == expected.sample_lengths
+    assert cut.sample_image_counts == expected.sample_image_counts and cut.image_keys == expected.image_keys
+    for name in ("input_ids", "attention_mask", "labels", "position_ids", "image_counts", "pixel_values"):
+        got, want = getattr(cut, name), getattr(expected, name)
+        assert (got is None and want is None) or torch.equal(got, want), name
 
 
 def test_mixed_image_sizes_are_still_an_error() -> None:
@@ -230,7 +244,7 @@ def test_anyres_tiles_stay_with_their_samples() -> None:
     batch = collate_packed([[tiled("a", 5, [2, 3]), tiled("bb", 4, [1])], [tiled("ccc", 6, [2])]], pad_token_id=0)
     assert batch.image_counts.tolist() == [3, 1] and batch.sample_image_counts == [[2, 1], [1]]
     assert batch.image_tiles == [2, 3, 1, 2] and batch.pixel_values.shape[0] == 8
-    kept = select_packed(batch, [1, 2], pad_token_id=0)
+    kept = batch.without_records([0], pad_token_id=0)
     assert kept.ids == ["bb", "ccc"] and kept.image_tiles == [1, 2] and kept.image_sizes == [(8, 8), (8, 8)]
     assert kept.pixel_values[:, 0, 0, 0].tolist() == [2.0, 3.0, 3.0] and kept.image_keys == ["bb/0.png", "ccc/0.png"]
 

@@ -104,9 +104,10 @@ def test_ddp_strategy_single_process_fallback() -> None:
     strategy = DDPStrategy()
     model = torch.nn.Linear(3, 1)
     wrapped, opt = strategy.setup(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
-    assert wrapped is model and (strategy.rank, strategy.world_size) == (0, 1)
+    assert strategy.unwrap(wrapped) is model and (strategy.rank, strategy.world_size) == (0, 1)
+    assert not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
     with strategy.no_sync(wrapped):
-        strategy.backward(wrapped(torch.ones(1, 3)).sum())
+        strategy.backward(model(torch.ones(1, 3)).sum())
     norm = strategy.clip_and_step(0.5)
     assert norm == pytest.approx(2.0)  # grad = [1, 1, 1, 1] (weights and bias)
     assert strategy.all_reduce_sum(torch.tensor([2.0])).item() == 2.0

@@ -68,7 +68,7 @@ if __name__ == "__main__":
 
 
 def test_a_missing_gpu_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    from train.loop import resolve_precision
+    from train.runtime import resolve_precision
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert "CUDA_VISIBLE_DEVICES is empty" in distributed.cuda_unavailable_reason()

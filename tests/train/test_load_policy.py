@@ -30,15 +30,15 @@ def test_upcast_touches_trainable_half_parameters_only() -> None:
 
 def test_align_run_loads_bf16_and_trains_fp32_projector(make_cfg, monkeypatch) -> None:
     """bf16 needs a GPU to train; here the precision and dtype resolution are forced to show the loading path."""
-    import train.loop
+    import train.recipes
     import vlm.checkpoint
     import vlm.model
     from train.load_policy import upcast_trainable as upcast
     from train.recipes import build_model, prepare_model
     from train.strategies.single import SingleProcessStrategy
-    from train.loop import summed_token_loss
+    from train.step import summed_token_loss
 
-    monkeypatch.setattr(train.loop, "resolve_precision", lambda precision, device: "bf16")
+    monkeypatch.setattr(train.recipes, "resolve_precision", lambda precision, device: "bf16")
     for module in (vlm.model, vlm.checkpoint):
         monkeypatch.setattr(module, "resolve_dtype", lambda name: None if name is None else vlm.model.DTYPES[name])
     cfg = make_cfg(recipe="align", model={"template": None})

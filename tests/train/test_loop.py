@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from train.checkpointing import list_checkpoints
-from train.loop import NonFiniteLossError, grad_accum_steps, resolve_precision
+from train.runtime import grad_accum_steps, resolve_precision
+from train.step import NonFiniteLossError
 from train.recipes import run
 
 

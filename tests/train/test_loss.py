@@ -1,4 +1,4 @@
-"""Tests for the loop's loss (`train.loop.summed_token_loss` on a collated Batch): equal to the full-logits loss
+"""Tests for the loop's loss (`train.step.summed_token_loss` on a collated Batch): equal to the full-logits loss
 through the whole VLM (images, tied/untied, LoRA), and no [B, T, V] tensor anywhere in forward or backward."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conversation.tokenize import IGNORE_INDEX
 from instruct_data.collate import collate
 from train.config import LoraSettings
 from train.lora import apply_lora
-from train.loop import summed_token_loss
+from train.step import summed_token_loss
 from vlm.batch import Batch
 from vlm.testing import sample_ids
 

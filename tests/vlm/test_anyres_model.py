@@ -198,7 +198,7 @@ def test_batch_loss_equals_the_summed_cross_entropy_of_the_logits(model) -> None
     labels = ids.masked_fill((ids == model.config.image_token_id) | (mask == 0), -100)
     batch = Batch(ids, mask, labels=labels, image_counts=torch.tensor([1, 2]), pixel_values=pixels, image_sizes=sizes)
     with torch.no_grad():
-        loss = model(batch).loss
+        loss = model.loss(batch).loss
         logits = model(ids, attention_mask=mask, pixel_values=pixels, image_counts=[1, 2], image_sizes=sizes).logits
     expected = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
                                reduction="sum")
@@ -213,4 +213,4 @@ def test_a_count_mismatch_in_a_training_batch_names_the_records(model) -> None:
     batch = Batch(ids, torch.ones_like(ids), labels=ids, image_counts=torch.tensor([1]), pixel_values=pixels,
                   image_sizes=sizes, ids=["rec-7"])
     with pytest.raises(ValueError, match=r"sample 0: .*\['rec-7'\]"):
-        model(batch)
+        model.loss(batch)

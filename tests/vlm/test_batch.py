@@ -27,7 +27,7 @@ def test_text_only_batch_defaults() -> None:
     ids = torch.ones(2, 3, dtype=torch.long)
     batch = Batch(ids, torch.ones_like(ids))
     assert batch.image_counts.tolist() == [0, 0] and batch.pixel_values is None and batch.labels is None
-    assert batch.num_samples == 2 and batch.supervised_tokens() == 0 and batch.image_owners() == []
+    assert batch.num_rows == 2 and batch.num_records == 2 and batch.supervised_tokens() == 0 and batch.image_owners() == []
     with pytest.raises(ValueError, match="needs image_counts"):
         Batch(ids, torch.ones_like(ids), pixel_values=torch.zeros(1, 3, 4, 4))
 
@@ -39,7 +39,7 @@ def test_supervised_tokens_count_shifted_labels() -> None:
 def test_select_keeps_rows_with_their_images_and_per_image_fields() -> None:
     batch = packed_batch()
     kept = batch.select([2, 0])
-    assert kept.ids == ["c", "a"] and kept.num_samples == 2
+    assert kept.ids == ["c", "a"] and kept.num_rows == 2
     assert torch.equal(kept.input_ids, batch.input_ids[[2, 0]]) and torch.equal(kept.labels, batch.labels[[2, 0]])
     assert torch.equal(kept.position_ids, batch.position_ids[[2, 0]])
     assert kept.image_counts.tolist() == [2, 1] and kept.image_owners() == [0, 0, 1]
@@ -49,7 +49,7 @@ def test_select_keeps_rows_with_their_images_and_per_image_fields() -> None:
     text = batch.select([1])
     assert text.pixel_values is None and text.image_keys == [] and text.image_sizes == [] and text.ids == ["b"]
     none = batch.select([])
-    assert none.num_samples == 0 and none.pixel_values is None
+    assert none.num_rows == 0 and none.pixel_values is None
 
 
 def test_empty_is_one_unsupervised_pad_token() -> None:

@@ -176,7 +176,7 @@ def test_flash_kwargs_cut_the_flattened_rows_at_every_sample() -> None:
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_packed_batch_through_the_training_loss(tiny, arch: str, attn: str) -> None:
-    """The training path: `model(batch)` (supervised-only LM head) on a packed Batch = on the same samples unpacked,
+    """The training path: `model.loss(batch)` (supervised-only LM head) on a packed Batch = on the same samples unpacked,
     values and gradients."""
     from vlm.batch import Batch
 
@@ -194,11 +194,11 @@ def test_packed_batch_through_the_training_loss(tiny, arch: str, attn: str) -> N
     p_mask = (torch.arange(p_ids.shape[1])[None] < used[:, None]).long()
     packed = Batch(p_ids, p_mask, labels=p_labels, image_counts=counts, pixel_values=pixels,
                    position_ids=packed_position_ids(lengths, p_ids.shape[1]), sample_lengths=lengths)
-    reference = model(plain)
+    reference = model.loss(plain)
     reference.loss.backward()
     expected = _grads(model)
     model.zero_grad(set_to_none=True)
-    got_loss = model(packed)
+    got_loss = model.loss(packed)
     got_loss.loss.backward()
     assert got_loss.tokens == reference.tokens
     torch.testing.assert_close(got_loss.loss, reference.loss, rtol=1e-5, atol=1e-5)

@@ -104,6 +104,17 @@ class Strategy(ABC):
         return contextlib.nullcontext()
 
     @property
+    def partitions_parameters(self) -> bool:
+        """Whether every parameter, frozen ones too, is partitioned across ranks (ZeRO-3), so that no rank may run
+        any module alone: a rank-local encoder pass would leave the others' collectives waiting."""
+        return False
+
+    def use_cached_vision_features(self) -> None:
+        """Told before `setup` when the vision features come from a cache filled before training, so that no
+        forward pass runs the vision encoder. A no-op here; ZeRO-3 then leaves the encoder out of the passes that
+        keep text-only micro-batches in step with the others."""
+
+    @property
     def keeps_master_weights(self) -> bool:
         """Whether the strategy keeps fp32 master weights of bf16 parameters itself (DeepSpeed's bf16 optimizer)."""
         return False
@@ -119,7 +130,11 @@ class Strategy(ABC):
         return contextlib.nullcontext()
 
     def close(self) -> None:
-        """Release process groups etc. at the end of a run."""
+        """Release process groups etc. at the end of a run (every rank calls it)."""
+
+    def abort(self) -> None:
+        """Release process groups etc. after this rank failed: no collective, since the other ranks may be
+        anywhere (waiting on one would hang this rank too)."""
 
     @classmethod
     def from_train_config(cls, config: object) -> "Strategy":
@@ -150,6 +165,9 @@ class ProcessGroupStrategy(Strategy):
 
     def barrier(self) -> None:
         distributed.barrier()
+
+    def abort(self) -> None:
+        distributed.destroy()
 
 
 def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:

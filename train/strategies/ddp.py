@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train import distributed
 from train.strategies.base import OPTIMIZER_FILE, OptimizerFactory, ProcessGroupStrategy, clip_and_step, load_optimizer_state
+from train.strategies.loss_view import LossView, vlm_of
 
 
 class DDPStrategy(ProcessGroupStrategy):
@@ -39,10 +40,10 @@ class DDPStrategy(ProcessGroupStrategy):
             ids = [self.device.index] if self.device.type == "cuda" else None
             # DDP broadcasts rank 0's parameters and buffers here, so every replica starts identical.
             wrapped: nn.Module = DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=self.find_unused_parameters
+                LossView(model), device_ids=ids, find_unused_parameters=self.find_unused_parameters
             )
         else:
-            wrapped = model
+            wrapped = LossView(model)
         self.model = wrapped
         self.optimizer = optimizer_factory(model)
         return wrapped, self.optimizer
@@ -65,7 +66,7 @@ class DDPStrategy(ProcessGroupStrategy):
         self.optimizer.zero_grad(set_to_none=True)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return model.module if isinstance(model, DistributedDataParallel) else model
+        return vlm_of(model.module if isinstance(model, DistributedDataParallel) else model)
 
     def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return self.unwrap(model).state_dict()

@@ -16,6 +16,7 @@ from train.strategies.cpu_adam import cpu_adam_like, offloads_optimizer
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
 from train.strategies.text_only_grads import touch_unused_branches
 from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
+from train.strategies.loss_view import LossView, vlm_of
 
 OPTIMIZER_FILE_PATTERN = "zero_optimizer_rank{rank}.pt"
 
@@ -85,8 +86,9 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         self.optimizer: torch.optim.Optimizer | None = None
         self.resolved_config: dict[str, Any] | None = None
         self._boundary = True
-        # False when the vision features come from a cache filled before training (no rank runs the encoder)
-        self.encoder_in_forward = True
+        # False once `use_cached_vision_features` was called: the features come from a cache filled before
+        # training, and no rank runs the encoder
+        self._encoder_in_forward = True
 
     @classmethod
     def from_train_config(cls, config: Any) -> "DeepSpeedStrategy":
@@ -104,6 +106,9 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
     def partitions_parameters(self) -> bool:
         """ZeRO-3: every parameter (frozen ones too) is partitioned; known from the JSON before `setup`."""
         return self.user_config.get("zero_optimization", {}).get("stage", 0) == 3
+
+    def use_cached_vision_features(self) -> None:
+        self._encoder_in_forward = False  # the text-only touch then skips the encoder too
 
     @property
     def zero_stage(self) -> int:
@@ -131,11 +136,13 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         optimizer = optimizer_factory(model)
         if offloads_optimizer(self.resolved_config):
             optimizer = cpu_adam_like(optimizer)
-        engine, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.resolved_config)
+        view = LossView(model)
+        engine, _, _, _ = self.deepspeed.initialize(model=view, optimizer=optimizer, config=self.resolved_config)
         self.engine = engine
         # After initialize: ZeRO-3's own module hooks must run first, so that on text-only batches the
         # parameters are gathered (forward and backward) in the same order as with images.
-        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3 and self.encoder_in_forward)
+        self._touch_handles = touch_unused_branches(model, run_encoder=self.zero_stage == 3 and self._encoder_in_forward,
+                                                    called=view)
         # The torch optimizer's param_groups are the ones DeepSpeed steps (it swaps in its flat fp32
         # partitions but keeps the group dicts), so an lr scheduler built on it drives DeepSpeed's lr.
         self.optimizer = optimizer
@@ -201,7 +208,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         return None  # the engine clears gradients in step()
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return getattr(model, "module", model)
+        return vlm_of(getattr(model, "module", model))
 
     def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Full weights; under ZeRO-3 gathered layer by layer (every rank must call it; only rank 0 gets values,

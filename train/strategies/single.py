@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from train.strategies.base import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step, load_optimizer_state
+from train.strategies.loss_view import LossView, vlm_of
 
 
 class SingleProcessStrategy(Strategy):
@@ -36,9 +37,9 @@ class SingleProcessStrategy(Strategy):
 
     def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
         model.to(self._device)
-        self.model = model
+        self.model = LossView(model)
         self.optimizer = optimizer_factory(model)
-        return model, self.optimizer
+        return self.model, self.optimizer
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -59,7 +60,7 @@ class SingleProcessStrategy(Strategy):
         return tensor
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return model
+        return vlm_of(model)
 
     def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return self.unwrap(model).state_dict()

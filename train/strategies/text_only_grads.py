@@ -30,7 +30,8 @@ def _zero_touch(model: nn.Module, run_encoder: bool) -> torch.Tensor | None:
     return projector(empty).sum() * 0.0
 
 
-def touch_unused_branches(model: nn.Module, run_encoder: bool = False) -> list[RemovableHandle]:
+def touch_unused_branches(model: nn.Module, run_encoder: bool = False,
+                          called: nn.Module | None = None) -> list[RemovableHandle]:
     """Hooks that, on text-only batches, add 0 x (image branch) to the token embeddings.
 
     Without them a text-only micro-batch on one rank leaves the projector without gradients while another
@@ -38,12 +39,13 @@ def touch_unused_branches(model: nn.Module, run_encoder: bool = False) -> list[R
     doesn't match"). The touch is added right after the embedding lookup, where image rows are spliced in,
     so gradients reach the buckets in the same order as for a batch with images. Under ZeRO-3 even frozen
     parameters are partitioned and gathered by the module that runs, so `run_encoder=True` runs the frozen
-    encoder too (not with the feature cache, where no rank runs the encoder).
+    encoder too (not with the feature cache, where no rank runs the encoder). `called` is the module the training
+    step calls (the strategy's `LossView`, given a Batch); default: `model` itself, called with tensors.
     """
     text_only = {"on": False}
 
     def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        batch = args[0] if args and isinstance(args[0], Batch) else None  # the training call: model(batch, ...)
+        batch = args[0] if args and isinstance(args[0], Batch) else None  # the training call: view(batch, ...)
         pixels = batch.pixel_values if batch is not None else kwargs.get("pixel_values")
         text_only["on"] = torch.is_grad_enabled() and pixels is None and kwargs.get("vision_features") is None
 
@@ -54,5 +56,5 @@ def touch_unused_branches(model: nn.Module, run_encoder: bool = False) -> list[R
         touch = _zero_touch(model, run_encoder)
         return output if touch is None else output + touch.to(output.dtype)
 
-    return [model.register_forward_pre_hook(before, with_kwargs=True),
+    return [(called or model).register_forward_pre_hook(before, with_kwargs=True),
             model.llm.get_input_embeddings().register_forward_hook(after_embedding)]
