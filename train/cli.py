@@ -34,8 +34,8 @@ def main(args: argparse.Namespace) -> int:
     from conversation.errors import RecordFileError
     from instruct_data.audit import AuditError
     from train.guards import DataFailure, summary_line
-    from train.step import NonFiniteLossError
     from train.recipes import run
+    from train.step import NonFiniteLossError
 
     try:
         result = run(cfg)

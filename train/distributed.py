@@ -103,6 +103,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_object(value: object) -> object:
+    """Rank 0's `value` on every rank (as is when not distributed)."""
+    if not is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def destroy() -> None:
     """Leave the process group, if any."""
     if is_initialized():

@@ -10,8 +10,16 @@ from typing import Any, Callable, Iterator
 from torch import nn
 
 from conversation.errors import ImageLoadError
-from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoint, read_data_state,
-                                 read_trainer_state, resolve_resume, save_checkpoint)
+from train import lockstep
+from train.checkpointing import (
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    read_data_state,
+    read_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+)
 from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
 from train.feature_source import FeatureSource
@@ -20,7 +28,14 @@ from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, resolve_precision
-from train.step import NonFiniteLossError, SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
+from train.step import (
+    NonFiniteLossError,
+    SkipTally,
+    StepInputs,
+    StepOutcome,
+    summed_token_loss,
+    train_step,
+)
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from vlm.batch import Batch
@@ -86,6 +101,7 @@ class Trainer:
                                       strict=cfg.data.strict, features=features)
         self.efficiency = EfficiencyLog(model, self.strategy.device, self.precision)
         self.wait_warner = WaitWarner()
+        self.lockstep = lockstep.LockstepCheck(self.strategy) if lockstep.enabled() else None
         self._feeder: Feeder | None = None
 
     # ------------------------------------------------------------------ setup
@@ -129,6 +145,8 @@ class Trainer:
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"step {self.state.step + 1}: {err} Last good checkpoint: "
                                      f"{self._last_ckpt_text()}. Lower the learning rate or check the data.") from None
+        if self.lockstep is not None:
+            self.lockstep.after_step(self.state.step + 1, outcome.passes)
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         self.scheduler.step()
         elapsed = time.perf_counter() - t0
@@ -241,9 +259,14 @@ class Trainer:
 
         assert self.data.check_pair is not None
         batches = self.data.epoch_batches(self.state.epoch)[self.state.micro_batches_in_epoch:]
-        unwrapped = self.strategy.unwrap(self.model)  # no DDP/engine hooks: nothing to synchronise here
+        candidates = [mb for mb in batches if mb][:CHECK_ATTEMPTS]
+        if self.strategy.partitions_parameters:
+            # ZeRO-3 gathers parameters with collectives in every module's forward: every rank checks rank 0's
+            # micro-batches, so the same modules run in the same order (and fail alike) on every rank.
+            candidates = self.strategy.broadcast_object(candidates)
+        unwrapped = self.strategy.unwrap(self.model)  # no DDP/engine hooks (ZeRO-3's are on the modules)
         result, failures = None, []
-        for rows in [mb for mb in batches if mb][:CHECK_ATTEMPTS]:
+        for rows in candidates:
             packed, unpacked = self.data.check_pair(rows)
             try:
                 result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss,

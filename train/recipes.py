@@ -6,20 +6,19 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 from torch import nn
 
-from conversation.errors import ImageLoadError
+from train import lockstep
 from train.config import ConfigError, TrainConfig
-from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.feature_prefill import prefill
 from train.feature_source import FeatureSource, feature_source
-from train.loop import RunResult, Trainer, TrainData
-from train.runtime import resolve_precision, seed_everything
+from train.freezing import set_trainable, trainable_summary
+from train.loop import RunResult, TrainData, Trainer
 from train.preflight import load_train_records, run_preflight, training_template
 from train.recipe_registry import get_recipe
+from train.runtime import resolve_precision, seed_everything
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from vlm.atomic import replace_directory
@@ -129,7 +128,10 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
-    from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
+    from instruct_data.samplers import (
+        LengthGroupedSampler,
+        ModalityLengthGroupedSampler,
+    )
     from vlm.anyres_features import image_token_counter
 
     d = cfg.data
@@ -240,6 +242,8 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
         from train.lora import check_qlora_strategy
 
         check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
+    if lockstep.enabled():
+        lockstep.count_collectives()  # before the strategy starts DeepSpeed, which keeps its own references
     strategy = strategy or build_strategy(cfg.strategy, cfg)
     try:
         result = _train(cfg, strategy)

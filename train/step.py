@@ -59,6 +59,7 @@ class StepOutcome:
     rows: float
     batches: list[Batch]  # this process's micro-batches that reached the model
     encoder_ran: list[bool]  # per batch: whether the vision tower ran (False: features from the cache)
+    passes: int  # forward + backward passes this process ran (the same on every rank: `train.lockstep`)
 
 
 def summed_token_loss(vlm: nn.Module, batch: Batch, device: torch.device,
@@ -97,7 +98,7 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
     supervised, tokens, records, rows = (float(x) for x in counts.tolist())
     inputs.guard.after_step(strategy, len(window), records, supervised, len(inputs.skips.log) - skips_before,
                             inputs.skips.log)
-    loss_sum = _accumulate_gradients(inputs, window, features, supervised)
+    loss_sum, passes = _accumulate_gradients(inputs, window, features, supervised)
     strategy.all_reduce_sum(loss_sum)
     loss = float(loss_sum) / supervised if supervised > 0 else float("nan")
     grad_norm = float("nan")
@@ -109,17 +110,18 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
             raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}); the run stopped.")
     strategy.zero_grad()
     encoder_ran = [f is None and b.pixel_values is not None for b, f in zip(window, features) if b is not None]
-    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran)
+    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes)
 
 
 def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], features: list[torch.Tensor | None],
-                          supervised: float) -> torch.Tensor:
+                          supervised: float) -> tuple[torch.Tensor, int]:
     """Forward and backward of every micro-batch (none at all when no process has a supervised token); returns
-    this process's summed token loss. x world_size: DDP / DeepSpeed average gradients over ranks."""
+    this process's summed token loss and the passes run. x world_size: DDP / DeepSpeed average gradients over
+    ranks."""
     strategy, device = inputs.strategy, inputs.strategy.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     if supervised == 0:
-        return loss_sum
+        return loss_sum, 0
     scale = strategy.world_size / supervised
     autocast = strategy.autocast(inputs.precision)
     last = len(window) - 1
@@ -136,7 +138,7 @@ def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], featur
                 token_loss = token_loss + _zero_link(inputs.model, device)
             strategy.backward(token_loss * scale)
         loss_sum += token_loss.detach().double()
-    return loss_sum
+    return loss_sum, 2 * len(window)
 
 
 def _cached_features(inputs: StepInputs, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:

@@ -16,9 +16,10 @@ HERE = Path(__file__).resolve()
 
 
 def launch(script: Path, args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=N script args` with one thread per process and no hub access."""
+    """`torchrun --standalone --nproc_per_node=N script args` with one thread per process, no hub access, and the
+    lockstep debug mode on (`train.lockstep`: ranks that run different passes or collectives stop by name)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu",
+               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu", VLM_LOCKSTEP="1",
                CUDA_VISIBLE_DEVICES="")  # gloo on CPU even on a GPU machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(script), *args]

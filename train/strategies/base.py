@@ -75,6 +75,10 @@ class Strategy(ABC):
     def barrier(self) -> None:
         """Wait for all processes."""
 
+    def broadcast_object(self, value: object) -> object:
+        """Rank 0's `value` on every rank (a picklable object; every rank calls it)."""
+        return value
+
     @abstractmethod
     def save_optimizer(self, directory: str) -> None:
         """Write this strategy's optimizer state into `directory` (every rank calls it)."""
@@ -168,6 +172,9 @@ class ProcessGroupStrategy(Strategy):
 
     def abort(self) -> None:
         distributed.destroy()
+
+    def broadcast_object(self, value: object) -> object:
+        return distributed.broadcast_object(value)
 
 
 def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:

@@ -27,7 +27,11 @@ def _zero_touch(model: nn.Module, run_encoder: bool) -> torch.Tensor | None:
         empty = features[:0].to(param.dtype) + (features.sum() * 0.0 if encoder_trains else 0.0)
     else:
         empty = torch.zeros(0, config.vision_num_tokens, encoder.hidden_size, device=param.device, dtype=param.dtype)
-    return projector(empty).sum() * 0.0
+    touch = projector(empty).sum() * 0.0
+    newline = getattr(projector, "image_newline", None)  # anyres: called on image batches only
+    if newline is not None:
+        touch = touch + newline().sum() * 0.0
+    return touch
 
 
 def touch_unused_branches(model: nn.Module, run_encoder: bool = False,
