@@ -1,1 +1,2 @@
-"""Instruction data: records, templates, exact label masks, datasets, collators, samplers, mixtures, converters, the synthetic world."""
+"""Instruction data: record sources and files, datasets, collators (packed too), samplers, mixtures, converters,
+validation and the data audit."""

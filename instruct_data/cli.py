@@ -15,7 +15,7 @@ from conversation.images import DEFAULT_MAX_PIXELS
 
 def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """Add the nested `validate` and `convert <converter>` subcommands; returns them for the application to extend."""
-    sub = parser.add_subparsers(dest="data_command", metavar="{validate,convert,audit}", required=True)
+    sub = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
     val = sub.add_parser("validate", help="check every record (schema, roles, images, token lengths)")
     val.add_argument("file", type=Path, help="records: .json (LLaVA list), .jsonl or .parquet")

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 from vision_encoders import testing as vision_testing
 from vision_encoders.config import VisionEncoderConfig
 from vlm.model import VisionLanguageModel
-from vlm.testing import make_tiny_llm
+from vlm.testing import make_tiny_llm, make_tiny_vlm
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests skip, with the reason, on a machine where torch sees no CUDA device."""
@@ -141,3 +141,12 @@ class Tiny:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return Tiny(tmp_path_factory.mktemp("tiny_vlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vlm.testing.make_tiny_vlm()` (llama, clip, vicuna_v1) saved once per session in a directory named `ckpt`,
+    for the commands that take `--model DIR`; tests read it, none writes into it."""
+    root = tmp_path_factory.mktemp("tiny_vlm_dir")
+    make_tiny_vlm(root / "parts").save(root / "ckpt")
+    return root / "ckpt"

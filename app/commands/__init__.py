@@ -1,1 +1,2 @@
-"""Subcommands of the `vlm` CLI that belong to the model package (build, export-hf, import-hf)."""
+"""Subcommands of the `vlm` CLI that the application defines itself (build, export-hf, import-hf, data, demo); the
+others live in the package that owns them (`app/cli.py` maps each name to its module)."""

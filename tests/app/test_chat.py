@@ -15,17 +15,8 @@ from PIL import Image
 from app.chat import run_interactive
 from vlm.chat_session import ChatSession
 from app.cli import main as cli_main
-from vlm.testing import make_tiny_vlm
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("chat")
-    model = make_tiny_vlm(tmp / "parts")
-    model.save(tmp / "ckpt")
-    return tmp / "ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +37,9 @@ def _one_shot(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_one_shot_json_matches_direct_generation(checkpoint, images, capsys):
+def test_one_shot_json_matches_direct_generation(tiny_vlm_dir, images, capsys):
     code, out, err = _one_shot(
-        capsys, "--model", str(checkpoint), "--image", str(images["red"]), "--question", "What colour is it?",
+        capsys, "--model", str(tiny_vlm_dir), "--image", str(images["red"]), "--question", "What colour is it?",
         "--max-new-tokens", "6", "--json",
     )
     assert code == 0, err
@@ -57,15 +48,15 @@ def test_one_shot_json_matches_direct_generation(checkpoint, images, capsys):
 
     from vlm.model import VisionLanguageModel
 
-    model = VisionLanguageModel.load(checkpoint)
+    model = VisionLanguageModel.load(tiny_vlm_dir)
     session = ChatSession(model, max_new_tokens=6)
     session.add_image(images["red"])
     expected, _ = session.ask("What colour is it?")
     assert record["answer"] == expected
 
 
-def test_one_shot_plain_output_is_the_answer(checkpoint, images, capsys):
-    code, out, _ = _one_shot(capsys, "--model", str(checkpoint), "--image", str(images["blue"]),
+def test_one_shot_plain_output_is_the_answer(tiny_vlm_dir, images, capsys):
+    code, out, _ = _one_shot(capsys, "--model", str(tiny_vlm_dir), "--image", str(images["blue"]),
                              "--question", "Describe it.", "--max-new-tokens", "4")
     assert code == 0
     assert len(out.strip().splitlines()) == 1
@@ -80,8 +71,8 @@ def test_one_shot_plain_output_is_the_answer(checkpoint, images, capsys):
         ("missing_model", "model directory not found"),
     ],
 )
-def test_errors_are_one_line_not_tracebacks(case, expected, checkpoint, images, tmp_path, capsys):
-    model, image = str(checkpoint), str(images["red"])
+def test_errors_are_one_line_not_tracebacks(case, expected, tiny_vlm_dir, images, tmp_path, capsys):
+    model, image = str(tiny_vlm_dir), str(images["red"])
     if case == "missing_image":
         image = str(tmp_path / "nope.png")
     elif case == "not_image":
@@ -96,7 +87,7 @@ def test_errors_are_one_line_not_tracebacks(case, expected, checkpoint, images, 
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err
 
 
-def test_interactive_piped_session_streams_and_handles_commands(checkpoint, images):
+def test_interactive_piped_session_streams_and_handles_commands(tiny_vlm_dir, images):
     script = "\n".join([
         f"/image {images['red']}",
         "What colour is it?",
@@ -108,7 +99,7 @@ def test_interactive_piped_session_streams_and_handles_commands(checkpoint, imag
     ]) + "\n"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "chat", "--model", str(checkpoint), "--max-new-tokens", "5"],
+        [sys.executable, "-m", "app.cli", "chat", "--model", str(tiny_vlm_dir), "--max-new-tokens", "5"],
         input=script, capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -121,7 +112,7 @@ def test_interactive_piped_session_streams_and_handles_commands(checkpoint, imag
 
     from vlm.model import VisionLanguageModel
 
-    session = ChatSession(VisionLanguageModel.load(checkpoint), max_new_tokens=5)
+    session = ChatSession(VisionLanguageModel.load(tiny_vlm_dir), max_new_tokens=5)
     session.add_image(images["red"])
     expected, _ = session.ask("What colour is it?")
     # The streamed answer is printed right after the prompt marker of the question's turn.
@@ -130,10 +121,10 @@ def test_interactive_piped_session_streams_and_handles_commands(checkpoint, imag
     assert streamed[0].strip() == expected
 
 
-def test_history_overflow_drops_oldest_turns_with_notice(checkpoint):
+def test_history_overflow_drops_oldest_turns_with_notice(tiny_vlm_dir):
     from vlm.model import VisionLanguageModel
 
-    model = VisionLanguageModel.load(checkpoint)
+    model = VisionLanguageModel.load(tiny_vlm_dir)
     session = ChatSession(model, max_new_tokens=4)
     one_turn = len(session.prepare("a question about shapes and colours")[0])
     session.context_length = 4 + 2 * one_turn + 6  # room for about two turns
@@ -145,20 +136,20 @@ def test_history_overflow_drops_oldest_turns_with_notice(checkpoint):
     assert len(ids) <= session.context_length - session.max_new_tokens
 
 
-def test_question_too_long_for_context_is_a_clear_error(checkpoint):
+def test_question_too_long_for_context_is_a_clear_error(tiny_vlm_dir):
     from vlm.chat_session import ChatError
     from vlm.model import VisionLanguageModel
 
-    session = ChatSession(VisionLanguageModel.load(checkpoint), max_new_tokens=4)
+    session = ChatSession(VisionLanguageModel.load(tiny_vlm_dir), max_new_tokens=4)
     session.context_length = 10
     with pytest.raises(ChatError, match="more than the model's context"):
         session.ask("a question that cannot fit in ten tokens at all, not even close")
 
 
-def test_images_attach_to_the_turn_they_precede(checkpoint, images):
+def test_images_attach_to_the_turn_they_precede(tiny_vlm_dir, images):
     from vlm.model import VisionLanguageModel
 
-    session = ChatSession(VisionLanguageModel.load(checkpoint), max_new_tokens=3)
+    session = ChatSession(VisionLanguageModel.load(tiny_vlm_dir), max_new_tokens=3)
     session.add_image(images["red"])
     session.ask("first")
     session.add_image(images["blue"])

@@ -8,7 +8,8 @@ from eval.items import BenchmarkFileError
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def eval_world(tmp_path_factory) -> Path:
+    """A world just big enough for the benchmark loaders: 10 train / 8 test scenes, a few POPE / ScienceQA items."""
     from synthetic.generate import SynthConfig, generate_world
 
     root = tmp_path_factory.mktemp("world")
@@ -24,7 +25,7 @@ def test_registry_names_are_exact():
         get_benchmark("vqa")  # no prefix / substring matching
 
 
-def test_gold_answers_score_top_on_the_world(world: Path):
+def test_gold_answers_score_top_on_the_world(eval_world: Path):
     gold = {
         "vqav2": lambda it: it.meta["answers"][0], "pope": lambda it: it.meta["label"].capitalize() + ".",
         "scienceqa_img": lambda it: "The answer is " + "ABCDE"[it.meta["answer"]] + ".",
@@ -32,18 +33,18 @@ def test_gold_answers_score_top_on_the_world(world: Path):
     }
     for name, answer in gold.items():
         bench = get_benchmark(name)
-        items = bench.load(BenchmarkPaths(world))
+        items = bench.load(BenchmarkPaths(eval_world))
         assert items, name
         assert all(Path(it.image).is_file() for it in items if it.image is not None), name
         scores = score_items(bench, items, {it.key: answer(it) for it in items})
         assert scores[bench.headline] >= (90.0 if name == "vqav2" else 100.0), (name, scores)
-    vqa = score_items(get_benchmark("vqav2"), items := get_benchmark("vqav2").load(BenchmarkPaths(world)),
+    vqa = score_items(get_benchmark("vqav2"), items := get_benchmark("vqav2").load(BenchmarkPaths(eval_world)),
                       {it.key: "no idea" for it in items})
     assert vqa["accuracy"] == 0.0 and set(vqa["per_group"]) <= {"seen", "heldout"}
 
 
-def test_world_captions_load_with_references(world: Path):
-    items = get_benchmark("coco_captions").load(BenchmarkPaths(world))
+def test_world_captions_load_with_references(eval_world: Path):
+    items = get_benchmark("coco_captions").load(BenchmarkPaths(eval_world))
     assert len(items) == 8 and all(len(it.meta["references"]) >= 1 and Path(it.image).is_file() for it in items)
 
 

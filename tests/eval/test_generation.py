@@ -10,15 +10,6 @@ from eval.items import EvalItem
 from app.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    from vlm.testing import make_tiny_vlm
-
-    tmp = tmp_path_factory.mktemp("tiny")
-    make_tiny_vlm(tmp / "build").save(tmp / "ckpt")
-    return tmp / "ckpt"
-
-
 def test_left_pad_and_cut():
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
@@ -33,8 +24,8 @@ def test_blank_image_keeps_size():
 
 
 @pytest.mark.slow  # building the tiny model takes 5-20 s on a shared CPU
-def test_batched_equals_one_by_one(tiny_ckpt: Path):
-    gen = load_generator(str(tiny_ckpt), max_new_tokens=6)
+def test_batched_equals_one_by_one(tiny_vlm_dir: Path):
+    gen = load_generator(str(tiny_vlm_dir), max_new_tokens=6)
     assert isinstance(gen, ModelGenerator)
     items = [EvalItem(i, Image.new("RGB", (9 + i, 8), (30 * i, 90, 0)), "What colour?" + " very" * i)
              for i in range(5)]
@@ -46,9 +37,9 @@ def test_batched_equals_one_by_one(tiny_ckpt: Path):
 
 
 @pytest.mark.slow
-def test_cli_run_with_real_model(tiny_ckpt: Path, vqav2_root: Path, tmp_path: Path, capsys):
+def test_cli_run_with_real_model(tiny_vlm_dir: Path, vqav2_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "run"
-    base = ["eval", "run", "--model", str(tiny_ckpt), "--benchmark", "vqav2", "--data-root", str(vqav2_root),
+    base = ["eval", "run", "--model", str(tiny_vlm_dir), "--benchmark", "vqav2", "--data-root", str(vqav2_root),
             "--batch-size", "2", "--max-new-tokens", "4", "--no-progress"]
     assert main(base + ["--out", str(out)]) == 0
     record = json.loads((out / "scores.json").read_text())
@@ -72,12 +63,12 @@ def test_cli_run_bad_model_dir_is_one_line(tmp_path: Path, vqav2_root: Path, cap
 
 
 @pytest.mark.slow
-def test_hf_llava_directory_gives_the_same_answers(tiny_ckpt: Path, tmp_path: Path):
+def test_hf_llava_directory_gives_the_same_answers(tiny_vlm_dir: Path, tmp_path: Path):
     from vlm.hf_llava import export_hf
     from vlm.model import VisionLanguageModel
 
-    export_hf(VisionLanguageModel.load(tiny_ckpt), tmp_path / "hf")
-    ours = load_generator(str(tiny_ckpt), max_new_tokens=5, device="cpu")
+    export_hf(VisionLanguageModel.load(tiny_vlm_dir), tmp_path / "hf")
+    ours = load_generator(str(tiny_vlm_dir), max_new_tokens=5, device="cpu")
     theirs = load_generator(str(tmp_path / "hf"), max_new_tokens=5, device="cpu")
     items = [EvalItem(i, Image.new("RGB", (12, 10), (40 * i, 0, 90)), "Which shape?" + " x" * i) for i in range(3)]
     assert theirs(items) == ours(items)

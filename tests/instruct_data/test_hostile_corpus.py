@@ -34,15 +34,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "images": images, "pairs": pairs, "broken": broken, "good": good}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vlm.testing import make_tiny_vlm
-
-    root = tmp_path_factory.mktemp("hostile_model")
-    make_tiny_vlm(root / "parts", arch="llama", encoder="clip", template="vicuna_v1").save(root / "base")
-    return root / "base"
-
-
 def _run(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, *argv: str) -> tuple[int, str]:
     """Exit code and everything printed or logged; an exception escaping the CLI fails the test by itself."""
     code = vlm(list(argv))
@@ -120,9 +111,9 @@ def _train_config(corpus, model_dir: Path, tmp_path: Path, data_path: Path, n: i
 
 
 @pytest.mark.parametrize("name", ["corpus.json", "corpus.jsonl"])
-def test_train_skips_each_bad_record_and_trains_the_good(corpus, model_dir, capsys, caplog, tmp_path, name) -> None:
+def test_train_skips_each_bad_record_and_trains_the_good(corpus, tiny_vlm_dir, capsys, caplog, tmp_path, name) -> None:
     n_entries = len(corpus["pairs"]) + len(RAW_BAD_ENTRIES) + (name == "corpus.jsonl")  # + the cut line
-    config = _train_config(corpus, model_dir, tmp_path, corpus["root"] / name, n_entries)
+    config = _train_config(corpus, tiny_vlm_dir, tmp_path, corpus["root"] / name, n_entries)
     code, text = _run(capsys, caplog, "train", str(config))
     assert code == 0, text
     bad = sum(reason is not None for _, reason in corpus["pairs"])
@@ -136,16 +127,16 @@ def test_train_skips_each_bad_record_and_trains_the_good(corpus, model_dir, caps
 
 @pytest.mark.parametrize("name", ["truncated.json", "python_repr.json", "utf16.json", "zero.json", "empty_list.json",
                                   "blank_lines.jsonl", "jsonl_named.json", "garbage.parquet"])
-def test_train_on_an_unreadable_file_is_one_clear_error(corpus, model_dir, capsys, caplog, tmp_path, name) -> None:
+def test_train_on_an_unreadable_file_is_one_clear_error(corpus, tiny_vlm_dir, capsys, caplog, tmp_path, name) -> None:
     path = corpus["root"] / "broken" / name
-    code, text = _run(capsys, caplog, "train", str(_train_config(corpus, model_dir, tmp_path, path, 2)))
+    code, text = _run(capsys, caplog, "train", str(_train_config(corpus, tiny_vlm_dir, tmp_path, path, 2)))
     assert code == 2
     assert f"vlm train: {path}: " in text and corpus["broken"][name] in text
     assert "batch_size" not in text
 
 
 # ------------------------------------------------------------------------------------------------ eval, chat
-def test_eval_answers_the_rest_and_counts_failed_items(corpus, model_dir, capsys, caplog, tmp_path) -> None:
+def test_eval_answers_the_rest_and_counts_failed_items(corpus, tiny_vlm_dir, capsys, caplog, tmp_path) -> None:
     # refs leaving the image root are refused when the benchmark loads (a malformed benchmark file, one message)
     images = {ref: reason for ref, reason in corpus["images"].items() if reason != "outside image root"}
     questions = tmp_path / "questions.jsonl"
@@ -153,7 +144,7 @@ def test_eval_answers_the_rest_and_counts_failed_items(corpus, model_dir, capsys
                                  + "\n" for i, ref in enumerate(images))
                          + json.dumps({"question_id": "s", "text": "Why\ud800?", "answer": "x"}) + "\n")
     out = tmp_path / "eval"
-    code, text = _run(capsys, caplog, "eval", "run", "--model", str(model_dir), "--benchmark", "llava_jsonl",
+    code, text = _run(capsys, caplog, "eval", "run", "--model", str(tiny_vlm_dir), "--benchmark", "llava_jsonl",
                       "--questions", str(questions), "--image-root", str(corpus["root"] / "images"),
                       "--out", str(out), "--max-new-tokens", "2", "--batch-size", "4", "--no-progress")
     assert code == 0, text
@@ -170,18 +161,18 @@ def test_eval_answers_the_rest_and_counts_failed_items(corpus, model_dir, capsys
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text(json.dumps({"question_id": 1, "image": "zero.png", "text": "?", "answer": "x"}) + "\n")
-    code, text = _run(capsys, caplog, "eval", "run", "--model", str(model_dir), "--benchmark", "llava_jsonl",
+    code, text = _run(capsys, caplog, "eval", "run", "--model", str(tiny_vlm_dir), "--benchmark", "llava_jsonl",
                       "--questions", str(only_bad), "--image-root", str(corpus["root"] / "images"),
                       "--out", str(tmp_path / "eval_bad"), "--no-progress")
     assert code == 1 and "every one of the 1 questions failed" in text and "empty file" in text
 
 
-def test_chat_answers_usable_images_and_names_bad_ones(corpus, model_dir, capsys, caplog) -> None:
+def test_chat_answers_usable_images_and_names_bad_ones(corpus, tiny_vlm_dir, capsys, caplog) -> None:
     folder = corpus["root"] / "images"
     for ref, reason in corpus["images"].items():
         if ref.startswith(("..", "/")) or ref in ("link_out.png", "a_dir.png"):
             continue  # chat opens the path it is given: there is no image root to leave
-        code, text = _run(capsys, caplog, "chat", "--model", str(model_dir), "--image", str(folder / ref),
+        code, text = _run(capsys, caplog, "chat", "--model", str(tiny_vlm_dir), "--image", str(folder / ref),
                           "--question", "What is it?", "--max-new-tokens", "2", "--device", "cpu")
         if reason is None:
             assert code == 0, (ref, text)
@@ -190,22 +181,22 @@ def test_chat_answers_usable_images_and_names_bad_ones(corpus, model_dir, capsys
             assert reason.split()[0] in text or (reason == "missing file" and "not found" in text), (ref, text)
 
 
-def test_validate_token_checks_flag_the_over_long_record(corpus, model_dir, capsys, caplog, tmp_path) -> None:
-    k = json.loads((model_dir / "vlm_config.json").read_text())["num_image_tokens"]
+def test_validate_token_checks_flag_the_over_long_record(corpus, tiny_vlm_dir, capsys, caplog, tmp_path) -> None:
+    k = json.loads((tiny_vlm_dir / "vlm_config.json").read_text())["num_image_tokens"]
     path = tmp_path / "long.json"
     long_records = [r for r, _ in corpus["pairs"] if isinstance(r, dict) and r["id"] in ("long", "text-ok", "img-0")]
     path.write_text(json.dumps(long_records))
     report = tmp_path / "p.jsonl"
     code, text = _run(capsys, caplog, "data", "validate", str(path), "--image-folder", str(corpus["root"] / "images"),
-                      "--tokenizer", str(model_dir / "tokenizer"), "--template", "vicuna_v1",
+                      "--tokenizer", str(tiny_vlm_dir / "tokenizer"), "--template", "vicuna_v1",
                       "--num-image-tokens", str(k), "--max-length", "256", "--report", str(report))
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert code == 1 and [(r["record_id"], r["reason"]) for r in rows] == [
         ("long", "no supervised token within max length")]
 
 
-def test_chat_question_with_invalid_utf8_is_one_line(corpus, model_dir, capsys, caplog) -> None:
-    code, text = _run(capsys, caplog, "chat", "--model", str(model_dir), "--image",
+def test_chat_question_with_invalid_utf8_is_one_line(corpus, tiny_vlm_dir, capsys, caplog) -> None:
+    code, text = _run(capsys, caplog, "chat", "--model", str(tiny_vlm_dir), "--image",
                       str(corpus["root"] / "images" / "good.png"), "--question", "why \udcff?", "--device", "cpu")
     assert code == 2 and "vlm chat: error: the question is not valid Unicode" in text
 
@@ -216,9 +207,9 @@ def test_chat_question_with_invalid_utf8_is_one_line(corpus, model_dir, capsys, 
     ("datasets: [oops", "data.mixture"),
     ("datasets: [{json_path: corpus.json, sampling_strategy: 'first:x'}]", "bad count"),
 ])
-def test_train_on_a_bad_mixture_is_one_clear_error(corpus, model_dir, capsys, caplog, tmp_path, mixture, message):
+def test_train_on_a_bad_mixture_is_one_clear_error(corpus, tiny_vlm_dir, capsys, caplog, tmp_path, mixture, message):
     path = corpus["root"] / f"mix_{abs(hash(mixture))}.yaml"
     path.write_text(mixture)
-    config = _train_config(corpus, model_dir, tmp_path, corpus["root"] / "corpus.json", 2)
+    config = _train_config(corpus, tiny_vlm_dir, tmp_path, corpus["root"] / "corpus.json", 2)
     code, text = _run(capsys, caplog, "train", str(config), "data.data_path=[]", f"data.mixture={path}")
     assert code == 2 and message in text, text

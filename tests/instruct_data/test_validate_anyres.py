@@ -12,15 +12,16 @@ from vlm.anyres_features import geometry_of
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny, tmp_path_factory) -> tuple[Path, object]:
+def anyres_checkpoint(tiny, tmp_path_factory) -> tuple[Path, object]:
+    """An anyres tiny VLM (grid (1x1),...,(3x3)) saved once for the module, and its tiling geometry."""
     model = tiny.vlm("llama", image_aspect_ratio="anyres", image_grid_pinpoints="(1x1),...,(3x3)")
     path = tmp_path_factory.mktemp("anyres_ckpt") / "ckpt"
     model.save(path)
     return path, geometry_of(model)
 
 
-def test_validate_reports_tokens_per_image(checkpoint, tmp_path: Path, capsys) -> None:
-    path, geo = checkpoint
+def test_validate_reports_tokens_per_image(anyres_checkpoint, tmp_path: Path, capsys) -> None:
+    path, geo = anyres_checkpoint
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (128, 64)).save(tmp_path / "imgs" / "wide.png")
     Image.new("RGB", (32, 96)).save(tmp_path / "imgs" / "tall.png")
@@ -53,8 +54,8 @@ def test_validate_reports_tokens_per_image(checkpoint, tmp_path: Path, capsys) -
     assert reasons[small["id"]] != "images beyond max length"
 
 
-def test_model_excludes_the_separate_token_options(checkpoint, tmp_path: Path, capsys) -> None:
-    path, _ = checkpoint
+def test_model_excludes_the_separate_token_options(anyres_checkpoint, tmp_path: Path, capsys) -> None:
+    path, _ = anyres_checkpoint
     data = tmp_path / "d.json"
     data.write_text("[]")
     assert main(["data", "validate", str(data), "--image-folder", str(tmp_path), "--model", str(path),

@@ -16,12 +16,12 @@ K = 16
 
 
 @pytest.fixture(scope="module")
-def tok(world: Path):
+def tok(synth_world: Path):
     from transformers import AutoTokenizer
 
     from vlm.tokens import add_special_tokens
 
-    tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(synth_world / "tokenizer")
     add_special_tokens(tokenizer, "<image>")
     return tokenizer
 
@@ -38,9 +38,9 @@ def _plain_lengths(world: Path, tok) -> tuple[list[int], list[int]]:
     return [1 + K + s for s in supervised], supervised
 
 
-def test_audit_counts_every_record_of_the_align_data(world: Path, tok) -> None:
-    lengths, supervised = _plain_lengths(world, tok)
-    report = _audit(load_records(world / "align.json"), tok, max_length=512)
+def test_audit_counts_every_record_of_the_align_data(synth_world: Path, tok) -> None:
+    lengths, supervised = _plain_lengths(synth_world, tok)
+    report = _audit(load_records(synth_world / "align.json"), tok, max_length=512)
     d = report.to_dict()
     assert (d["num_records"], d["audited"], d["trained"], d["skipped"]) == (60, 60, 60, {})
     assert d["supervised_tokens"] == sum(supervised) == d["supervised_tokens_per_template"]["plain"]
@@ -52,10 +52,10 @@ def test_audit_counts_every_record_of_the_align_data(world: Path, tok) -> None:
     report.check(strict=True)
 
 
-def test_audit_counts_truncation_at_the_median(world: Path, tok) -> None:
-    lengths, _ = _plain_lengths(world, tok)
+def test_audit_counts_truncation_at_the_median(synth_world: Path, tok) -> None:
+    lengths, _ = _plain_lengths(synth_world, tok)
     cut = sorted(lengths)[len(lengths) // 2]
-    report = _audit(load_records(world / "align.json"), tok, max_length=cut)
+    report = _audit(load_records(synth_world / "align.json"), tok, max_length=cut)
     over = sum(n > cut for n in lengths)
     assert 0 < over < 60
     assert report.total("truncated") == over and report.total("trained") == 60
@@ -63,8 +63,8 @@ def test_audit_counts_truncation_at_the_median(world: Path, tok) -> None:
     assert any("truncated to max_length" in w for w in report.warnings)
 
 
-def test_audit_errors_when_no_image_fits(world: Path, tok) -> None:
-    report = _audit(load_records(world / "align.json"), tok, max_length=K)  # bos + K image ids > K
+def test_audit_errors_when_no_image_fits(synth_world: Path, tok) -> None:
+    report = _audit(load_records(synth_world / "align.json"), tok, max_length=K)  # bos + K image ids > K
     assert report.skipped() == {"max_length": 60}
     assert report.image_records_unfit == 60 and report.min_image_tokens == K
     assert any(f"K={K} image tokens per image" in e and f"max_length={K}" in e for e in report.errors)
@@ -73,13 +73,13 @@ def test_audit_errors_when_no_image_fits(world: Path, tok) -> None:
         report.check()
 
 
-def test_audit_of_a_mixture_counts_per_source_and_samples_evenly(world: Path, tok, tmp_path: Path) -> None:
-    n_instruct = len(json.loads((world / "instruct.json").read_text()))
-    text_only = sum("image" not in r for r in json.loads((world / "instruct.json").read_text()))
+def test_audit_of_a_mixture_counts_per_source_and_samples_evenly(synth_world: Path, tok, tmp_path: Path) -> None:
+    n_instruct = len(json.loads((synth_world / "instruct.json").read_text()))
+    text_only = sum("image" not in r for r in json.loads((synth_world / "instruct.json").read_text()))
     mix = tmp_path / "mix.yaml"
     mix.write_text(yaml.safe_dump({"datasets": [
-        {"json_path": str(world / "align.json"), "name": "align", "sampling_strategy": "first:10"},
-        {"json_path": str(world / "instruct.json"), "name": "instruct", "sampling_strategy": "random:50%"}]}))
+        {"json_path": str(synth_world / "align.json"), "name": "align", "sampling_strategy": "first:10"},
+        {"json_path": str(synth_world / "instruct.json"), "name": "instruct", "sampling_strategy": "random:50%"}]}))
     records = load_mixture(mix, seed=3)
     full = _audit(records, tok, max_length=2048, template="vicuna_v1")
     assert {k: s.selected for k, s in full.sources.items()} == {"align": 10, "instruct": math.ceil(n_instruct / 2)}

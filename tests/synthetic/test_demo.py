@@ -8,6 +8,9 @@ import pytest
 
 from app.cli import main as vlm
 
+# Its first test also runs the module's demo (~150 s on 2 idle cores, then a second `vlm demo`): room for a busy machine.
+pytestmark = pytest.mark.timeout(1800)
+
 REPORT_KEYS = {
     "vqa_accuracy_seen", "vqa_accuracy_heldout", "vqa_accuracy_blind", "vqa_accuracy_prior_baseline", "pope_f1",
     "caption_cider", "mcq_accuracy", "text_only_accuracy", "wall_seconds",

@@ -16,50 +16,50 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(world: Path, tmp_path: Path, make_config) -> None:
+def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(synth_world: Path, tmp_path: Path, make_config) -> None:
     again = tmp_path / "again"
     generate_world(make_config(again, seed=0, num_workers=1))  # the fixture used 2 workers
-    a, b = _tree(world), _tree(again)
+    a, b = _tree(synth_world), _tree(again)
     assert sorted(a) == sorted(b)
     different = [name for name in a if a[name] != b[name]]
     assert not different, different[:5]
     assert any(name.startswith("images/train/") for name in a) and "tokenizer/tokenizer.json" in a
 
 
-def test_different_seed_gives_different_images_and_text(world: Path, tmp_path: Path, make_config) -> None:
+def test_different_seed_gives_different_images_and_text(synth_world: Path, tmp_path: Path, make_config) -> None:
     other = tmp_path / "other"
     generate_world(make_config(other, seed=1))
-    a, b = _tree(world), _tree(other)
+    a, b = _tree(synth_world), _tree(other)
     for name in ("images/train/000000.png", "images/test/000005.png", "align.json", "instruct.json",
                  "eval/vqav2/questions.json"):
         assert a[name] != b[name], name
 
 
-def test_held_out_pairs_never_occur_in_image_training_files(world: Path) -> None:
+def test_held_out_pairs_never_occur_in_image_training_files(synth_world: Path) -> None:
     patterns = [re.compile(rf"\b{c} {s}(?:{SHAPE_PLURALS[s][len(s):]})?\b", re.IGNORECASE) for c, s in HELD_OUT]
     for name in IMAGE_TRAINING_FILES:
-        text = (world / name).read_text()
+        text = (synth_world / name).read_text()
         for pattern in patterns:
             assert not pattern.search(text), f"{name} mentions held-out {pattern.pattern}"
-    train = json.loads((world / "scenes" / "train.json").read_text())
+    train = json.loads((synth_world / "scenes" / "train.json").read_text())
     assert all((o["colour"], o["shape"]) not in HELD_OUT for s in train for o in s["objects"])
     # ... while the test split does use them, so this check can fail
-    test_text = (world / "eval" / "vqav2" / "questions.json").read_text()
+    test_text = (synth_world / "eval" / "vqav2" / "questions.json").read_text()
     assert any(p.search(test_text) for p in patterns)
     # The LLM's text corpus does name them, as a real LLM's text mentions red stars: held out of the images only.
-    assert any(p.search((world / "text_corpus.jsonl").read_text()) for p in patterns)
+    assert any(p.search((synth_world / "text_corpus.jsonl").read_text()) for p in patterns)
 
 
-def test_training_answers_are_balanced(world: Path) -> None:
-    answers = [t["value"] for r in json.loads((world / "instruct.json").read_text()) if r["id"].startswith("vqa-")
+def test_training_answers_are_balanced(synth_world: Path) -> None:
+    answers = [t["value"] for r in json.loads((synth_world / "instruct.json").read_text()) if r["id"].startswith("vqa-")
                for t in r["conversations"][1::2] if t["value"] in ("yes", "no")]
     assert len(answers) > 30
     assert 0.35 < answers.count("yes") / len(answers) < 0.65
 
 
-def test_instruct_mix_has_caption_chats_asked_like_the_captioning_benchmark(world: Path) -> None:
+def test_instruct_mix_has_caption_chats_asked_like_the_captioning_benchmark(synth_world: Path) -> None:
     """LLaVA-1.5's mix has TextCaps captions under this prompt; without them phase 2 answers it like a question."""
-    records = json.loads((world / "instruct.json").read_text())
+    records = json.loads((synth_world / "instruct.json").read_text())
     captions = [r for r in records if r["id"].startswith("caption-")]
     images = {r["image"] for r in records if "image" in r}
     assert 0.1 < len(captions) / len(images) < 0.4  # caption_share 0.25 of the training images
@@ -96,8 +96,8 @@ def test_wide_world_has_wide_images_and_records_their_size(tmp_path: Path, make_
     assert json.loads((root / "world.json").read_text())["config"]["image_width"] == 216
 
 
-def test_square_world_manifest_does_not_name_image_width(world: Path) -> None:
-    assert "image_width" not in json.loads((world / "world.json").read_text())["config"]
+def test_square_world_manifest_does_not_name_image_width(synth_world: Path) -> None:
+    assert "image_width" not in json.loads((synth_world / "world.json").read_text())["config"]
 
 
 @pytest.mark.parametrize("width, message", [(100, "multiple of 3"), (69, ">= image_size")])

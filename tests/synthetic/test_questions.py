@@ -50,10 +50,10 @@ def _scenes(world: Path, split: str) -> dict[str, list[dict]]:
     return {s["image"]: s["objects"] for s in json.loads((world / "scenes" / f"{split}.json").read_text())}
 
 
-def test_instruct_short_answers_match_the_scenes(world: Path) -> None:
-    scenes = _scenes(world, "train")
+def test_instruct_short_answers_match_the_scenes(synth_world: Path) -> None:
+    scenes = _scenes(synth_world, "train")
     checked = 0
-    for record in json.loads((world / "instruct.json").read_text()):
+    for record in json.loads((synth_world / "instruct.json").read_text()):
         if not record["id"].startswith("vqa-"):
             continue
         turns = record["conversations"]
@@ -65,10 +65,10 @@ def test_instruct_short_answers_match_the_scenes(world: Path) -> None:
     assert checked > 100
 
 
-def test_multiple_choice_letters_point_at_the_right_option(world: Path) -> None:
-    scenes = _scenes(world, "train")
+def test_multiple_choice_letters_point_at_the_right_option(synth_world: Path) -> None:
+    scenes = _scenes(synth_world, "train")
     checked = 0
-    for record in json.loads((world / "instruct.json").read_text()):
+    for record in json.loads((synth_world / "instruct.json").read_text()):
         if not record["id"].startswith("mcq-"):
             continue
         turns = record["conversations"]
@@ -81,9 +81,9 @@ def test_multiple_choice_letters_point_at_the_right_option(world: Path) -> None:
     assert checked > 5
 
 
-def test_vqav2_pope_and_scienceqa_answers_match_the_scenes(world: Path) -> None:
-    by_id = {s["id"]: s["objects"] for s in json.loads((world / "scenes" / "test.json").read_text())}
-    ev = world / "eval"
+def test_vqav2_pope_and_scienceqa_answers_match_the_scenes(synth_world: Path) -> None:
+    by_id = {s["id"]: s["objects"] for s in json.loads((synth_world / "scenes" / "test.json").read_text())}
+    ev = synth_world / "eval"
     questions = json.loads((ev / "vqav2" / "questions.json").read_text())["questions"]
     annotations = {a["question_id"]: a for a in json.loads((ev / "vqav2" / "annotations.json").read_text())["annotations"]}
     for q in questions:

@@ -30,19 +30,19 @@ def test_sheet_words_are_cells_in_reading_order() -> None:
         sheet_cells("top left large red")
 
 
-def test_every_sheet_word_is_one_token_of_the_world_tokenizer(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+def test_every_sheet_word_is_one_token_of_the_world_tokenizer(synth_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(synth_world / "tokenizer"))
     ids = [word_id(tok, w) for cell in cell_words(_scene()) for w in cell]
     assert len(set(ids)) == len(set(scene_sheet(_scene()).split()))
     with pytest.raises(ValueError, match="not one"):
         word_id(tok, "starcircle")
 
 
-def test_record_ids_are_the_vlm_tokens_with_the_cells_at_the_image_positions(world: Path) -> None:
+def test_record_ids_are_the_vlm_tokens_with_the_cells_at_the_image_positions(synth_world: Path) -> None:
     """The stage-0 LLM must see the prompt the VLM builds: same template, same ids, nine image positions."""
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    tok = AutoTokenizer.from_pretrained(str(synth_world / "tokenizer"))
     image_id = tok.convert_tokens_to_ids("<image>")
-    entries = [e for e in read_corpus(world / CORPUS_FILE) if "sheet" in e][:8]
+    entries = [e for e in read_corpus(synth_world / CORPUS_FILE) if "sheet" in e][:8]
     assert {e["template"] for e in entries} == {"plain", "vicuna_v1"}
     for entry in entries:
         record = record_ids(entry, tok, entry["template"], entry["sheet"])

@@ -12,8 +12,8 @@ SYSTEM = ("A chat between a curious user and an artificial intelligence assistan
           "detailed, and polite answers to the user's questions.")
 
 
-def test_loads_with_autotokenizer_and_round_trips(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+def test_loads_with_autotokenizer_and_round_trips(synth_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(synth_world / "tokenizer"))
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<unk>", "<s>", "</s>", "<pad>", "<image>")}
     assert ids == {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "<image>": 4}
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
@@ -25,8 +25,8 @@ def test_loads_with_autotokenizer_and_round_trips(world: Path) -> None:
     assert len(tok("Where is the red circle?", add_special_tokens=False).input_ids) <= 8  # BPE learned the world's words
 
 
-def test_chat_template_renders_vicuna_v1(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+def test_chat_template_renders_vicuna_v1(synth_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(synth_world / "tokenizer"))
     messages = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"},
                 {"role": "user", "content": "What is 1 plus 1?"}]
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -43,13 +43,13 @@ def test_vocab_size_is_respected() -> None:
     assert len(tok) <= 300 and tok.convert_tokens_to_ids("<image>") == 4
 
 
-def test_every_llava_record_parses(world: Path) -> None:
+def test_every_llava_record_parses(synth_world: Path) -> None:
     import json
 
     for name in ("align.json", "instruct.json"):
-        records = json.loads((world / name).read_text())
+        records = json.loads((synth_world / name).read_text())
         convs = [parse_record(r, i) for i, r in enumerate(records)]
         assert all(c.messages[0].role == "user" and c.messages[-1].role == "assistant" for c in convs)
         with_image = [c for c in convs if c.images]
-        assert all(len(c.images) == 1 and (world / "images" / c.images[0]).is_file() for c in with_image)
+        assert all(len(c.images) == 1 and (synth_world / "images" / c.images[0]).is_file() for c in with_image)
     assert any(not c.images for c in convs)  # text-only ShareGPT-style conversations in the instruct mix

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.train.harness import assert_same_run, run_distributed
 from train.checkpointing import checkpoint_dir
 from train.config import ConfigError
 from train.recipes import run
@@ -57,8 +58,6 @@ def test_resume_continues_with_the_same_losses(make_cfg, tiny_world, tmp_path) -
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_ddp_matches_one_process(make_cfg, tiny_world, tmp_path) -> None:
-    from tests.train.test_ddp import assert_same_run, run_distributed
-
     common = dict(recipe="instruct", model=anyres_model(tiny_world, "vicuna_v1"), global_batch_size=4, max_steps=2, save_every=0)
     single_cfg = make_cfg(micro_batch_size=2, output_dir=str(tmp_path / "single"), **common)
     single = run(single_cfg)
@@ -82,8 +81,6 @@ def test_config_takes_pinpoints_as_a_list_or_the_range_form(make_cfg, tiny_world
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_zero3_matches_one_process(make_cfg, tiny_world, tmp_path) -> None:
-    from tests.train.test_ddp import assert_same_run, run_distributed
-
     from vlm.model import VisionLanguageModel
 
     configs = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"

@@ -1,25 +1,17 @@
 """DeepSpeed: "auto" filling and CPU refusals of the JSON config; 2-process ZeRO-2 / ZeRO-3 runs match one process."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.train.harness import assert_same_run, final_weights, run_distributed
 from train.strategies.deepspeed_config import DeepSpeedConfigError, load_json_config, resolve_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "deepspeed"
-
-
-def _harness():  # noqa: ANN202 - the torchrun launcher and comparisons shared with test_ddp.py
-    spec = importlib.util.spec_from_file_location("ddp_harness", Path(__file__).with_name("test_ddp.py"))
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def _resolve(user: dict, **over) -> dict:
@@ -95,7 +87,6 @@ def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> N
     """
     from train.recipes import run
 
-    harness = _harness()
     common: dict = dict(global_batch_size=8, max_steps=3, save_every=0)
     if stage.endswith("_packed"):  # sequence packing: each rank packs its share of every step
         stage = stage.removesuffix("_packed")
@@ -104,15 +95,14 @@ def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> N
     single = run(single_cfg)
     ds_cfg = make_cfg(micro_batch_size=2, strategy="deepspeed", deepspeed_config=str(CONFIGS / f"{stage}.json"),
                       output_dir=str(tmp_path / stage), **common)
-    multi = harness.run_distributed(ds_cfg, tmp_path, stage)
-    harness.assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5,
-                            weight_atol=2e-5)
+    multi = run_distributed(ds_cfg, tmp_path, stage)
+    assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5, weight_atol=2e-5)
     # Saved under ZeRO-3 too: the output directory loads as a full model with the trained weights.
     from vlm.model import VisionLanguageModel
 
     loaded = VisionLanguageModel.load(ds_cfg.output_dir)
     params = dict(loaded.named_parameters())
-    for key, value in harness.final_weights(ds_cfg.output_dir).items():
+    for key, value in final_weights(ds_cfg.output_dir).items():
         torch.testing.assert_close(params[key].detach(), value, rtol=0, atol=0, msg=key)
 
 
@@ -122,16 +112,15 @@ def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> N
 def test_zero_resume_continues_exactly(stage: str, make_cfg, tmp_path: Path) -> None:
     """Each rank's ZeRO optimizer partition (weights_only load) + weights + RNG: step 3 after a resume from
     step 2 has the very loss of the uninterrupted run."""
-    harness = _harness()
     common = dict(global_batch_size=8, micro_batch_size=2, max_steps=3, strategy="deepspeed",
                   deepspeed_config=str(CONFIGS / f"{stage}.json"))
     full_cfg = make_cfg(save_every=2, output_dir=str(tmp_path / "full"), **common)
-    full = harness.run_distributed(full_cfg, tmp_path, "full")
+    full = run_distributed(full_cfg, tmp_path, "full")
     step2 = tmp_path / "full" / "checkpoints" / "step-00000002"
     assert sorted(p.name for p in step2.glob("zero_optimizer_rank*.pt")) == ["zero_optimizer_rank0.pt",
                                                                           "zero_optimizer_rank1.pt"]
     resumed_cfg = make_cfg(resume=str(step2), output_dir=str(tmp_path / "resumed"), **common)
-    resumed = harness.run_distributed(resumed_cfg, tmp_path, "resumed")
+    resumed = run_distributed(resumed_cfg, tmp_path, "resumed")
     assert resumed["losses"] == [full["losses"][2]]
 
 
@@ -142,12 +131,11 @@ def test_zero3_lora_on_a_partitioned_llm(make_cfg, tmp_path: Path) -> None:
     with the same loss curve as one process."""
     from train.recipes import run
 
-    harness = _harness()
     common = dict(global_batch_size=8, max_steps=2, save_every=0, llm_mode="lora")
     single = run(make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common))
     ds_cfg = make_cfg(micro_batch_size=2, strategy="deepspeed", deepspeed_config=str(CONFIGS / "zero3.json"),
                       output_dir=str(tmp_path / "z3lora"), **common)
-    multi = harness.run_distributed(ds_cfg, tmp_path, "z3lora")
+    multi = run_distributed(ds_cfg, tmp_path, "z3lora")
     # Before any update: the same model. After one: Adam's first step divides LoRA's tiny gradients by their own
     # size, so reduction-order rounding shows (5e-4 relative here with or without zero.Init).
     assert multi["losses"][0] == pytest.approx(single.losses[0], rel=1e-5)

@@ -11,21 +11,17 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from tests.train import harness
+
 HERE = Path(__file__).resolve()
 CONFIGS = HERE.parents[2] / "configs" / "deepspeed"
 PINS = "(1x1),...,(2x2)"
 
 
-def _harness():  # noqa: ANN202 - the torchrun launcher and comparisons shared with test_ddp.py
-    from tests.train import test_ddp
-
-    return test_ddp
-
-
 @pytest.mark.distributed
 def test_a_divergence_stops_every_rank_naming_the_counter(tmp_path: Path) -> None:
     """Rank r reports r + 1 passes: both ranks stop with the counter and each rank's value (no hang)."""
-    _harness().launch(HERE, ["mismatch", str(tmp_path)])
+    harness.launch(HERE, ["mismatch", str(tmp_path)])
     for rank in (0, 1):
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert message.startswith("step 7: ranks ran different numbers of passes (rank 0: 1, rank 1: 2)"), message
@@ -113,7 +109,6 @@ def test_mixed_packed_anyres_ranks_stay_in_step_and_match_one_process(stage: str
                for a, b in steps for mb0, mb1 in zip(a, b)), plans
     single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)
     single = run(single_cfg)
-    harness = _harness()
     multi = harness.run_distributed(ds_cfg, tmp_path, stage)  # VLM_LOCKSTEP=1: passes and collectives compared
     harness.assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5,
                             weight_atol=2e-5)

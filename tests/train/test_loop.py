@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from train.checkpointing import list_checkpoints
 from train.runtime import grad_accum_steps, resolve_precision
@@ -33,8 +34,6 @@ def test_accumulation_equals_one_big_batch(make_cfg, tmp_path) -> None:
     assert len(small.losses) == len(big.losses) == 3
     assert small.losses == pytest.approx(big.losses, rel=1e-5, abs=1e-6)
     a = (tmp_path / "a" / "checkpoints").glob("step-*")
-    from safetensors.torch import load_file
-
     wa = load_file(str(next(a) / "trainable.safetensors"))
     wb = load_file(str(next((tmp_path / "b" / "checkpoints").glob("step-*")) / "trainable.safetensors"))
     assert wa.keys() == wb.keys()
@@ -51,8 +50,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(make_cfg, tmp_path) -> 
     assert str(kept[-1]) in str(err.value)
     last = json.loads((kept[-1] / "trainer_state.json").read_text())["step"]
     assert last < 4
-    weights = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
-        str(kept[-1] / "trainable.safetensors"))
+    weights = load_file(str(kept[-1] / "trainable.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 

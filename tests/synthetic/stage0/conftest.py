@@ -10,7 +10,8 @@ from synthetic.stage0.config import LLMPretrainConfig, ViTPretrainConfig
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def stage0_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A world for the stage-0 backbones: 96 train / 32 test scenes of 32 pixels, 40 text chats, 300 corpus scenes."""
     out = tmp_path_factory.mktemp("stage0") / "w"
     generate_world(SynthConfig(out=str(out), seed=0, num_train=96, num_test=32, image_size=32, num_workers=1,
                                pope_images=4, scienceqa_images=2, scienceqa_text=1, text_eval=4,

@@ -8,10 +8,10 @@ import torch
 from app.cli import main
 
 
-def test_cli_trains_then_reuses_the_cache(world: Path, tmp_path: Path, capsys) -> None:
+def test_cli_trains_then_reuses_the_cache(stage0_world: Path, tmp_path: Path, capsys) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "backbones"
-    args = ["pretrain-backbones", "--world", str(world), "--out", str(out), "--llm-steps", "2", "--vit-steps", "2",
+    args = ["pretrain-backbones", "--world", str(stage0_world), "--out", str(out), "--llm-steps", "2", "--vit-steps", "2",
             "--llm-lesson-steps", "1", "--llm-batch-tokens", "512", "--vit-batch-size", "4", "--vit-patch-size", "8"]
     assert main(args) == 0
     assert (out / "llm" / "model.safetensors").is_file() and (out / "vit" / "preprocessor_config.json").is_file()

@@ -11,10 +11,10 @@ from synthetic.sheet import NO_CELL, SheetRecord
 from synthetic.stage0.llm import collate, length_batches, lesson_records, pretrain_llm, tokenize_corpus, warmup_pools
 
 
-def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positions(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    records = tokenize_corpus(read_corpus(world / CORPUS_FILE), tok)
-    entries = read_corpus(world / CORPUS_FILE)
+def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positions(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
+    records = tokenize_corpus(read_corpus(stage0_world / CORPUS_FILE), tok)
+    entries = read_corpus(stage0_world / CORPUS_FILE)
     assert len(records) == len(entries)
     image_id = tok.convert_tokens_to_ids("<image>")
     first = records[0]  # a plain-template caption: bos, the nine cells, the caption
@@ -27,7 +27,7 @@ def test_corpus_records_are_supervised_on_replies_with_cells_at_the_image_positi
     assert all(t == i for r in records for t, i in zip(r.labels, r.input_ids) if t != IGNORE_INDEX)
     text_only = [r for r, e in zip(records, entries) if "sheet" not in e]
     assert text_only and all(image_id not in r.input_ids and {c[0] for c in r.cell_ids} == {NO_CELL} for r in text_only)
-    plain = tokenize_corpus(read_corpus(world / CORPUS_FILE), tok, replies_only=False)
+    plain = tokenize_corpus(read_corpus(stage0_world / CORPUS_FILE), tok, replies_only=False)
     assert all(p.labels == p.input_ids for p in plain)
 
 
@@ -58,10 +58,10 @@ def test_collate_pads_right_and_masks_the_padding() -> None:
     assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]] and batch.cell_ids.shape == (2, 3, 5)
 
 
-def test_short_run_lowers_loss_and_reloads(world: Path, tmp_path: Path, tiny_llm) -> None:
+def test_short_run_lowers_loss_and_reloads(stage0_world: Path, tmp_path: Path, tiny_llm) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "llm"
-    metrics = pretrain_llm(world, out, tiny_llm, log_every=0)
+    metrics = pretrain_llm(stage0_world, out, tiny_llm, log_every=0)
     assert not metrics["cached"]
     assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 1.0, metrics
     assert metrics["final_train_loss"] < metrics["first_train_loss"] - 1.0, metrics
@@ -75,19 +75,19 @@ def test_short_run_lowers_loss_and_reloads(world: Path, tmp_path: Path, tiny_llm
     assert ids.shape[1] < new.shape[1] <= ids.shape[1] + 3  # it may end the reply with </s> early
 
 
-def test_second_run_is_cached_and_config_change_retrains(world: Path, tmp_path: Path, tiny_llm) -> None:
+def test_second_run_is_cached_and_config_change_retrains(stage0_world: Path, tmp_path: Path, tiny_llm) -> None:
     torch.set_num_threads(1)
     tiny_llm.steps = 3
     out = tmp_path / "llm"
-    first = pretrain_llm(world, out, tiny_llm, log_every=0)
-    again = pretrain_llm(world, out, tiny_llm, log_every=0)
+    first = pretrain_llm(stage0_world, out, tiny_llm, log_every=0)
+    again = pretrain_llm(stage0_world, out, tiny_llm, log_every=0)
     assert again["cached"] and again["final_val_loss"] == first["final_val_loss"]
     tiny_llm.steps = 4
-    assert not pretrain_llm(world, out, tiny_llm, log_every=0)["cached"]
+    assert not pretrain_llm(stage0_world, out, tiny_llm, log_every=0)["cached"]
 
 
-def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+def test_lookup_labels_keep_only_the_looked_up_words(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
     entry = {"id": "inventory-1", "template": "vicuna_v1", "lookup": "values",
              "sheet": "top left small blue cross top center empty empty empty top right large red star "
                       "middle left empty empty empty middle center empty empty empty middle right empty empty empty "
@@ -105,9 +105,9 @@ def test_lookup_labels_keep_only_the_looked_up_words(world: Path) -> None:
     assert narrowed.input_ids == record.input_ids and narrowed.cell_ids == record.cell_ids
 
 
-def test_lesson_records_are_the_flagged_ones_supervised_on_what_is_looked_up(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    entries = read_corpus(world / CORPUS_FILE)
+def test_lesson_records_are_the_flagged_ones_supervised_on_what_is_looked_up(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
+    entries = read_corpus(stage0_world / CORPUS_FILE)
     records = tokenize_corpus(entries, tok)
     by_lesson = lesson_records(records, entries, LESSONS, tok)
     assert list(by_lesson) == list(LESSONS) and all(by_lesson.values())  # every lesson has records

@@ -11,8 +11,8 @@ from synthetic.sheet import NO_CELL
 from synthetic.stage0.text_gate import gate_prompts, text_gate
 
 
-def test_gate_prompt_is_the_vqa_prompt_with_the_cells_at_the_image_tokens(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+def test_gate_prompt_is_the_vqa_prompt_with_the_cells_at_the_image_tokens(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
     image_id = tok.convert_tokens_to_ids("<image>")
     kind, prompt, answer = gate_prompts(tok, seed=1, num_scenes=1)[0]
     assert kind in QUESTION_KINDS and answer
@@ -26,8 +26,8 @@ def test_gate_prompt_is_the_vqa_prompt_with_the_cells_at_the_image_tokens(world:
     assert [c for c, i in zip(prompt.cell_ids, prompt.input_ids) if i != image_id] == [[NO_CELL] * 5] * (len(vlm) - 9)
 
 
-def test_gate_scores_every_kind_and_an_untrained_model_fails_it(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+def test_gate_scores_every_kind_and_an_untrained_model_fails_it(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, max_position_embeddings=256,

@@ -11,9 +11,9 @@ from synthetic.stage0.config import ViTPretrainConfig
 from synthetic.stage0.vit import CellCaptions, encode_captions, load_scenes, load_split, normalize, patch_size, pretrain_vit
 
 
-def test_cell_captions_name_each_patch_s_own_cell(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    scenes = load_scenes(world, "test")
+def test_cell_captions_name_each_patch_s_own_cell(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
+    scenes = load_scenes(stage0_world, "test")
     for grid in (3, 6):
         cells = CellCaptions({"test": scenes}, grid, tok, 16)
         assert cells.targets["test"].shape == (len(scenes), grid * grid)
@@ -36,19 +36,19 @@ def test_patch_size_defaults_to_one_patch_per_grid_cell() -> None:
         patch_size(ViTPretrainConfig(patch_size=8), 30)
 
 
-def test_captions_end_with_the_pooling_marker(world: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
-    images, scenes = load_split(world, "test")
+def test_captions_end_with_the_pooling_marker(stage0_world: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(stage0_world / "tokenizer"))
+    images, scenes = load_split(stage0_world, "test")
     assert images.dtype == torch.uint8 and images.shape == (32, 3, 32, 32) and len(scenes) == 32
     ids = encode_captions([clip_caption(s) for s in scenes], tok, 48)
     assert (ids == tok.pad_token_id).any(dim=1).all()  # every caption has its end marker
 
 
 @pytest.mark.slow  # ~8 s alone on one thread: 100 CLIP steps are needed to leave the ln(N) plateau
-def test_short_run_lowers_contrastive_loss_and_saves_a_loadable_vit(world: Path, tmp_path: Path, tiny_vit) -> None:
+def test_short_run_lowers_contrastive_loss_and_saves_a_loadable_vit(stage0_world: Path, tmp_path: Path, tiny_vit) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "vit"
-    m = pretrain_vit(world, out, tiny_vit, log_every=0)
+    m = pretrain_vit(stage0_world, out, tiny_vit, log_every=0)
     assert m["final_train_loss"] < m["first_train_loss"] - 0.5, m
     assert m["retrieval"]["num_candidates"] == 32
     r = m["retrieval"]
@@ -58,7 +58,7 @@ def test_short_run_lowers_contrastive_loss_and_saves_a_loadable_vit(world: Path,
     vision = CLIPVisionModel.from_pretrained(str(out))
     assert vision.config.image_size == 32 and vision.config.patch_size == 8
     processor = CLIPImageProcessor.from_pretrained(str(out))
-    images, _ = load_split(world, "test")
+    images, _ = load_split(stage0_world, "test")
     pil = __import__("PIL.Image", fromlist=["Image"]).fromarray(images[0].permute(1, 2, 0).numpy())
     pixels = processor(pil, return_tensors="pt").pixel_values
     assert torch.allclose(pixels, normalize(images[:1]), atol=1e-5)  # the saved processor matches training
