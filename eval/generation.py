@@ -155,7 +155,7 @@ def load_model(model_dir: str | Path, device: str | None = None, hf_template: st
 def load_generator(model_dir: str, max_new_tokens: int, blank_images: bool = False, device: str | None = None,
                    hf_template: str = "vicuna_v1", torch_dtype: str | None = None) -> ModelGenerator:
     """A batched generator over our checkpoint or a HF Llava directory."""
-    from vlm.loading import inference_dtype
+    from vlm.dtypes import inference_dtype
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

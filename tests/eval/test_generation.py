@@ -73,7 +73,7 @@ def test_cli_run_bad_model_dir_is_one_line(tmp_path: Path, vqav2_root: Path, cap
 
 @pytest.mark.slow
 def test_hf_llava_directory_gives_the_same_answers(tiny_ckpt: Path, tmp_path: Path):
-    from vlm.hf_llava import export_hf
+    from vlm.hf.convert import export_hf
     from vlm.model import VisionLanguageModel
 
     export_hf(VisionLanguageModel.load(tiny_ckpt), tmp_path / "hf")
