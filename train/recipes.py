@@ -128,7 +128,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
-    from vlm.anyres_features import image_token_counter
+    from vlm.inputs import image_token_counter
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
