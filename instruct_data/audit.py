@@ -232,7 +232,7 @@ def audit_records(
             counts = count.for_images(sizes)
             if conv.images:
                 report.image_records += 1
-                per_image = [count(size) for size in sizes] if sizes is not None else [count()] * len(conv.images)
+                per_image = count.per_image(len(conv.images), sizes)
                 need = sum(per_image)
                 min_image_tokens = need if min_image_tokens is None else min(min_image_tokens, need)
                 if anyres:

@@ -62,6 +62,12 @@ class ImageTokenCounter:
             raise ValueError("an anyres model counts image tokens from the image's size; none was given")
         return self.per_size(tuple(size))  # type: ignore[arg-type]
 
+    def per_image(self, n_images: int, sizes: Sequence[Size] | None = None) -> list[int]:
+        """Each image's count (`sizes`: the images' sizes, needed when counting per size)."""
+        if self.per_size is None:
+            return [self.k] * n_images
+        return self.for_images(sizes)  # type: ignore[return-value]
+
     def for_images(self, sizes: Sequence[Size] | None) -> ImageTokens:
         """What `conversation.tokenize` takes: K (for every image), or each image's count from its size."""
         if self.per_size is None:
