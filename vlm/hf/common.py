@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+)
 
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.hf_encoder import HFVisionEncoder
@@ -48,7 +55,7 @@ def check_exportable(model: VisionLanguageModel) -> None:
         )
 
 
-def language_key(llm: PreTrainedModel, key: str) -> str:
+def _language_key(llm: PreTrainedModel, key: str) -> str:
     prefix = llm.base_model_prefix + "."
     return LANGUAGE_PREFIX + key[len(prefix):] if key.startswith(prefix) else key
 
@@ -68,11 +75,11 @@ def llava_state_dict(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
     for key, value in model.projector.state_dict().items():
         state[PROJECTOR_PREFIX + key] = value
     for key, value in model.llm.state_dict().items():
-        state[language_key(model.llm, key)] = value
+        state[_language_key(model.llm, key)] = value
     return state
 
 
-def split_llm_state(llava: LlavaForConditionalGeneration, llm: PreTrainedModel) -> dict[str, torch.Tensor]:
+def _split_llm_state(llava: LlavaForConditionalGeneration, llm: PreTrainedModel) -> dict[str, torch.Tensor]:
     base = llm.base_model_prefix + "."
     state = {}
     for key, value in llava.state_dict().items():
@@ -83,7 +90,7 @@ def split_llm_state(llava: LlavaForConditionalGeneration, llm: PreTrainedModel) 
     return state
 
 
-def check_importable(config: LlavaConfig, source: Path) -> None:
+def _check_importable(config: LlavaConfig, source: Path) -> None:
     if not isinstance(config.vision_feature_layer, int):
         raise ExportError(f"{source}: vision_feature_layer {config.vision_feature_layer} (several layers) is not supported")
     if config.projector_hidden_act != "gelu" or not getattr(config, "multimodal_projector_bias", True):
@@ -105,7 +112,7 @@ def open_hf(model_class: Any, source: Path, torch_dtype: str | None) -> tuple[An
     """A HF Llava-family model loaded from `source` (checked importable), its tokenizer and the load dtype."""
     dtype = resolve_dtype(torch_dtype) or torch.float32
     hf_model = model_class.from_pretrained(source, dtype=dtype)
-    check_importable(hf_model.config, source)
+    _check_importable(hf_model.config, source)
     return hf_model, AutoTokenizer.from_pretrained(source), dtype
 
 
@@ -129,7 +136,7 @@ def unpack_hf_parts(hf_model: Any, source: Path, staging_dir: Path, dtype: torch
     except (OSError, ValueError):
         pass  # no processor saved: the encoder falls back to its family's defaults
     llm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
-    llm.load_state_dict(split_llm_state(hf_model, llm), strict=True)
+    llm.load_state_dict(_split_llm_state(hf_model, llm), strict=True)
     if config.tie_word_embeddings and llm.get_output_embeddings() is not None:
         llm.tie_weights()
     return llm, {k: v.clone() for k, v in hf_model.model.multi_modal_projector.state_dict().items()}
