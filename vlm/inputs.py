@@ -166,9 +166,8 @@ def prompt_batch(model: "VisionLanguageModel", rows: list[list[int]], images: li
     ids, mask = left_pad(rows, config.pad_token_id)
     flat = [image for row in images for image in row]
     pixels = stack_pixels(flat)
-    return Batch(ids, mask, image_counts=torch.tensor([len(row) for row in images]),
-                 pixel_values=pixels.to(model.dtype) if pixels is not None else None,
-                 image_sizes=[image.size for image in flat] if config.vision.anyres else None)
+    return tensors_batch(model, ids, mask, pixels.to(model.dtype) if pixels is not None else None,
+                         [len(row) for row in images], [image.size for image in flat] if config.vision.anyres else None)
 
 
 def tensors_batch(
