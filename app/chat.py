@@ -8,7 +8,8 @@ from typing import TextIO
 
 from vlm.chat_session import ChatError, ChatSession
 from vlm.config import DTYPE_CHOICES
-from vlm.loading import NotAModelError, inference_dtype, load_model_dir
+from vlm.dtypes import inference_dtype
+from vlm.loading import NotAModelError, load_model_dir
 
 HELP_TEXT = "commands: /image PATH (attach an image to the next question), /reset (forget the conversation), /exit"
 

@@ -14,8 +14,9 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vision_encoders.config import VisionEncoderConfig
-from vlm.anyres_features import anyres_processor, attach_image_newline, check_anyres, geometry_of
+from vlm.anyres_features import anyres_processor, attach_image_newline, check_anyres
 from vlm.batch import Batch
+from vlm.inputs import image_token_counter
 from vlm.model import VisionLanguageModel
 from vlm.testing import make_tiny_llm, pad_batch
 
@@ -40,12 +41,13 @@ def build(root: Path, args: argparse.Namespace) -> tuple[VisionLanguageModel, Vi
 
 def batch_for(model: VisionLanguageModel, images: list[Image.Image], text: int) -> tuple[Batch, int]:
     image_id = model.config.image_token_id
+    count = image_token_counter(model)
     pixels, sizes, seqs = [], [], []
     for img in images:
         tiles, size = model.image_processor.process(img)
         pixels.append(tiles)
         sizes.append(size)
-        k = geometry_of(model).num_tokens(size) if model.config.vision.anyres else model.config.num_image_tokens
+        k = count(size)
         seqs.append(torch.cat([torch.tensor([1]), torch.full((k,), image_id), torch.randint(3, 100, (text,))]))
     ids, mask = pad_batch(seqs, model.config.pad_token_id, "right")
     labels = ids.masked_fill((ids == image_id) | (mask == 0), -100)

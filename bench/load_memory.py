@@ -1,7 +1,7 @@
 """Host memory of loading a ~1B-parameter LLM as a training run does: fp32, bf16, and ZeRO-3 partitioned (2 ranks).
 
 A Llama config (hidden 2048, 20 layers, vocab 32,000; about 1.0B parameters) is built from its config and saved in
-bf16, as released checkpoints are; each mode then loads it through `vlm.model.load_llm` in a fresh process and
+bf16, as released checkpoints are; each mode then loads it through `vlm.assembly.load_llm` in a fresh process and
 reports its resident memory after loading (anonymous and file-backed) and its peak (VmHWM). Under ZeRO-3 each rank
 loads inside `DeepSpeedStrategy.model_init_context()` (transformers' zero.Init path) and also reports the parameter
 elements it holds. Run: `python bench/load_memory.py [--layers 20] [--modes fp32,bf16,zero3]`; prints JSON lines.
@@ -48,7 +48,7 @@ def load(path: str, mode: str) -> None:
     import torch
 
     from vlm.config import VLMConfig
-    from vlm.model import load_llm
+    from vlm.assembly import load_llm
     from vision_encoders.config import VisionEncoderConfig
 
     config = VLMConfig(vision=VisionEncoderConfig(spec="hf:x"), projector="mlp2x_gelu", llm=path, template="plain")

@@ -20,14 +20,14 @@ from PIL import Image
 
 from synthetic.sheet import EMPTY_WORD, NUM_CELLS, cell_words, word_id
 from synthetic.world import COLOUR_NAMES, COLS, HELD_OUT, ROWS, SHAPES, SIZES, Scene
-from vlm.checkpoint import load
+from vlm.model import VisionLanguageModel
 
 KINDS = ("row", "column", "size", "colour", "shape")
 
 
 @torch.no_grad()
 def readout(model_dir: Path, world: Path, limit: int) -> dict[str, dict[str, float]]:
-    model = load(model_dir, device="cpu").eval()
+    model = VisionLanguageModel.load(model_dir, device="cpu").eval()
     tok = model.tokenizer
     # Per kind, the words a cell may hold there (`empty` for the three object words of an empty cell).
     vocab = {"row": list(ROWS), "column": list(COLS), "size": [*SIZES, EMPTY_WORD],

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     shape = SHAPES["quick" if args.quick else "default"]
     if args.steps:
         shape = Shape(**{**shape.__dict__, "steps": args.steps})
-    from vlm.hf_llava import to_llava
+    from vlm.hf.llava import to_llava
     from vlm.model import VisionLanguageModel
 
     with tempfile.TemporaryDirectory(prefix="vs_hf_") as tmp:

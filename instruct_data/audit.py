@@ -15,6 +15,7 @@ from conversation.tokenize import IGNORE_INDEX, tokenize_conversation
 from instruct_data.dataset import skip_reason
 from instruct_data.packing import pack_preview
 from instruct_data.sources import RecordSource
+from vlm.inputs import ImageTokenCounter, Size
 
 DEFAULT_SAMPLE = 2000  # records drawn evenly for the audit at the start of `vlm train`
 TRUNCATION_WARN = 0.05  # a larger truncated share is worth a warning
@@ -198,7 +199,7 @@ def audit_records(
     tokenizer: Any,
     *,
     image_token_id: int,
-    num_image_tokens: int | Callable[[tuple[int, int]], int],
+    num_image_tokens: ImageTokenCounter | int | Callable[[Size], int],
     max_length: int | None,
     sample: int | None = None,
     max_skip_ratio: float = 0.01,
@@ -206,15 +207,16 @@ def audit_records(
 ) -> AuditReport:
     """Tokenize every record (or `sample` evenly drawn ones) as the dataset will, without loading images.
 
-    `num_image_tokens` may be a function of an image's (height, width) (anyres): sizes are then read from the
-    image files' headers, as the dataset does, and an unreadable one is a skip as there.
+    `num_image_tokens`: the model's `ImageTokenCounter` (K, or a function of an image's (height, width), is
+    wrapped into one). When it counts per size (anyres), sizes are read from the image files' headers, as the
+    dataset does, and an unreadable one is a skip as there.
     """
     template = get_template(template)
     n = len(records)
     indices = _sample_indices(n, sample)
-    anyres = callable(num_image_tokens)
-    report = AuditReport(template.name, 0 if anyres else num_image_tokens, max_length, n, len(indices),  # type: ignore[arg-type]
-                         len(indices) < n, anyres=anyres)
+    count = ImageTokenCounter.of(num_image_tokens)
+    anyres = count.needs_size
+    report = AuditReport(template.name, count.k, max_length, n, len(indices), len(indices) < n, anyres=anyres)
     for i in range(n):  # per-source counts after the mixture: every record, no parsing
         report.sources.setdefault(records.source_name(i), SourceStats()).selected += 1
     min_image_tokens = None
@@ -226,16 +228,17 @@ def audit_records(
         try:
             conv = records.conversation(i)
             rid = conv.id
-            counts = _image_counts(conv.images, records.image_roots(i), num_image_tokens) if anyres \
-                else num_image_tokens
+            sizes = _image_sizes(conv.images, records.image_roots(i)) if anyres else None
+            counts = count.for_images(sizes)
             if conv.images:
                 report.image_records += 1
-                need = sum(counts) if anyres else len(conv.images) * num_image_tokens  # type: ignore[arg-type,operator]
+                per_image = count.per_image(len(conv.images), sizes)
+                need = sum(per_image)
                 min_image_tokens = need if min_image_tokens is None else min(min_image_tokens, need)
                 if anyres:
-                    report.image_tokens.extend(counts)  # type: ignore[arg-type]
+                    report.image_tokens.extend(per_image)
             full = tokenize_conversation(conv, template, tokenizer, image_token_id=image_token_id,
-                                         num_image_tokens=counts)  # type: ignore[arg-type]
+                                         num_image_tokens=counts)
             report.lengths.append(len(full.input_ids))
             if conv.images:
                 shortest = report.min_image_record_length
@@ -243,7 +246,7 @@ def audit_records(
             sample_ = full
             if max_length is not None and len(full.input_ids) > max_length:
                 sample_ = tokenize_conversation(conv, template, tokenizer, image_token_id=image_token_id,
-                                                num_image_tokens=counts, max_length=max_length)  # type: ignore[arg-type]
+                                                num_image_tokens=counts, max_length=max_length)
                 stats.truncated += 1
         except (RecordError, ImageLoadError) as exc:
             reason = skip_reason(exc)
@@ -265,13 +268,13 @@ def audit_records(
     return report
 
 
-def _image_counts(refs: list[str], roots: list[Path], count: Callable[[tuple[int, int]], int]) -> list[int]:
-    """anyres: each image's token count from its header size (ImageLoadError as the dataset would skip it)."""
+def _image_sizes(refs: list[str], roots: list[Path]) -> list[Size]:
+    """anyres: each image's header size, which its token count comes from (ImageLoadError as the dataset would skip it)."""
     from conversation.images import image_size, resolve_image_path
 
     if refs and not roots:
         raise ImageLoadError(refs[0], "no image root configured for this record")
-    return [count(image_size(resolve_image_path(ref, roots))) for ref in refs]
+    return [image_size(resolve_image_path(ref, roots)) for ref in refs]
 
 
 def _skip(report: AuditReport, stats: SourceStats, rid: str, reason: str) -> None:

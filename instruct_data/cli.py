@@ -65,19 +65,16 @@ def _load_tokenizer(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def _from_model(directory: Path) -> tuple[Any, Any, int, Any]:
-    """(tokenizer, template, image token id, K or the anyres counter) of a checkpoint, without loading weights."""
+    """(tokenizer, template, image token id, image-token counter) of a checkpoint, without loading weights."""
     from transformers import AutoTokenizer
 
     from conversation.templates import get_template
-    from vision_encoders.preprocess import ImageProcessor
     from vlm.config import VLMConfig
+    from vlm.inputs import checkpoint_token_counter
 
     config = VLMConfig.load(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", trust_remote_code=False)
-    counter: Any = config.num_image_tokens
-    if config.vision.anyres:
-        side = round(config.num_image_tokens ** 0.5)
-        counter = ImageProcessor.load(directory / "image_processor.json").anyres_geometry(grid_side=side).num_tokens
+    counter = checkpoint_token_counter(directory, config)
     return tokenizer, get_template(config.template), config.image_token_id, counter
 
 

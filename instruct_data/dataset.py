@@ -1,7 +1,6 @@
 """The training dataset: lazy parse -> template -> tokenize -> image load per item, bad records skipped and counted."""
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -10,18 +9,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from instruct_data.collate import Skipped
 from conversation.errors import ImageLoadError, RecordError
-from instruct_data.sources import RecordSource
+from conversation.images import image_size, resolve_image_path
+from conversation.records import Conversation
 from conversation.templates import Template, get_template
-from conversation.tokenize import tokenize_conversation
+from conversation.tokenize import TokenizedSample, tokenize_conversation
+from instruct_data.collate import Skipped
+from instruct_data.sources import RecordSource
+from vision_encoders.preprocess import ImageProcessor
 from vlm.batch import Batch
+from vlm.inputs import ImageTokenCounter, Size, load_pixels, stack_pixels
 
-ImageProcessorFn = Callable[[Image.Image], torch.Tensor]
-TokenCounter = Callable[[tuple[int, int]], int]  # anyres: an image's (height, width) -> its number of image tokens
 TYPICAL_SIZE = (1000, 1000)  # anyres length estimate per image before any record is calibrated
 TOKENS_PER_WORD = 1.5  # fallback for length estimates before a record is tokenized (calibrated when possible)
 TEMPLATE_OVERHEAD = 8  # role markers per turn, same purpose
@@ -77,23 +77,13 @@ def skip_reason(exc: RecordError | ImageLoadError) -> str:
     return f"record: {exc.field}: {exc.reason}"
 
 
-def _default_image_fns() -> tuple[Callable, Callable]:
-    from conversation.images import load_image, resolve_image_path
-
-    return resolve_image_path, load_image
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    from conversation.images import image_size
-
-    return image_size(path)
-
-
 class InstructDataset(Dataset):
     """Map-style dataset over a RecordSource; an item is a dict (see docs/architecture.md) or a `Skipped`.
 
-    `num_image_tokens`: K, or (anyres) a function of an image's (height, width) giving its exact count; the
-    size is read from the file's header before tokenization, and items then carry `image_sizes`.
+    `num_image_tokens`: the model's `ImageTokenCounter` (`vlm.inputs.image_token_counter`; K, or a function of an
+    image's (height, width), is wrapped into one). When it counts per size (anyres), each image's size is read from
+    its file's header before tokenization, and items then carry `image_sizes`. Pixels come from
+    `vlm.inputs.load_pixels`, the processor's size check always on.
     """
 
     def __init__(
@@ -103,28 +93,24 @@ class InstructDataset(Dataset):
         tokenizer: Any,
         *,
         image_token_id: int,
-        num_image_tokens: int | TokenCounter,
-        image_processor: ImageProcessorFn | None = None,
+        num_image_tokens: ImageTokenCounter | int | Callable[[Size], int],
+        image_processor: ImageProcessor | None = None,
         image_roots: Sequence[str | Path] = (),
         max_length: int | None = None,
         strict: bool = False,
-        resolve_image: Callable[[str, list[Path]], Path] | None = None,
-        load_image: Callable[[Path], Image.Image] | None = None,
         load_pixels: bool = True,
     ) -> None:
         self.records = records
         self.template = get_template(template)
         self.tokenizer = tokenizer
         self.image_token_id = image_token_id
-        self.num_image_tokens = num_image_tokens
+        self.count = ImageTokenCounter.of(num_image_tokens)
         self.image_processor = image_processor
         self.extra_roots = [Path(r) for r in image_roots]
         self.max_length = max_length
         self.strict = strict
-        self._resolve, self._load = resolve_image, load_image
         self.load_pixels = load_pixels  # False: resolve paths only (features come from a cache keyed by path)
-        self.count_tokens: TokenCounter | None = None if isinstance(num_image_tokens, int) else num_image_tokens
-        if self.count_tokens is not None and not load_pixels:
+        if self.count.needs_size and not load_pixels:
             raise ValueError("anyres images are tiled per image size: the feature cache (load_pixels=False) "
                              "holds one feature map per image and cannot serve them; disable the feature cache")
         self._per_image: float | None = None  # anyres: mean image tokens per image, from calibration
@@ -141,60 +127,49 @@ class InstructDataset(Dataset):
     def _paths(self, refs: list[str], roots: list[Path]) -> list[Path]:
         if not refs:
             return []
-        if self._resolve is None or self._load is None:
-            resolve, load = _default_image_fns()
-            check = getattr(self.image_processor, "size_problem", None)  # extreme aspect ratios, before decoding
-            self._resolve = self._resolve or resolve
-            self._load = self._load or functools.partial(load, check_size=check)
         if not roots:
             raise ImageLoadError(refs[0], "no image root configured for this record")
-        return [self._resolve(ref, roots) for ref in refs]
+        return [resolve_image_path(ref, roots) for ref in refs]
+
+    def _tokenize(self, i: int, conv: Conversation, max_length: int | None
+                  ) -> tuple[TokenizedSample, list[Path] | None, list[Size] | None]:
+        """Record i tokenized (truncated to `max_length`), and with a per-size counter (anyres) its resolved image
+        paths and header sizes, read first since the counts come from them; no pixel is decoded."""
+        paths = sizes = None
+        if self.count.needs_size:
+            paths = self._paths(conv.images, self._roots(i))
+            sizes = [image_size(p) for p in paths]
+        sample = tokenize_conversation(conv, self.template, self.tokenizer, image_token_id=self.image_token_id,
+                                       num_image_tokens=self.count.for_images(sizes), max_length=max_length)
+        return sample, paths, sizes
 
     def _images(
-        self, paths: list[Path], sizes: list[tuple[int, int]] | None
+        self, paths: list[Path], sizes: list[Size] | None
     ) -> tuple[torch.Tensor | None, list[str], list[int]]:
         """Pixels [n, 3, S, S] (anyres: every image's tiles, concatenated), the image keys, tiles per image."""
         keys = [str(p) for p in paths]
         if not paths:
             return None, [], []
-        if self.image_processor is None and self.load_pixels:
-            raise ValueError("records with images need an image_processor (or load_pixels=False)")
         if not self.load_pixels:
             return None, keys, [1] * len(keys)
-        if sizes is None:
-            return torch.stack([self.image_processor(self._load(p)) for p in paths]), keys, [1] * len(keys)
-        tiles: list[torch.Tensor] = []
-        for path, size in zip(paths, sizes):
-            pixels, seen = self.image_processor.process(self._load(path))  # type: ignore[attr-defined]
-            if tuple(seen) != tuple(size):
-                raise ImageLoadError(str(path), f"undecodable: the header says {size[0]}x{size[1]} (h x w) but the "
-                                                f"decoded image is {seen[0]}x{seen[1]}; its token count would be wrong")
-            tiles.append(pixels)
-        return torch.cat(tiles), keys, [int(t.shape[0]) for t in tiles]
-
-    def _image_tokens(self, paths: list[Path]) -> tuple[int | list[int], list[tuple[int, int]] | None]:
-        """K, or (anyres) each image's own count from its header size, plus the sizes."""
-        if self.count_tokens is None:
-            return self.num_image_tokens, None  # type: ignore[return-value]
-        sizes = [_header_size(p) for p in paths]
-        return [self.count_tokens(size) for size in sizes], sizes
+        if self.image_processor is None:
+            raise ValueError("records with images need an image_processor (or load_pixels=False)")
+        images = []
+        for k, path in enumerate(paths):
+            image = load_pixels(path, self.image_processor)
+            if sizes is not None and image.size != tuple(sizes[k]):
+                raise ImageLoadError(str(path), f"undecodable: the header says {sizes[k][0]}x{sizes[k][1]} (h x w) but "
+                                                f"the decoded image is {image.size[0]}x{image.size[1]}; its token count "
+                                                "would be wrong")
+            images.append(image)
+        return stack_pixels(images), keys, [int(image.values.shape[0]) for image in images]
 
     def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
         rid = f"#{i}"
-        sizes: list[tuple[int, int]] | None = None
         try:
             conv = self.records.conversation(i)
             rid = conv.id
-            paths = self._paths(conv.images, self._roots(i)) if self.count_tokens is not None else None
-            counts, sizes = self._image_tokens(paths) if paths is not None else (self.num_image_tokens, None)
-            sample = tokenize_conversation(
-                conv,
-                self.template,
-                self.tokenizer,
-                image_token_id=self.image_token_id,
-                num_image_tokens=counts,
-                max_length=self.max_length,
-            )
+            sample, paths, sizes = self._tokenize(i, conv, self.max_length)
             self._exact[i] = len(sample.input_ids)
             if paths is None:
                 paths = self._paths(conv.images, self._roots(i))
@@ -222,21 +197,16 @@ class InstructDataset(Dataset):
     def _tokenized_length(self, i: int) -> tuple[int, int] | None:
         """(tokens, image tokens) of record i, tokenized without loading pixels; None if it would be skipped."""
         try:
-            conv = self.records.conversation(i)
-            counts: int | list[int] = self.num_image_tokens  # type: ignore[assignment]
-            if self.count_tokens is not None:
-                counts, _ = self._image_tokens(self._paths(conv.images, self._roots(i)))
-            sample = tokenize_conversation(conv, self.template, self.tokenizer,
-                                           image_token_id=self.image_token_id, num_image_tokens=counts)
+            sample, _, _ = self._tokenize(i, self.records.conversation(i), max_length=None)
         except (RecordError, ImageLoadError):
             return None
-        image_tokens = counts * len(conv.images) if isinstance(counts, int) else sum(counts)
-        return len(sample.input_ids), image_tokens
+        # untruncated, and text never yields the image token id (tokenization refuses it): every one is an image's
+        return len(sample.input_ids), sample.input_ids.count(self.image_token_id)
 
     def _image_tokens_estimate(self) -> float:
-        if self.count_tokens is None:
-            return float(self.num_image_tokens)  # type: ignore[arg-type]
-        return self._per_image if self._per_image is not None else float(self.count_tokens(TYPICAL_SIZE))
+        if not self.count.needs_size:
+            return float(self.count())
+        return self._per_image if self._per_image is not None else float(self.count(TYPICAL_SIZE))
 
     def calibrate(self, n: int = CALIBRATION_RECORDS) -> tuple[float, float]:
         """Fit text tokens ~ a * words + b on up to n evenly spaced records (tokenized, no images loaded)."""
@@ -249,7 +219,7 @@ class InstructDataset(Dataset):
                 xs.append(words)
                 ys.append(found[0] - found[1])
                 image_tokens, images = image_tokens + found[1], images + n_images
-        if self.count_tokens is not None and images:
+        if self.count.needs_size and images:
             self._per_image = image_tokens / images
         if len(xs) >= 2 and np.ptp(xs) > 0:
             a, b = np.polyfit(xs, ys, 1)
@@ -277,12 +247,7 @@ class InstructDataset(Dataset):
         todo = np.flatnonzero(self._exact < 0)
         for i in todo:
             try:
-                conv = self.records.conversation(int(i))
-                counts: Any = self.num_image_tokens
-                if self.count_tokens is not None:
-                    counts, _ = self._image_tokens(self._paths(conv.images, self._roots(int(i))))
-                sample = tokenize_conversation(conv, self.template, self.tokenizer, image_token_id=self.image_token_id,
-                                               num_image_tokens=counts, max_length=self.max_length)
+                sample, _, _ = self._tokenize(int(i), self.records.conversation(int(i)), self.max_length)
                 self._exact[i] = len(sample.input_ids)
             except (RecordError, ImageLoadError):
                 self._exact[i] = 0

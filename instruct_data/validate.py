@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from conversation.errors import RecordError
 from conversation.images import (
@@ -30,6 +30,9 @@ from conversation.records import (
 )
 from instruct_data.record_files import RawItem, iter_raw_records
 from conversation.tokenize import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from vlm.inputs import ImageTokenCounter
 
 __all__ = ["Problem", "ValidationConfig", "ValidationSummary", "RawItem", "iter_raw_records", "record_id",
            "classify_record", "RecordValidator", "validate_file"]
@@ -59,8 +62,8 @@ class ValidationConfig:
     image_size: int = 336
     tokenizer: Any = None
     template: Any = None
-    # K, or (anyres) a picklable function of an image's (height, width) giving its token count
-    num_image_tokens: int | Callable[[tuple[int, int]], int] | None = None
+    # the model's `vlm.inputs.ImageTokenCounter` (K, or a picklable function of an image's (height, width), is wrapped)
+    num_image_tokens: ImageTokenCounter | int | Callable[[tuple[int, int]], int] | None = None
     image_token_id: int | None = None
     max_length: int | None = None
     image_cache_size: int = 65536
@@ -276,19 +279,20 @@ class RecordValidator:
 
     def _check_tokens(self, conv: Conversation) -> list[tuple[str, str, str, str]]:
         from conversation.tokenize import tokenize_conversation  # loaded only for token checks
+        from vlm.inputs import ImageTokenCounter
 
         cfg = self.config
-        counts = cfg.num_image_tokens
-        if callable(counts):  # anyres: each image's count from its header size
+        count = ImageTokenCounter.of(cfg.num_image_tokens)  # type: ignore[arg-type]
+        sizes = None
+        if count.needs_size:  # anyres: each image's count from its header size
             try:
                 sizes = [image_size(resolve_image_path(ref, cfg.image_roots), cfg.max_pixels) for ref in conv.images]
             except ImageLoadError:
                 return []  # the image check reported it; no length can be known
-            counts = [cfg.num_image_tokens(size) for size in sizes]  # type: ignore[misc]
         try:
             sample = tokenize_conversation(conv, cfg.template, cfg.tokenizer, image_token_id=cfg.image_token_id,
-                                           num_image_tokens=counts)  # type: ignore[arg-type]
-            self._counted = list(counts) if isinstance(counts, list) else [counts] * len(conv.images)
+                                           num_image_tokens=count.for_images(sizes))
+            self._counted = count.per_image(len(conv.images), sizes)
         except RecordError as exc:
             reason = "no supervised tokens" if exc.field == "labels" else "tokenization"
             return [(f"tokens.{exc.field}", reason, exc.reason, "error")]

@@ -23,6 +23,8 @@ from train.feature_source import FeatureSource
 from train.loop import TrainData
 from train.runtime import grad_accum_steps
 from train.strategies.base import Strategy
+from vision_encoders.preprocess import ImageProcessor
+from vlm.inputs import load_pixels
 
 
 @dataclass
@@ -51,13 +53,12 @@ def planned_micro_batches(cfg: TrainConfig, data: TrainData, world_size: int) ->
 
 
 def prefill_features(cache: FeatureCache, dataset: Any, micro_batches: Iterator[list[int]], encoder: nn.Module,
-                     image_processor: Any, batch_size: int = 32) -> PrefillReport:
+                     image_processor: ImageProcessor, batch_size: int = 32) -> PrefillReport:
     """Encode every image of `micro_batches` not yet cached (each once), `batch_size` at a time, and flush.
 
     Items come from `dataset[i]` exactly as training will see them (skipped records need no image); an image
-    that cannot be decoded is recorded in `report.bad` rather than stopping the fill."""
-    from conversation.images import load_image
-
+    that cannot be decoded (or is too extreme for the processor) is recorded in `report.bad` rather than stopping
+    the fill."""
     report = PrefillReport()
     keys: list[str] = []
     for batch in micro_batches:
@@ -79,7 +80,7 @@ def prefill_features(cache: FeatureCache, dataset: Any, micro_batches: Iterator[
 
     for key in todo:
         try:
-            pending.append((key, image_processor(load_image(key))))
+            pending.append((key, load_pixels(key, image_processor).values[0]))
         except ImageLoadError as err:
             report.bad[key] = err.reason
             continue

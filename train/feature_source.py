@@ -14,6 +14,7 @@ from train.freezing import vision_is_frozen
 from train.recipe_registry import get_recipe
 from train.strategies.base import Strategy
 from vlm.batch import Batch
+from vlm.inputs import load_pixels, stack_pixels
 
 
 class FeatureSource:
@@ -57,10 +58,7 @@ class FeatureSource:
         else:
             # The dataset only resolved the paths (load_pixels=False), so a broken file surfaces here, as an
             # ImageLoadError naming the key: the step drops the records using it (or stops if strict).
-            from conversation.images import load_image
-
-            check = self.image_processor.size_problem
-            pixels = torch.stack([self.image_processor(load_image(key, check_size=check)) for key in missing])
+            pixels = stack_pixels([load_pixels(key, self.image_processor) for key in missing])
         with torch.no_grad():
             param = next(self.encoder.parameters())
             return self.encoder(pixels.to(param.device, param.dtype))

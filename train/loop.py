@@ -11,15 +11,8 @@ from torch import nn
 
 from conversation.errors import ImageLoadError
 from train import lockstep
-from train.checkpointing import (
-    TrainerState,
-    latest_checkpoint,
-    load_checkpoint,
-    read_data_state,
-    read_trainer_state,
-    resolve_resume,
-    save_checkpoint,
-)
+from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoint, read_data_state,
+    read_trainer_state, resolve_resume, save_checkpoint)
 from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
 from train.feature_source import FeatureSource
@@ -28,14 +21,7 @@ from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, resolve_precision
-from train.step import (
-    NonFiniteLossError,
-    SkipTally,
-    StepInputs,
-    StepOutcome,
-    summed_token_loss,
-    train_step,
-)
+from train.step import NonFiniteLossError, SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from vlm.batch import Batch

@@ -1,8 +1,7 @@
-"""Pre-flight for a training config: its records, the audit's inputs (read before any weight loads) and outputs."""
+"""Pre-flight for a training config: its records, the audit's inputs (read before any weight loads) and outputs
+(`vlm data audit CONFIG` runs the same audit from `app/commands/data.py`)."""
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,12 +9,13 @@ from typing import Any
 import yaml
 
 from conversation.errors import RecordFileError
-from instruct_data.audit import AuditError, AuditReport, add_packing_preview, audit_records
+from instruct_data.audit import AuditReport, add_packing_preview, audit_records
 from instruct_data.manifest import MANIFEST_NAME, build_manifest, write_manifest
 from instruct_data.sources import RecordSource
 from train.recipe_registry import get_recipe
-from train.config import ConfigError, TrainConfig, load_config
+from train.config import ConfigError, TrainConfig
 from train.guards import DataFailure
+from vlm.inputs import ImageTokenCounter, checkpoint_token_counter, image_token_counter
 
 AUDIT_NAME = "audit.json"
 
@@ -48,17 +48,13 @@ def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
     return template
 
 
-def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, Any]:
-    """(tokenizer, template, image token id, K or the anyres counter): from a built model, else from
+def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, ImageTokenCounter]:
+    """(tokenizer, template, image token id, image-token counter): from a built model, else from
     `model.init_from`'s model config (CONFIG_NAME), image_processor.json and tokenizer directory, without loading
     any weight."""
     if model is not None:
         c = model.config
-        if c.vision.anyres:  # image tokens counted per image size
-            from vlm.anyres_features import image_token_counter
-
-            return model.tokenizer, c.template, c.image_token_id, image_token_counter(model)
-        return model.tokenizer, c.template, c.image_token_id, c.num_image_tokens
+        return model.tokenizer, c.template, c.image_token_id, image_token_counter(model)
     from transformers import AutoTokenizer
 
     from vlm.checkpoint import TOKENIZER_DIR
@@ -67,12 +63,8 @@ def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, An
     directory = Path(str(cfg.model.init_from))
     config = VLMConfig.load(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, trust_remote_code=config.trust_remote_code)
-    k: Any = config.num_image_tokens
-    if config.vision.anyres:
-        from vlm.anyres_features import checkpoint_token_counter
-
-        k = checkpoint_token_counter(str(directory), config)
-    return tokenizer, training_template(cfg, config.template), config.image_token_id, k
+    counter = checkpoint_token_counter(directory, config)
+    return tokenizer, training_template(cfg, config.template), config.image_token_id, counter
 
 
 def audit_config(cfg: TrainConfig, records: RecordSource, model: Any = None,
@@ -113,49 +105,3 @@ def run_preflight(cfg: TrainConfig, records: RecordSource, strategy: Any, model:
     if report is not None:
         report.check(strict=d.audit_strict)
     return report
-
-
-# ---------------------------------------------------------------------------- `vlm data audit`
-def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--strict", action="store_true", help="warnings are errors too")
-    parser.add_argument("--sample", type=int, default=-1, help="records drawn evenly (default -1: all)")
-    parser.add_argument("--out", type=Path, help="where audit.json and the data manifest go (default: output_dir)")
-
-
-def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    _options(parser)
-    parser.add_argument("config", help="a training YAML config (its data, model and max_length are audited)")
-    # Under nested subcommands argparse cannot mix options and positionals: what follows CONFIG is re-parsed.
-    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="key.sub=value",
-                        help="overrides, as for `vlm train` (options may follow them)")
-
-
-def audit_main(args: argparse.Namespace) -> int:
-    """Exit 0 when the data can train, 1 when the audit found errors (or warnings with --strict), 2 for bad input."""
-    again = argparse.ArgumentParser(prog="vlm data audit CONFIG")
-    _options(again)
-    again.add_argument("overrides", nargs="*")
-    again.parse_intermixed_args(list(getattr(args, "rest", []) or []), namespace=args)
-    try:
-        cfg = load_config(args.config, list(args.overrides))
-        cfg.validate()
-        records = load_train_records(cfg)
-        model = None
-        if not cfg.model.init_from:  # K comes from the encoder and projector: build the model
-            from train.recipes import build_model
-
-            model = build_model(cfg)
-        report = audit_config(cfg, records, model, sample=args.sample)
-    except (ConfigError, FileNotFoundError, DataFailure, ValueError) as err:
-        print(f"vlm data audit: {err}", file=sys.stderr)
-        return 2
-    print(report.table())
-    out = args.out or Path(cfg.output_dir)
-    write_outputs(cfg, records, report, out)
-    print(f"wrote {out / AUDIT_NAME} and {out / MANIFEST_NAME}")
-    try:
-        report.check(strict=args.strict)
-    except AuditError as err:
-        print(f"vlm data audit: {err}", file=sys.stderr)
-        return 1
-    return 0

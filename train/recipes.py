@@ -128,19 +128,15 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
-    from instruct_data.samplers import (
-        LengthGroupedSampler,
-        ModalityLengthGroupedSampler,
-    )
-    from vlm.anyres_features import image_token_counter
+    from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
+    from vlm.inputs import image_token_counter
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
     records = records if records is not None else load_train_records(cfg)
-    image_tokens = image_token_counter(model) if model.config.vision.anyres else model.config.num_image_tokens
     dataset = InstructDataset(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
-                              num_image_tokens=image_tokens,
+                              num_image_tokens=image_token_counter(model),
                               image_processor=model.image_processor, image_roots=roots,
                               max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.

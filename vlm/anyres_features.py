@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,6 @@ from vision_encoders.preprocess import ImageProcessor
 from vlm.tokens import embedding_width
 
 if TYPE_CHECKING:
-    from vlm.config import VLMConfig
     from vlm.model import VisionLanguageModel
 
 NEWLINE = "image_newline"  # a submodule of the projector (trained, frozen and saved with it)
@@ -71,22 +70,6 @@ def attach_image_newline(projector: Projector, width: int) -> None:
 
 def geometry_of(model: "VisionLanguageModel") -> AnyresGeometry:
     return model.image_processor.anyres_geometry(grid_side=math.isqrt(model.config.num_image_tokens))
-
-
-def image_token_counter(model: "VisionLanguageModel"):
-    """size (h, w) -> image tokens for this model: K without anyres, the anyres count with it (for the data layer)."""
-    if not model.config.vision.anyres:
-        k = model.config.num_image_tokens
-        return lambda size: k
-    return geometry_of(model).num_tokens
-
-
-def checkpoint_token_counter(directory: str, config: "VLMConfig") -> Callable[[tuple[int, int]], int]:
-    """The anyres counter of a saved checkpoint from its config and image_processor.json, without loading weights."""
-    from pathlib import Path
-
-    processor = ImageProcessor.load(Path(directory) / "image_processor.json")
-    return processor.anyres_geometry(grid_side=math.isqrt(config.num_image_tokens)).num_tokens
 
 
 def pack_image(tiles: torch.Tensor, size: tuple[int, int], geometry: AnyresGeometry, newline: torch.Tensor) -> torch.Tensor:

@@ -1,21 +1,22 @@
-"""Checkpoint save/load: full (llm/ + vision/) or projector-only (references to the frozen parts), safetensors only."""
+"""The checkpoint directory: full (llm/ + vision/) or projector-only (references to the frozen parts), safetensors only.
+
+What is written and read here; `vlm.assembly.load` rebuilds the model from it."""
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
 
-from projectors.registry import build_projector
-from vision_encoders.preprocess import ImageProcessor
-from vision_encoders.registry import load_vision_encoder, parse_spec, resolve_path
+from vision_encoders.registry import parse_spec, resolve_path
 from vlm.config import CONFIG_NAME, VLMConfig
 from vlm.atomic import atomic_directory
-from vlm.model import EMBEDDING_ROW_MULTIPLE, VisionLanguageModel, dtype_name, load_llm, resolve_dtype
-from vlm.tokens import embedding_rows, embedding_width, fill_rows, gathered
+from vlm.tokens import EMBEDDING_ROW_MULTIPLE, embedding_rows, fill_rows, gathered
+
+if TYPE_CHECKING:
+    from vlm.model import VisionLanguageModel
 
 PROJECTOR_FILE = "projector.safetensors"
 ADDED_EMBEDDINGS_FILE = "added_embeddings.safetensors"
@@ -46,7 +47,7 @@ def _state_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
 
 
-def save(model: VisionLanguageModel, directory: str | Path, projector_only: bool = False) -> Path:
+def save(model: "VisionLanguageModel", directory: str | Path, projector_only: bool = False) -> Path:
     """Write `model` to `directory` atomically; a projector-only checkpoint refers to the encoder and LLM by spec/path."""
     config = copy.deepcopy(model.config)
     if projector_only and (_is_relative(config.llm) or _spec_is_relative(config.vision.spec)):
@@ -72,7 +73,7 @@ def save(model: VisionLanguageModel, directory: str | Path, projector_only: bool
     return Path(directory)
 
 
-def _save_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
+def _save_added_embeddings(model: "VisionLanguageModel", path: Path) -> None:
     ids = torch.tensor(model.config.added_token_ids, dtype=torch.long)
     input_weight = model.llm.get_input_embeddings().weight
     tensors = {"token_ids": ids, "input_embeddings": input_weight[ids].detach().contiguous().cpu()}
@@ -82,7 +83,7 @@ def _save_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
     save_file(tensors, str(path))
 
 
-def _restore_added_embeddings(model: VisionLanguageModel, path: Path) -> None:
+def _restore_added_embeddings(model: "VisionLanguageModel", path: Path) -> None:
     tensors = load_file(str(path))
     ids = tensors["token_ids"]
     if ids.tolist() != model.config.added_token_ids:
@@ -127,25 +128,9 @@ def check_files(directory: Path, config: VLMConfig | None) -> None:
 LORA_ADAPTER_DIR = "lora_adapter"  # written by `train` for llm_mode lora / qlora (peft format, safetensors)
 
 
-def load(
-    directory: str | Path,
-    device: str | torch.device | None = None,
-    torch_dtype: str | None = None,
-    lora: str = "merge",
-    *,
-    attn_implementation: str | None = None,
-    trust_remote_code: bool | None = None,
-    llm_kwargs: dict[str, Any] | None = None,
-) -> VisionLanguageModel:
-    """Rebuild the model saved in `directory` (full or projector-only) with no other argument needed.
-
-    A LoRA run's output (`lora_adapter/` beside the config) gets its adapters: merged into the LLM weights
-    (`lora="merge"`, for inference and export), attached as a peft model (`"attach"`), or left out (`"ignore"`).
-    `torch_dtype`, `attn_implementation` and `trust_remote_code` (None: the saved ones) replace the saved
-    values: the LLM is loaded with them and the in-memory config (what a later save writes) records what was
-    used. `llm_kwargs` go to the LLM's `from_pretrained` (QLoRA: 4-bit quantization, straight from disk).
-    """
-    directory = Path(directory)
+def read_config(directory: Path) -> tuple[VLMConfig, bool]:
+    """The saved model config, its references made absolute, and whether the checkpoint is projector-only; a
+    clear error for a missing directory or file."""
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
     check_files(directory, None)
@@ -155,50 +140,20 @@ def load(
     # In memory the references are absolute, so that a later projector-only save still points at them.
     config.llm = str(directory / config.llm[2:]) if _is_relative(config.llm) else config.llm
     config.vision.spec = absolute_spec(config.vision.spec, directory)
-    if torch_dtype is not None:
-        config.torch_dtype = torch_dtype
-    if attn_implementation is not None:
-        config.attn_implementation = attn_implementation
-    if trust_remote_code is not None:
-        config.trust_remote_code = trust_remote_code
-    dtype = resolve_dtype(config.torch_dtype)
-    if dtype is not None:
-        config.torch_dtype = dtype_name(dtype)  # what was used (half precision degrades on a CPU)
-    encoder = load_vision_encoder(config.vision)
-    llm = load_llm(config.llm, config, dtype, **(llm_kwargs or {}))
-    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, trust_remote_code=config.trust_remote_code)
-    image_id = tokenizer.convert_tokens_to_ids(config.image_token)
-    if image_id != config.image_token_id:
-        raise ValueError(f"{directory}: tokenizer maps {config.image_token!r} to {image_id}, config says {config.image_token_id}")
-    projector = build_projector(config.projector, encoder.hidden_size, embedding_width(llm))
-    if config.vision.anyres:  # its learned image_newline is saved in projector.safetensors
-        from vlm.anyres_features import attach_image_newline, check_anyres
+    return config, projector_only
 
-        check_anyres(config.vision, encoder, projector, config.projector)
-        attach_image_newline(projector, embedding_width(llm))
-    projector.load_state_dict(load_file(str(directory / PROJECTOR_FILE)), strict=True)
-    if encoder.num_tokens != config.vision_num_tokens or projector.output_tokens(encoder.num_tokens) != config.num_image_tokens:
-        raise ValueError(
-            f"{directory}: encoder gives T={encoder.num_tokens} and projector K={projector.output_tokens(encoder.num_tokens)}, "
-            f"config says T={config.vision_num_tokens}, K={config.num_image_tokens}"
-        )
-    processor = ImageProcessor.load(directory / IMAGE_PROCESSOR_FILE)
-    model = VisionLanguageModel(config, encoder, projector, llm, tokenizer, processor)
+
+def restore_embeddings(model: "VisionLanguageModel", directory: Path, projector_only: bool) -> None:
+    """Projector-only: the added tokens' embedding rows back into the referenced LLM; full: its rows checked."""
     if projector_only:
         _restore_added_embeddings(model, directory / ADDED_EMBEDDINGS_FILE)
-    elif embedding_rows(llm) < len(tokenizer):
-        raise ValueError(f"{directory}: LLM has {embedding_rows(llm)} embedding rows but the tokenizer {len(tokenizer)} tokens")
-    model.sync_llm_token_ids()
-    _apply_lora(model, directory / LORA_ADAPTER_DIR, lora)
-    if dtype is not None:
-        model.vision_encoder.to(dtype)
-        model.projector.to(dtype)
-    if device is not None:
-        model.to(device)
-    return model.eval()  # as from_pretrained does; trainers call .train()
+    elif embedding_rows(model.llm) < len(model.tokenizer):
+        raise ValueError(f"{directory}: LLM has {embedding_rows(model.llm)} embedding rows but the tokenizer "
+                         f"{len(model.tokenizer)} tokens")
 
 
-def _apply_lora(model: VisionLanguageModel, adapter: Path, mode: str) -> None:
+def apply_lora(model: "VisionLanguageModel", adapter: Path, mode: str) -> None:
+    """A LoRA run's adapters: merged into the LLM (`merge`), attached as a peft model (`attach`), or `ignore`d."""
     if mode not in ("merge", "attach", "ignore"):
         raise ValueError(f"lora={mode!r}: expected merge, attach or ignore")
     if mode == "ignore" or not adapter.is_dir():

@@ -9,7 +9,7 @@ from typing import Any
 from vision_encoders.config import VisionEncoderConfig
 
 CONFIG_NAME = "vlm_config.json"
-# What eval and chat accept as --dtype (resolved by vlm.loading.inference_dtype)
+# What eval and chat accept as --dtype (resolved by vlm.dtypes.inference_dtype)
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DTYPE_CHOICES = ["auto", "bfloat16", "float16", "float32", *DTYPE_ALIASES]
 

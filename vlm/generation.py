@@ -6,35 +6,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlm.batch import Batch
+from vlm.inputs import tensors_batch
 
 if TYPE_CHECKING:
     from vlm.model import VisionLanguageModel
-
-
-def prompt_batch(
-    model: "VisionLanguageModel",
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    pixel_values: torch.Tensor | None = None,
-    image_counts: torch.Tensor | list[int] | None = None,
-    image_sizes: list[tuple[int, int]] | None = None,
-) -> Batch:
-    """Left-padded prompt tensors as a `Batch`; without `image_counts`, each row's images are its image tokens / K.
-
-    anyres (`image_sizes` given): pixel_values holds tiles, so one prompt takes all images, several need image_counts.
-    """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if image_counts is None and image_sizes is not None:
-        if input_ids.shape[0] != 1:
-            raise ValueError("anyres generation over several prompts needs image_counts (images per prompt)")
-        image_counts = [len(image_sizes)]
-    if image_counts is None and pixel_values is not None:
-        image_counts = (input_ids == model.config.image_token_id).sum(dim=1) // model.config.num_image_tokens
-    if image_counts is not None:
-        image_counts = torch.as_tensor(image_counts, dtype=torch.long)
-    return Batch(input_ids, attention_mask, image_counts=image_counts, pixel_values=pixel_values,
-                 image_sizes=None if image_sizes is None else [tuple(s) for s in image_sizes])
 
 
 @torch.no_grad()
@@ -61,8 +36,8 @@ def generate(
     `streamer` is any transformers streamer (`TextStreamer`, `TextIteratorStreamer`); batch size 1 only.
     `image_sizes`: anyres models only, (height, width) of every image (pixel_values then holds their tiles).
     """
-    batch = prompts if isinstance(prompts, Batch) else prompt_batch(model, prompts, attention_mask, pixel_values,
-                                                                     image_counts, image_sizes)
+    batch = prompts if isinstance(prompts, Batch) else tensors_batch(model, prompts, attention_mask, pixel_values,
+                                                                      image_counts, image_sizes)
     input_ids, attention_mask = batch.input_ids, batch.attention_mask
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")

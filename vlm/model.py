@@ -2,76 +2,25 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from conversation.templates import get_template
 from projectors.base import Projector
-from projectors.registry import build_projector, known_projector_check
+from projectors.registry import known_projector_check
 from vision_encoders.base import VisionEncoder
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.preprocess import ImageProcessor
-from vision_encoders.registry import load_vision_encoder
+from vlm import assembly, checkpoint
 from vlm.batch import Batch
 from vlm.config import VLMConfig
 from vlm.lm_loss import TokenLoss, supervised_loss
-from vlm.tokens import add_special_tokens, embedding_width, resize_for_tokenizer, unused_rows
-
-EMBEDDING_ROW_MULTIPLE = 64  # rows rounded up so the LM head's matmul tiles evenly on GPUs
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """A dtype name to a torch dtype; half precision without a GPU degrades to float32 with a warning."""
-    if name is None:
-        return None
-    if isinstance(name, torch.dtype):
-        dtype = name
-    else:
-        key = name.removeprefix("torch.")
-        if key not in DTYPES:
-            raise ValueError(f"unknown torch_dtype {name!r}; known: {sorted(DTYPES)}")
-        dtype = DTYPES[key]
-    if dtype != torch.float32 and not torch.cuda.is_available():
-        warnings.warn(f"torch_dtype {dtype} needs a GPU (this CPU is far too slow at it); using float32", stacklevel=3)
-        return torch.float32
-    return dtype
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def load_llm(path: str, config: VLMConfig, dtype: torch.dtype | None, **load_kwargs: Any) -> PreTrainedModel:
-    """Any `AutoModelForCausalLM`, with the config's attention implementation and remote-code policy.
-
-    `load_kwargs` go to `from_pretrained` as they are (e.g. QLoRA's `quantization_config` and `device_map`).
-    `config.attn_implementation` is set to what the loaded LLM actually runs, so a saved config records it."""
-    attn = config.attn_implementation
-    if attn.startswith("flash_attention") and not torch.cuda.is_available():
-        warnings.warn(f"attn_implementation {attn!r} needs a CUDA GPU; using 'sdpa' on this machine", stacklevel=3)
-        attn = "sdpa"
-    kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": config.trust_remote_code,
-                              "dtype": dtype if dtype is not None else torch.float32, **load_kwargs}
-    llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    used = getattr(llm.config, "_attn_implementation", None)
-    config.attn_implementation = used if isinstance(used, str) else attn
-    return llm
-
-
-def _anyres_setup(vision: VisionEncoderConfig, encoder: VisionEncoder, projector: Projector, name: str,
-                  llm_width: int) -> ImageProcessor:
-    from vlm.anyres_features import anyres_processor, attach_image_newline, check_anyres
-
-    check_anyres(vision, encoder, projector, name)
-    attach_image_newline(projector, llm_width)
-    return anyres_processor(vision, encoder)
+from vlm.tokens import unused_rows
 
 
 class VisionLanguageModel(nn.Module):
@@ -109,39 +58,16 @@ class VisionLanguageModel(nn.Module):
         torch_dtype: str | None = None,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> "VisionLanguageModel":
-        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector.
-
-        `llm_kwargs` go to the LLM's `from_pretrained` (e.g. QLoRA's 4-bit `quantization_config`)."""
-        from conversation.templates import get_template
-
+        """Assemble a fresh model: load encoder and LLM, add `<image>` (and pad) tokens, build the projector
+        (`vlm.assembly.assemble`). `llm_kwargs` go to the LLM's `from_pretrained` (e.g. QLoRA's 4-bit
+        `quantization_config`)."""
         get_template(template)  # an unknown name fails here, before minutes of loading
         known_projector_check(projector)
         config = VLMConfig(
             vision=vision, projector=projector, llm=llm, template=template, image_token=image_token,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype,
         )
-        dtype = resolve_dtype(torch_dtype)
-        if dtype is not None:
-            config.torch_dtype = dtype_name(dtype)  # what was used (half precision degrades on a CPU)
-        encoder = load_vision_encoder(vision)
-        language_model = load_llm(llm, config, dtype, **(llm_kwargs or {}))
-        tokenizer = AutoTokenizer.from_pretrained(llm, trust_remote_code=trust_remote_code)
-        added = add_special_tokens(tokenizer, image_token)
-        config.added_token_ids = resize_for_tokenizer(language_model, tokenizer, added,
-                                                      pad_to_multiple_of=EMBEDDING_ROW_MULTIPLE)
-        llm_width = embedding_width(language_model)
-        proj = build_projector(projector, encoder.hidden_size, llm_width)
-        config.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        config.pad_token_id = int(tokenizer.pad_token_id)
-        config.vision_num_tokens = encoder.num_tokens
-        config.num_image_tokens = proj.output_tokens(encoder.num_tokens)
-        processor = _anyres_setup(vision, encoder, proj, projector, llm_width) if vision.anyres else encoder.image_processor()
-        model = cls(config, encoder, proj, language_model, tokenizer, processor)
-        model.sync_llm_token_ids()
-        if dtype is not None:
-            model.vision_encoder.to(dtype)
-            model.projector.to(dtype)
-        return model.eval()  # as from_pretrained does; trainers call .train()
+        return assembly.assemble(cls, config, llm_kwargs=llm_kwargs)
 
     def sync_llm_token_ids(self) -> None:
         """Tell the LLM's configs our pad id, so `generate` pads with it and does not warn, and the rows no token
@@ -156,15 +82,12 @@ class VisionLanguageModel(nn.Module):
         cls, path: str | Path, device: str | torch.device | None = None, torch_dtype: str | None = None,
         lora: str = "merge", **overrides: Any,
     ) -> "VisionLanguageModel":
-        """See `vlm.checkpoint.load` (overrides: attn_implementation, trust_remote_code, llm_kwargs)."""
-        from vlm.checkpoint import load
-
-        return load(path, device=device, torch_dtype=torch_dtype, lora=lora, **overrides)
+        """See `vlm.assembly.load` (overrides: attn_implementation, trust_remote_code, llm_kwargs)."""
+        return assembly.load(cls, path, device=device, torch_dtype=torch_dtype, lora=lora, **overrides)
 
     def save(self, path: str | Path, projector_only: bool = False) -> Path:
-        from vlm.checkpoint import save
-
-        return save(self, path, projector_only=projector_only)
+        """See `vlm.checkpoint.save`."""
+        return checkpoint.save(self, path, projector_only=projector_only)
 
     # ----------------------------------------------------------------- properties
     @property

@@ -8,6 +8,7 @@ from tokenizers import AddedToken
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_PAD_TOKEN = "<pad>"
+EMBEDDING_ROW_MULTIPLE = 64  # rows rounded up so the LM head's matmul tiles evenly on GPUs
 
 
 def single_token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:

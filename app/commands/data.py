@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from instruct_data import cli as data_cli
-from train.preflight import add_audit_arguments, audit_main
+from instruct_data.audit import AuditError
+from instruct_data.manifest import MANIFEST_NAME
+from train.config import ConfigError, load_config
+from train.guards import DataFailure
+from train.preflight import AUDIT_NAME, audit_config, load_train_records, write_outputs
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -18,3 +24,48 @@ def main(args: argparse.Namespace) -> int:
     if args.data_command == "audit":
         return audit_main(args)
     return data_cli.main(args)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true", help="warnings are errors too")
+    parser.add_argument("--sample", type=int, default=-1, help="records drawn evenly (default -1: all)")
+    parser.add_argument("--out", type=Path, help="where audit.json and the data manifest go (default: output_dir)")
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    _options(parser)
+    parser.add_argument("config", help="a training YAML config (its data, model and max_length are audited)")
+    # Under nested subcommands argparse cannot mix options and positionals: what follows CONFIG is re-parsed.
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="key.sub=value",
+                        help="overrides, as for `vlm train` (options may follow them)")
+
+
+def audit_main(args: argparse.Namespace) -> int:
+    """Exit 0 when the data can train, 1 when the audit found errors (or warnings with --strict), 2 for bad input."""
+    again = argparse.ArgumentParser(prog="vlm data audit CONFIG")
+    _options(again)
+    again.add_argument("overrides", nargs="*")
+    again.parse_intermixed_args(list(getattr(args, "rest", []) or []), namespace=args)
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+        cfg.validate()
+        records = load_train_records(cfg)
+        model = None
+        if not cfg.model.init_from:  # K comes from the encoder and projector: build the model
+            from train.recipes import build_model  # loads the model stack: only for this branch
+
+            model = build_model(cfg)
+        report = audit_config(cfg, records, model, sample=args.sample)
+    except (ConfigError, FileNotFoundError, DataFailure, ValueError) as err:
+        print(f"vlm data audit: {err}", file=sys.stderr)
+        return 2
+    print(report.table())
+    out = args.out or Path(cfg.output_dir)
+    write_outputs(cfg, records, report, out)
+    print(f"wrote {out / AUDIT_NAME} and {out / MANIFEST_NAME}")
+    try:
+        report.check(strict=args.strict)
+    except AuditError as err:
+        print(f"vlm data audit: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -11,7 +11,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vlm.hf_llava import ExportError, export_hf
+    from vlm.hf.convert import ExportError, export_hf
     from vlm.model import VisionLanguageModel
 
     model = VisionLanguageModel.load(args.checkpoint)

@@ -14,7 +14,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vlm.hf_llava import ExportError, import_hf
+    from vlm.hf.convert import ExportError, import_hf
 
     try:
         import_hf(args.source, args.out, template=args.template, image_aspect_ratio=args.image_aspect_ratio,

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.generation import ModelGenerator, cut_at_stop, left_pad, load_generator, open_image
+from eval.generation import ModelGenerator, cut_at_stop, load_generator, open_image
 from eval.items import EvalItem
 from app.cli import main
+from vision_encoders.preprocess import ImageProcessor
+from vlm.inputs import left_pad
 
 
 def test_left_pad_and_cut():
@@ -19,7 +21,7 @@ def test_left_pad_and_cut():
 
 def test_blank_image_keeps_size():
     item = EvalItem(1, Image.new("RGB", (7, 3), (250, 10, 10)), "q")
-    blank = open_image(item, blank=True)
+    blank = open_image(item, ImageProcessor(size=8, mean=(0.5,) * 3, std=(0.5,) * 3), blank=True)
     assert blank.size == (7, 3) and blank.getextrema() == ((0, 0), (0, 0), (0, 0))
 
 
@@ -64,7 +66,7 @@ def test_cli_run_bad_model_dir_is_one_line(tmp_path: Path, vqav2_root: Path, cap
 
 @pytest.mark.slow
 def test_hf_llava_directory_gives_the_same_answers(tiny_vlm_dir: Path, tmp_path: Path):
-    from vlm.hf_llava import export_hf
+    from vlm.hf.convert import export_hf
     from vlm.model import VisionLanguageModel
 
     export_hf(VisionLanguageModel.load(tiny_vlm_dir), tmp_path / "hf")

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -14,15 +13,14 @@ from instruct_data.dataset import InstructDataset, SkipLog
 from conversation.errors import RecordError
 from instruct_data.sources import load_records
 from conversation.tokenize import IGNORE_INDEX
+from vision_encoders.preprocess import ImageProcessor
 
 K = 3
 SIDE = 8
 
 
-def processor(img: Image.Image) -> torch.Tensor:
-    """A minimal PIL -> [3, S, S] stand-in for vision_encoders' ImageProcessor."""
-    arr = np.asarray(img.convert("RGB").resize((SIDE, SIDE)), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)
+# PIL -> [3, S, S], values in [0, 1]
+processor = ImageProcessor(size=SIDE, mean=(0.0,) * 3, std=(1.0,) * 3, aspect_ratio="resize")
 
 
 @pytest.fixture()

@@ -188,7 +188,10 @@ def test_mixed_image_sizes_are_still_an_error() -> None:
 
 
 # ------------------------------------------------------------------ exact lengths from the dataset
-def test_tokenize_all_gives_exact_lengths_without_loading_images(tmp_path, bpe_tokenizer) -> None:
+def test_tokenize_all_gives_exact_lengths_without_loading_images(tmp_path, bpe_tokenizer, monkeypatch) -> None:
+    import vlm.inputs
+    from vision_encoders.preprocess import ImageProcessor
+
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "red.png")
     recs = [{"id": f"r{i}", "image": "red.png", "conversations": [
         {"from": "human", "value": "<image>\n" + "what color " * (i + 1)}, {"from": "gpt", "value": "red"}]}
@@ -199,13 +202,14 @@ def test_tokenize_all_gives_exact_lengths_without_loading_images(tmp_path, bpe_t
     (tmp_path / "d.json").write_text(json.dumps(recs))
     loads = []
 
-    def load(path):
+    def load(path, **kwargs):
         loads.append(path)
         return Image.open(path)
 
+    monkeypatch.setattr(vlm.inputs, "load_image", load)
     ds = InstructDataset(load_records(tmp_path / "d.json", image_roots=[tmp_path]), "vicuna_v1", bpe_tokenizer,
                          image_token_id=bpe_tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=4,
-                         image_processor=lambda im: torch.zeros(3, 4, 4), load_image=load, max_length=120)
+                         image_processor=ImageProcessor(size=4, mean=(0.5,) * 3, std=(0.5,) * 3), max_length=120)
     assert ds.tokenize_all() == 7 and loads == []
     lengths = ds.lengths()
     for i in range(6):

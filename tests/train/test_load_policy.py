@@ -31,16 +31,15 @@ def test_upcast_touches_trainable_half_parameters_only() -> None:
 def test_align_run_loads_bf16_and_trains_fp32_projector(make_cfg, monkeypatch) -> None:
     """bf16 needs a GPU to train; here the precision and dtype resolution are forced to show the loading path."""
     import train.recipes
-    import vlm.checkpoint
-    import vlm.model
+    import vlm.assembly
+    import vlm.dtypes
     from train.load_policy import upcast_trainable as upcast
     from train.recipes import build_model, prepare_model
     from train.strategies.single import SingleProcessStrategy
     from train.step import summed_token_loss
 
     monkeypatch.setattr(train.recipes, "resolve_precision", lambda precision, device: "bf16")
-    for module in (vlm.model, vlm.checkpoint):
-        monkeypatch.setattr(module, "resolve_dtype", lambda name: None if name is None else vlm.model.DTYPES[name])
+    monkeypatch.setattr(vlm.assembly, "resolve_dtype", lambda name: None if name is None else vlm.dtypes.DTYPES[name])
     cfg = make_cfg(recipe="align", model={"template": None})
     model = build_model(cfg, SingleProcessStrategy())
     assert model.llm.get_input_embeddings().weight.dtype == torch.bfloat16

@@ -69,7 +69,7 @@ def test_lora_settings_defaults_follow_llava() -> None:
 @pytest.fixture()
 def fake_4bit(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     import train.lora
-    import vlm.model
+    import vlm.assembly
     from transformers import AutoModelForCausalLM
 
     calls: list[tuple[str, bool]] = []
@@ -79,7 +79,7 @@ def fake_4bit(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
         calls.append((str(path), kwargs.pop("fake_4bit", False)))
         return real(path, **kwargs)
 
-    monkeypatch.setattr(vlm.model.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(vlm.assembly.AutoModelForCausalLM, "from_pretrained", spy)
     monkeypatch.setattr(train.lora, "qlora_llm_kwargs", lambda init_from=None: {"fake_4bit": True})
     return calls
 

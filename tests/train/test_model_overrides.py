@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import vlm.checkpoint
-import vlm.model
+import vlm.assembly
 
 
 def test_attn_implementation_and_dtype_override_take_effect_and_are_saved(make_cfg, tiny_world, tmp_path: Path) -> None:
@@ -46,8 +45,8 @@ def test_trust_remote_code_override_reaches_every_from_pretrained(make_cfg, monk
         seen.append(("tokenizer", kwargs["trust_remote_code"]))
         return real_tok(path, **kwargs)
 
-    monkeypatch.setattr(vlm.model.AutoModelForCausalLM, "from_pretrained", llm_spy)
-    monkeypatch.setattr(vlm.checkpoint.AutoTokenizer, "from_pretrained", tok_spy)
+    monkeypatch.setattr(vlm.assembly.AutoModelForCausalLM, "from_pretrained", llm_spy)
+    monkeypatch.setattr(vlm.assembly.AutoTokenizer, "from_pretrained", tok_spy)
     model = build_model(make_cfg(model={"trust_remote_code": True}))
     assert seen == [("llm", True), ("tokenizer", True)]
     assert model.config.trust_remote_code is True

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vlm.anyres_features import geometry_of, image_token_counter, pack_image
+from vlm.anyres_features import geometry_of, pack_image
+from vlm.inputs import image_token_counter
 from vlm.model import VisionLanguageModel
 from vlm.testing import pad_batch
 

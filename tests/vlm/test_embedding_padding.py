@@ -57,7 +57,7 @@ def test_unpadded_old_checkpoints_load(tiny, tmp_path) -> None:
 
 
 def test_hf_export_suppresses_padding_rows(tiny) -> None:
-    from vlm.hf_llava import to_llava
+    from vlm.hf.llava import to_llava
 
     model = tiny.vlm("llama")
     llava = to_llava(model)

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from vlm.hf_llava import ExportError, export_hf, import_hf
+from vlm.hf.convert import ExportError, export_hf, import_hf
 from vlm.testing import pad_batch, sample_ids
 
 CASES = [

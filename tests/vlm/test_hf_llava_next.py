@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
 from vlm.anyres_features import geometry_of
-from vlm.hf_llava import ExportError, export_hf, import_hf
-from vlm.hf_llava_next import to_llava_next
+from vlm.hf.convert import ExportError, export_hf, import_hf
+from vlm.hf.llava_next import to_llava_next
 from vlm.testing import pad_batch
 
 PINS = "(1x1),...,(3x3)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm.loading import inference_dtype
+from vlm.dtypes import inference_dtype
 
 
 def test_auto_is_float32_on_a_cpu() -> None:

@@ -17,21 +17,19 @@ from projectors.registry import build_projector
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.registry import load_vision_encoder
 from vlm.anyres_features import NEWLINE_WEIGHT, anyres_processor, attach_image_newline, check_anyres
-from vlm.hf_llava import (
-    LANGUAGE_PREFIX,
+from vlm.atomic import atomic_directory
+from vlm.hf.common import (
     PROJECTOR_PREFIX,
-    VISION_PREFIX,
     ExportError,
     ImportedParts,
-    open_hf,
-    _ties_as_llava,
     check_exportable,
     llava_state_dict,
+    open_hf,
     save_imported,
     staging_next_to,
+    ties_as_llava,
     unpack_hf_parts,
 )
-from vlm.atomic import atomic_directory
 from vlm.model import VisionLanguageModel
 from vlm.tokens import embedding_width, unused_rows
 
@@ -55,7 +53,7 @@ def check_next_exportable(model: VisionLanguageModel) -> None:
 def llava_next_config(model: VisionLanguageModel) -> LlavaNextConfig:
     encoder = model.vision_encoder
     text_config = copy.deepcopy(model.llm.config)
-    tie = _ties_as_llava(model.llm)
+    tie = ties_as_llava(model.llm)
     text_config.tie_word_embeddings = tie
     text_config.vocab_size = model.llm.get_input_embeddings().weight.shape[0]
     return LlavaNextConfig(
@@ -159,6 +157,3 @@ def import_hf_next(
                                              projector, llm, anyres_processor(vision, encoder)))
     return VisionLanguageModel.load(out_dir)
 
-
-__all__ = ["check_next_exportable", "export_hf_next", "import_hf_next", "llava_next_config", "llava_next_state_dict",
-           "llava_next_processor", "to_llava_next", "LANGUAGE_PREFIX", "VISION_PREFIX"]
