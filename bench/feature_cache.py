@@ -123,7 +123,7 @@ def image_share(trainer: Any, epoch: int) -> tuple[float, float]:
     decode = encode = 0.0
     for batch_indices in trainer.data.epoch_batches(epoch)[: trainer.steps_per_epoch * trainer.accum]:
         items = [trainer.data.dataset[i] for i in batch_indices]
-        paths = [k for it in items for k in it["image_keys"]]
+        paths = [k for it in items for k in it.image_keys]
         start = time.process_time()
         pixels = torch.stack([model.image_processor(load_image(p)) for p in paths])
         middle = time.process_time()

@@ -106,7 +106,7 @@ def main() -> None:
         _, images = write_align_data(root, 64)
         data = write_instruct_data(root, images, args.records)
         grouped = make_trainer(root, base, data, images, args, "length")
-        lengths = [len(grouped.data.dataset[i]["input_ids"]) for i in range(len(grouped.data.dataset))]
+        lengths = [len(grouped.data.dataset[i].input_ids) for i in range(len(grouped.data.dataset))]
         random_order = make_trainer(root, base, data, images, args, "none")
         print(f"padding fraction, micro-batch {args.micro_batch}, {len(lengths)} records "
               f"(lengths {min(lengths)}-{max(lengths)}, mean {statistics.mean(lengths):.0f}): "

@@ -16,7 +16,7 @@ from conversation.images import image_size, resolve_image_path
 from conversation.records import Conversation
 from conversation.templates import Template, get_template
 from conversation.tokenize import TokenizedSample, tokenize_conversation
-from instruct_data.collate import Skipped
+from instruct_data.item import Item, Skipped
 from instruct_data.sources import RecordSource
 from vision_encoders.preprocess import ImageProcessor
 from vlm.batch import Batch
@@ -78,7 +78,7 @@ def skip_reason(exc: RecordError | ImageLoadError) -> str:
 
 
 class InstructDataset(Dataset):
-    """Map-style dataset over a RecordSource; an item is a dict (see docs/architecture.md) or a `Skipped`.
+    """Map-style dataset over a RecordSource; an item is an `Item` or a `Skipped`.
 
     `num_image_tokens`: the model's `ImageTokenCounter` (`vlm.inputs.image_token_counter`; K, or a function of an
     image's (height, width), is wrapped into one). When it counts per size (anyres), each image's size is read from
@@ -164,7 +164,7 @@ class InstructDataset(Dataset):
             images.append(image)
         return stack_pixels(images), keys, [int(image.values.shape[0]) for image in images]
 
-    def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
+    def __getitem__(self, i: int) -> Item | Skipped:
         rid = f"#{i}"
         try:
             conv = self.records.conversation(i)
@@ -181,18 +181,10 @@ class InstructDataset(Dataset):
             rid = exc.record_id if isinstance(exc, RecordError) else rid
             self.skip_log.add(rid, reason)
             return Skipped(rid, reason)
-        item = {
-            "id": conv.id,
-            "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),
-            "labels": torch.tensor(sample.labels, dtype=torch.long),
-            "pixel_values": pixel_values,
-            "image_keys": keys,
-            "source": self.records.source_name(i),
-        }
-        if sizes is not None:
-            item["image_sizes"] = [tuple(size) for size in sizes]
-            item["image_tiles"] = tiles
-        return item
+        return Item(conv.id, torch.tensor(sample.input_ids, dtype=torch.long),
+                    torch.tensor(sample.labels, dtype=torch.long), pixel_values, keys,
+                    image_sizes=None if sizes is None else [tuple(size) for size in sizes],
+                    image_tiles=None if sizes is None else tiles)
 
     def _tokenized_length(self, i: int) -> tuple[int, int] | None:
         """(tokens, image tokens) of record i, tokenized without loading pixels; None if it would be skipped."""

@@ -8,17 +8,9 @@ from typing import Any, Sequence
 import torch
 
 from conversation.tokenize import IGNORE_INDEX
-from instruct_data.collate import Skipped, collate
+from instruct_data.collate import collate
+from instruct_data.item import Item, Skipped
 from vlm.batch import Batch
-
-Item = dict[str, Any]
-
-
-def _image_count(item: Item) -> int:
-    if item.get("image_sizes") is not None:  # anyres: pixel_values holds tiles
-        return len(item["image_sizes"])
-    pv = item.get("pixel_values")
-    return len(item.get("image_keys", [])) if pv is None else int(pv.shape[0])  # keys only: feature-cache mode
 
 
 def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id: int) -> Batch:
@@ -33,12 +25,12 @@ def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id
     flat: list[Item | Skipped | None] = []
     for row in rows:
         flat.extend(row)
-        good = [it for it in row if isinstance(it, dict)]
+        good = [it for it in row if isinstance(it, Item)]
         if good:
             good_rows.append(good)
     # The ordinary collator checks images (pixels vs keys only, one size) and lists the skips, over all samples.
     base = collate(flat, pad_token_id)
-    lengths = [[len(it["input_ids"]) for it in row] for row in good_rows]
+    lengths = [[len(it.input_ids) for it in row] for row in good_rows]
     width = max((sum(row) for row in lengths), default=0)
     batch_size = len(good_rows)
     input_ids = torch.full((batch_size, width), pad_token_id, dtype=torch.long)
@@ -48,9 +40,9 @@ def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id
     for b, row in enumerate(good_rows):
         start = 0
         for it in row:
-            n = len(it["input_ids"])
-            input_ids[b, start:start + n] = torch.as_tensor(it["input_ids"], dtype=torch.long)
-            labels[b, start:start + n] = torch.as_tensor(it["labels"], dtype=torch.long)
+            n = len(it.input_ids)
+            input_ids[b, start:start + n] = torch.as_tensor(it.input_ids, dtype=torch.long)
+            labels[b, start:start + n] = torch.as_tensor(it.labels, dtype=torch.long)
             labels[b, start] = IGNORE_INDEX
             position_ids[b, start:start + n] = torch.arange(n)
             start += n
@@ -58,8 +50,8 @@ def collate_packed(rows: Sequence[Sequence[Item | Skipped | None]], pad_token_id
         position_ids[b, start:] = torch.arange(width - start)
     return dataclasses.replace(
         base, input_ids=input_ids, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
-        sample_lengths=lengths, sample_image_counts=[[_image_count(it) for it in row] for row in good_rows],
-        image_counts=torch.tensor([sum(_image_count(it) for it in row) for row in good_rows], dtype=torch.long))
+        sample_lengths=lengths, sample_image_counts=[[it.num_images for it in row] for row in good_rows],
+        image_counts=torch.tensor([sum(it.num_images for it in row) for row in good_rows], dtype=torch.long))
 
 
 class PackedCollator:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
+from instruct_data.item import Item
 from train.config import TrainConfig
 from train.feature_cache import FeatureCache
 from train.feature_source import FeatureSource
@@ -64,8 +65,8 @@ def prefill_features(cache: FeatureCache, dataset: Any, micro_batches: Iterator[
     for batch in micro_batches:
         for index in batch:
             item = dataset[index]
-            if isinstance(item, dict):
-                keys.extend(item.get("image_keys") or [])
+            if isinstance(item, Item):
+                keys.extend(item.image_keys)
     unique = list(dict.fromkeys(keys))
     todo = cache.missing(unique)
     report.cached = len(unique) - len(todo)

@@ -33,7 +33,7 @@ CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up
 class TrainData:
     """What the loop needs from the data layer (assembled by the recipe)."""
 
-    dataset: Any  # map-style: __getitem__(i) -> an item, or `Skipped` (see docs/architecture.md)
+    dataset: Any  # map-style: __getitem__(i) -> an `instruct_data.item.Item` or a `Skipped`
     collate: Callable[[list[Any]], Batch | None]
     epoch_batches: Callable[[int], list[list[int]]]  # this rank's micro-batches (index lists) of an epoch
     num_workers: int = 0

@@ -7,16 +7,13 @@ import pytest
 import torch
 
 from instruct_data.collate import Collator, Skipped, collate
+from instruct_data.item import Item
 
 
 def item(rid, n, n_img=0, side=4):
-    return {
-        "id": rid,
-        "input_ids": torch.arange(1, n + 1),
-        "labels": torch.tensor([-100] * (n - 1) + [n]),
-        "pixel_values": torch.full((n_img, 3, side, side), float(n)) if n_img else None,
-        "image_keys": [f"{rid}/{k}.png" for k in range(n_img)],
-    }
+    return Item(rid, torch.arange(1, n + 1), torch.tensor([-100] * (n - 1) + [n]),
+                pixel_values=torch.full((n_img, 3, side, side), float(n)) if n_img else None,
+                image_keys=[f"{rid}/{k}.png" for k in range(n_img)])
 
 
 def test_right_padding_masks_and_labels():
@@ -39,7 +36,7 @@ def test_text_only_batch_has_no_pixels():
 
 def test_image_counts_from_keys_when_pixels_are_not_loaded():
     it = item("a", 2, 2)
-    it["pixel_values"] = None
+    it.pixel_values = None
     batch = collate([it, item("b", 2)], pad_token_id=0)
     assert batch.image_counts.tolist() == [2, 0] and batch.pixel_values is None
     assert batch.image_keys == ["a/0.png", "a/1.png"]

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from instruct_data.collate import Collator, Skipped
 from instruct_data.dataset import InstructDataset, SkipLog
+from instruct_data.item import Item
 from conversation.errors import RecordError
 from instruct_data.sources import load_records
 from conversation.tokenize import IGNORE_INDEX
@@ -55,14 +56,14 @@ def test_items_and_skips(data, bpe_tokenizer):
     ds = make(data, bpe_tokenizer)
     assert len(ds) == 8
     red = ds[0]
-    assert red["id"] == "ok-red" and red["pixel_values"].shape == (1, 3, SIDE, SIDE)
-    assert red["pixel_values"][0, 0].mean().item() == pytest.approx(1.0)
-    assert red["image_keys"][0].endswith("imgs/red.png")
-    assert (red["input_ids"] == ds.image_token_id).sum().item() == K
-    assert (red["labels"] != IGNORE_INDEX).any()
-    assert ds[1]["pixel_values"] is None
+    assert red.id == "ok-red" and red.pixel_values.shape == (1, 3, SIDE, SIDE)
+    assert red.pixel_values[0, 0].mean().item() == pytest.approx(1.0)
+    assert red.image_keys[0].endswith("imgs/red.png")
+    assert (red.input_ids == ds.image_token_id).sum().item() == K
+    assert (red.labels != IGNORE_INDEX).any()
+    assert ds[1].pixel_values is None
     two = ds[2]
-    assert two["pixel_values"].shape == (2, 3, SIDE, SIDE) and two["image_keys"][1].endswith("other/blue.png")
+    assert two.pixel_values.shape == (2, 3, SIDE, SIDE) and two.image_keys[1].endswith("other/blue.png")
     skips = [ds[i] for i in range(3, 8)]
     assert all(isinstance(s, Skipped) for s in skips)
     bad = {s.id: s.reason for s in skips}
@@ -77,9 +78,9 @@ def test_items_and_skips(data, bpe_tokenizer):
 def test_paths_only_mode_resolves_but_does_not_decode(data, bpe_tokenizer):
     ds = make(data, bpe_tokenizer, load_pixels=False)
     two = ds[2]
-    assert two["pixel_values"] is None and [k.rsplit("/", 2)[-2:] for k in two["image_keys"]] == [["sub", "gray.jpg"], ["other", "blue.png"]]
+    assert two.pixel_values is None and [k.rsplit("/", 2)[-2:] for k in two.image_keys] == [["sub", "gray.jpg"], ["other", "blue.png"]]
     assert isinstance(ds[3], Skipped)  # a missing file is still found out
-    assert isinstance(ds[5], dict)  # but a broken one is not decoded here
+    assert isinstance(ds[5], Item)  # but a broken one is not decoded here
 
 
 def test_strict_raises(data, bpe_tokenizer):
@@ -114,7 +115,7 @@ def test_lengths_estimated_then_exact(data, bpe_tokenizer):
     assert est[0] >= K and len(est) == len(ds)
     mod = ds.modality_lengths()
     assert mod[0] > 0 and mod[1] < 0 and mod[2] > 0
-    n = len(ds[0]["input_ids"])
+    n = len(ds[0].input_ids)
     assert ds.lengths()[0] == n and ds.modality_lengths()[0] == n
 
 
@@ -127,7 +128,7 @@ def test_calibrated_estimates_track_exact_lengths(tmp_path, unigram_tokenizer):
     a, _ = ds.calibrate(n=10)
     assert a > 0.5
     est = ds.lengths()
-    exact = [len(ds[i]["input_ids"]) for i in range(len(ds))]
+    exact = [len(ds[i].input_ids) for i in range(len(ds))]
     assert np.mean([abs(e - x) / x for e, x in zip(est, exact)]) < 0.1
     assert ds.lengths() == exact  # exact once tokenized
 

@@ -47,14 +47,14 @@ def test_items_carry_exact_counts_tiles_and_sizes(data, bpe_tokenizer):
     ds, geo = make(data, bpe_tokenizer)
     image_id = bpe_tokenizer.convert_tokens_to_ids("<image>")
     wide, text, two = ds[0], ds[1], ds[2]
-    assert wide["image_sizes"] == [(10, 40)] and wide["image_tiles"] == [geo.num_tiles((10, 40))]
-    assert int((wide["input_ids"] == image_id).sum()) == geo.num_tokens((10, 40))
-    assert wide["pixel_values"].shape == (geo.num_tiles((10, 40)), 3, 8, 8)
-    assert text["image_sizes"] == [] and text["pixel_values"] is None
-    assert two["image_sizes"] == [(30, 10), (16, 16)]
-    assert int((two["input_ids"] == image_id).sum()) == geo.num_tokens((30, 10)) + geo.num_tokens((16, 16))
+    assert wide.image_sizes == [(10, 40)] and wide.image_tiles == [geo.num_tiles((10, 40))]
+    assert int((wide.input_ids == image_id).sum()) == geo.num_tokens((10, 40))
+    assert wide.pixel_values.shape == (geo.num_tiles((10, 40)), 3, 8, 8)
+    assert text.image_sizes == [] and text.pixel_values is None
+    assert two.image_sizes == [(30, 10), (16, 16)]
+    assert int((two.input_ids == image_id).sum()) == geo.num_tokens((30, 10)) + geo.num_tokens((16, 16))
     assert geo.num_tokens((30, 10)) != geo.num_tokens((16, 16))
-    assert ds.lengths()[:3] == [len(wide["input_ids"]), len(text["input_ids"]), len(two["input_ids"])]
+    assert ds.lengths()[:3] == [len(wide.input_ids), len(text.input_ids), len(two.input_ids)]
 
 
 def test_collate_and_select_keep_tiles_with_their_images(data, bpe_tokenizer):
@@ -91,6 +91,6 @@ def test_audit_counts_each_image_from_its_size(data, bpe_tokenizer):
                            num_image_tokens=geo.num_tokens, max_length=None)
     expected = [geo.num_tokens(s) for s in [(10, 40), (30, 10), (16, 16)]]
     assert report.image_tokens == expected and report.min_image_tokens == expected[0]
-    assert report.lengths == [len(ds[i]["input_ids"]) for i in range(3)]  # the audit's lengths are the dataset's
+    assert report.lengths == [len(ds[i].input_ids) for i in range(3)]  # the audit's lengths are the dataset's
     assert f"anyres image tokens per image min {min(expected)}" in report.table()
     assert report.to_dict()["image_tokens_per_image"]["images"] == 3

@@ -13,6 +13,7 @@ from PIL import Image
 from conversation.tokenize import IGNORE_INDEX
 from instruct_data.collate import Skipped, collate
 from instruct_data.dataset import InstructDataset
+from instruct_data.item import Item
 from instruct_data.packed_collate import PackedRows, collate_packed
 from instruct_data.packing import (PackedBatchSampler, balanced_rows, first_fit_decreasing, micro_batches, pack_stats,
                                    unpacked_stats)
@@ -132,9 +133,9 @@ def item(rid, n, n_img=0, side=4, first_label=None):
     labels = [-100] * (n - 2) + [n, n + 1]
     if first_label is not None:
         labels[0] = first_label
-    return {"id": rid, "input_ids": torch.arange(1, n + 1) + 10 * len(rid), "labels": torch.tensor(labels),
-            "pixel_values": torch.full((n_img, 3, side, side), float(n)) if n_img else None,
-            "image_keys": [f"{rid}/{k}.png" for k in range(n_img)]}
+    return Item(rid, torch.arange(1, n + 1) + 10 * len(rid), torch.tensor(labels),
+                pixel_values=torch.full((n_img, 3, side, side), float(n)) if n_img else None,
+                image_keys=[f"{rid}/{k}.png" for k in range(n_img)])
 
 
 def test_packed_collation() -> None:
@@ -213,7 +214,7 @@ def test_tokenize_all_gives_exact_lengths_without_loading_images(tmp_path, bpe_t
     assert ds.tokenize_all() == 7 and loads == []
     lengths = ds.lengths()
     for i in range(6):
-        assert lengths[i] == len(ds[i]["input_ids"])
+        assert lengths[i] == len(ds[i].input_ids)
     assert lengths[6] == 0 and isinstance(ds[6], Skipped)
     assert ds.modality_lengths()[5] < 0 < ds.modality_lengths()[0]
     assert ds.tokenize_all() == 0  # once only
@@ -239,10 +240,10 @@ def test_anyres_tiles_stay_with_their_samples() -> None:
     keeps every other image's tiles, sizes and keys together."""
     def tiled(rid, n, tiles):
         it = item(rid, n)
-        it["pixel_values"] = torch.cat([torch.full((t, 3, 4, 4), float(10 * k + len(rid)))
-                                        for k, t in enumerate(tiles)])
-        it["image_keys"] = [f"{rid}/{k}.png" for k in range(len(tiles))]
-        it["image_sizes"], it["image_tiles"] = [(8 + k, 8) for k in range(len(tiles))], list(tiles)
+        it.pixel_values = torch.cat([torch.full((t, 3, 4, 4), float(10 * k + len(rid)))
+                                     for k, t in enumerate(tiles)])
+        it.image_keys = [f"{rid}/{k}.png" for k in range(len(tiles))]
+        it.image_sizes, it.image_tiles = [(8 + k, 8) for k in range(len(tiles))], list(tiles)
         return it
 
     batch = collate_packed([[tiled("a", 5, [2, 3]), tiled("bb", 4, [1])], [tiled("ccc", 6, [2])]], pad_token_id=0)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from instruct_data.item import Item
 from tests.train import harness
 
 HERE = Path(__file__).resolve()
@@ -74,7 +75,7 @@ def _rank_plans(cfg) -> list[list[list[tuple[bool, ...]]]]:  # noqa: ANN001
     for rank in range(2):
         data = build_data(cfg, model, SimpleNamespace(rank=rank, world_size=2))
         items = data.dataset.dataset
-        plans.append([[any(isinstance(items[i], dict) and bool(items[i]["image_keys"]) for i in row)
+        plans.append([[any(isinstance(items[i], Item) and bool(items[i].image_keys) for i in row)
                        for row in micro_batch]
                       for micro_batch in data.epoch_batches(0)])
     return plans

@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_leaves
 
 from conversation.tokenize import IGNORE_INDEX
 from instruct_data.collate import collate
+from instruct_data.item import Item
 from train.config import LoraSettings
 from train.lora import apply_lora
 from train.step import summed_token_loss
@@ -26,9 +27,8 @@ def collated(model, seed: int = 0) -> Batch:  # noqa: ANN001
         ids = sample_ids(model, images, num_text=4 + 3 * index, seed=seed + index)
         labels = torch.full_like(ids, IGNORE_INDEX)
         labels[-3:] = ids[-3:]
-        items.append({"id": f"r{index}", "input_ids": ids, "labels": labels,
-                      "pixel_values": torch.randn(images, 3, 32, 32) if images else None,
-                      "image_keys": [f"r{index}/{i}.png" for i in range(images)]})
+        items.append(Item(f"r{index}", ids, labels, pixel_values=torch.randn(images, 3, 32, 32) if images else None,
+                          image_keys=[f"r{index}/{i}.png" for i in range(images)]))
     return collate(items, model.config.pad_token_id)
 
 

@@ -129,7 +129,7 @@ def test_a_text_only_batch_in_align_still_runs_backward(make_cfg) -> None:
     the trainable parameters with a zero, so backward (DDP's gradient sync) still runs on this rank."""
     cfg = make_cfg(recipe="align", model={"template": None})
     inputs, model, data = _setup(cfg)
-    text = [i for i in range(len(data.dataset)) if not data.dataset[i]["image_keys"]][:2]
+    text = [i for i in range(len(data.dataset)) if not data.dataset[i].image_keys][:2]
     outcome = train_step(inputs, [_batch(data, text)])
     assert inputs.strategy.backwards == 1 and inputs.strategy.steps == 1 and math.isfinite(outcome.loss)
     assert outcome.grad_norm == 0.0 and outcome.encoder_ran == [False]

@@ -71,13 +71,15 @@ def test_an_image_too_large_once_resized_is_an_image_load_error(tmp_path: Path) 
 
 
 def test_zero3_prefill_records_an_extreme_image_as_bad_instead_of_crashing(tmp_path: Path) -> None:
+    from instruct_data.item import Item
     from train.feature_cache import FeatureCache
     from train.feature_prefill import prefill_features
 
     photo(12, 8).save(tmp_path / "ok.png")
     Image.new("L", (10_000, 1)).save(tmp_path / "wide.png")
     keys = [str(tmp_path / "ok.png"), str(tmp_path / "wide.png")]
-    dataset = [{"image_keys": keys[:1]}, {"image_keys": keys[1:]}]
+    token = torch.zeros(1, dtype=torch.long)
+    dataset = [Item("ok", token, token, image_keys=keys[:1]), Item("wide", token, token, image_keys=keys[1:])]
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
