@@ -33,11 +33,11 @@ class PrefillReport:
 def planned_micro_batches(cfg: TrainConfig, data: TrainData, world_size: int) -> Iterator[list[int]]:
     """This rank's micro-batches (index lists) the run will train on, in order, as `Trainer.fit` walks them
     (whole optimizer steps per epoch, `max_steps` or `epochs` of them)."""
-    accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, world_size)
+    accum = grad_accum_steps(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, world_size)
     steps_per_epoch = len(data.epoch_batches(0)) // accum
     if steps_per_epoch == 0:
         return
-    remaining = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    remaining = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * steps_per_epoch)
     epoch = 0
     while remaining > 0:
         steps = min(remaining, steps_per_epoch)

@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import torch
 
+from train.errors import DataFailure
+
+__all__ = ["DataFailure", "DataGuard", "summary_line"]
+
 FIRST_NAMED = 3  # skipped records named in a failure message
-
-
-class DataFailure(RuntimeError):
-    """The data fed to the model cannot train the run (nothing supervised, too many skips); the message says why."""
 
 
 class DataGuard:
@@ -24,9 +24,10 @@ class DataGuard:
     """
 
     def __init__(self, data_cfg: Any, num_image_tokens: int | None = None) -> None:
-        self.max_skip_ratio = float(data_cfg.max_skip_ratio)
-        self.skip_warmup = int(data_cfg.skip_warmup)
-        self.no_supervised_after = int(data_cfg.fail_no_supervised_after)
+        guards = data_cfg.guards
+        self.max_skip_ratio = float(guards.max_skip_ratio)
+        self.skip_warmup = int(guards.skip_warmup)
+        self.no_supervised_after = int(guards.fail_no_supervised_after)
         self.max_length = data_cfg.max_length
         self.num_image_tokens = num_image_tokens
         self.micro_batches = 0  # this process's, in this process's lifetime

@@ -19,6 +19,7 @@ from train.checkpointing import (TrainerState, load_checkpoint, read_trainer_sta
                                  save_checkpoint)
 from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
+from train.errors import NonFiniteLossError
 from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
@@ -28,10 +29,6 @@ from train.strategies.registry import build_strategy
 from vlm.batch import Batch
 
 CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stopped before the optimizer step, checkpoints untouched."""
 
 
 @dataclass
@@ -65,12 +62,8 @@ class RunResult:
 
 
 def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """global_batch / (micro_batch * world_size), which must divide exactly."""
-    per_step = micro_batch * world_size
-    if global_batch % per_step:
-        raise ValueError(f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} x "
-                         f"world_size={world_size} = {per_step}")
-    return global_batch // per_step
+    """global_batch / (micro_batch * world_size), which divides exactly (`train.rules.batch_split`)."""
+    return global_batch // (micro_batch * world_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -80,16 +73,10 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> bf16 on a bf16-capable GPU, else fp32; bf16 on a CPU is refused with the reason."""
+    """`auto` -> bf16 on a bf16-capable GPU, else fp32 (bf16 on a CPU is refused by `train.rules.precision_on`)."""
     gpu_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if precision == "auto":
         return "bf16" if gpu_bf16 else "fp32"
-    if precision == "bf16" and not gpu_bf16:
-        from train.distributed import cuda_unavailable_reason
-
-        why = f" ({cuda_unavailable_reason()})" if not torch.cuda.is_available() else ""
-        raise ValueError(f"precision=bf16 needs a GPU with bf16 support, but training runs on {device}{why} "
-                         "(bf16 on this CPU runs at under 1 GFLOP/s): use precision=fp32 or precision=auto")
     return precision
 
 
@@ -117,23 +104,23 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy | None = None,
                  features_fn: Callable[[Batch], torch.Tensor | None] | None = None) -> None:
         self.cfg = cfg
-        self.strategy = strategy or build_strategy(cfg.strategy, cfg)
+        self.strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
         self.data = data
         self.features_fn = features_fn  # feature cache hook: batch -> vision features (None: use pixels)
-        self.output_dir = Path(cfg.output_dir)
-        self.precision = resolve_precision(cfg.precision, self.strategy.device)
+        self.output_dir = Path(cfg.checkpoint.output_dir)
+        self.precision = resolve_precision(cfg.engine.precision, self.strategy.device)
         self.tf32 = enable_tf32(self.precision, self.strategy.device)
-        self.accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, self.strategy.world_size)
+        self.accum = grad_accum_steps(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, self.strategy.world_size)
         batches = len(data.epoch_batches(0))
         self.steps_per_epoch = batches // self.accum
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch has {batches} micro-batches on this rank, fewer than the {self.accum} "
-                             f"needed for one step of global_batch_size={cfg.global_batch_size}")
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * self.steps_per_epoch)
+                             f"needed for one step of global_batch_size={cfg.schedule.global_batch_size}")
+        self.total_steps = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
         self.model, self.optimizer = self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
-                                  global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
+                                  global_batch_size=cfg.schedule.global_batch_size, micro_batch_size=cfg.schedule.micro_batch_size)
         self.resumed_from: Path | None = None
         self.skip_log: list[tuple[str, str]] = []  # (record id, reason) seen by this process since it started
         config = getattr(model, "config", None)
@@ -145,13 +132,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _resume(self) -> None:
-        path = resolve_resume(self.cfg.resume, self.output_dir)
+        path = resolve_resume(self.cfg.checkpoint.resume, self.output_dir)
         if path is None:
             return
         state = read_trainer_state(path)  # check compatibility before touching the model
-        if (state.global_batch_size, state.total_steps) != (self.cfg.global_batch_size, self.total_steps):
+        if (state.global_batch_size, state.total_steps) != (self.cfg.schedule.global_batch_size, self.total_steps):
             raise ValueError(f"cannot resume from {path}: it was saved with global_batch_size={state.global_batch_size},"
-                             f" total_steps={state.total_steps}; this run has {self.cfg.global_batch_size}, "
+                             f" total_steps={state.total_steps}; this run has {self.cfg.schedule.global_batch_size}, "
                              f"{self.total_steps}")
         if state.world_size != self.strategy.world_size:
             raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
@@ -197,7 +184,7 @@ class Trainer:
                               if key == err.path})
                 if not bad:
                     raise
-                if self.cfg.data.strict:
+                if self.cfg.data.guards.strict:
                     raise ImageLoadError(err.path, f"{err.reason} (records {[batch.ids[i] for i in bad]}; "
                                          "data.strict stops on a bad image)") from None
                 for i in bad:
@@ -309,7 +296,7 @@ class Trainer:
             save_config(cfg, self.output_dir / "train_config.yaml")
         self._resume()
         logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
-                           enabled=self.strategy.is_main, tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+                           enabled=self.strategy.is_main, tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar)
         logger.message(self._banner())
         if self.data.check_pair is not None:
             self._check_packing(logger)
@@ -335,9 +322,9 @@ class Trainer:
                     metrics["epoch"] = self.state.epoch + self.state.micro_batches_in_epoch / (
                         self.steps_per_epoch * self.accum)
                     losses.append(metrics["loss"])
-                    if self.state.step % cfg.log_every == 0 or self.state.step == self.total_steps:
+                    if self.state.step % cfg.log.log_every == 0 or self.state.step == self.total_steps:
                         logger.log_step(self.state.step, metrics)
-                    if cfg.save_every > 0 and self.state.step % cfg.save_every == 0 and \
+                    if cfg.checkpoint.save_every > 0 and self.state.step % cfg.checkpoint.save_every == 0 and \
                             self.state.step < self.total_steps:
                         self._save()
                     exhausted = self.state.micro_batches_in_epoch >= self.steps_per_epoch * self.accum
@@ -383,7 +370,7 @@ class Trainer:
     def _save(self) -> None:
         packer = self.data.packer
         data_state = None if packer is None else packer.state_dict(self.state.epoch, self.state.micro_batches_in_epoch)
-        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last,
+        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.checkpoint.keep_last,
                         data_state=data_state)
 
     # ------------------------------------------------------------------ packing
@@ -423,5 +410,5 @@ class Trainer:
         groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))
         start = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "from scratch"
         return (f"{self.cfg.recipe}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), accumulation "
-                f"{self.accum} x micro-batch {self.cfg.micro_batch_size} x {self.strategy.world_size} process(es), "
+                f"{self.accum} x micro-batch {self.cfg.schedule.micro_batch_size} x {self.strategy.world_size} process(es), "
                 f"{self.precision}{' (TF32 matmuls)' if self.tf32 else ''}, {start}; groups: {groups}")

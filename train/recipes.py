@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
-from train.config import ConfigError, TrainConfig
+from train import rules
+from train.config import TrainConfig
 from train.freezing import set_trainable, trainable_summary, vision_is_frozen
 from train.loop import RunResult, Trainer, TrainData, seed_everything
 from train.preflight import load_train_records, run_preflight, training_template
@@ -32,7 +33,7 @@ def build_model(cfg: TrainConfig, strategy: Strategy | None = None) -> nn.Module
 
     dtype = None
     if strategy is not None:
-        dtype = load_dtype(cfg, resolve_precision(cfg.precision, strategy.device), strategy.keeps_master_weights)
+        dtype = load_dtype(cfg, resolve_precision(cfg.engine.precision, strategy.device), strategy.keeps_master_weights)
         dtype = None if dtype == FP32 else dtype
     with strategy.model_init_context() if strategy is not None else contextlib.nullcontext():
         model = _load_model(cfg, dtype)
@@ -45,7 +46,7 @@ def _load_model(cfg: TrainConfig, dtype: str | None) -> nn.Module:
     recipe = get_recipe(cfg.recipe)
     m = cfg.model
     llm_kwargs = None
-    if cfg.llm_mode == "qlora" and "llm" in recipe.trains:
+    if cfg.trainable.llm_mode == "qlora" and "llm" in recipe.trains:
         from train.lora import qlora_llm_kwargs
 
         llm_kwargs = qlora_llm_kwargs(m.init_from)  # the LLM goes straight from disk into 4-bit: no fp32 copy
@@ -63,10 +64,9 @@ def _load_model(cfg: TrainConfig, dtype: str | None) -> nn.Module:
             model.config.torch_dtype = saved_dtype
         model.config.template = training_template(cfg, model.config.template)
     else:
-        assert m.vision is not None and m.llm is not None  # validate() checked
+        assert m.vision is not None and m.llm is not None  # train.rules checked
         template = m.template or recipe.default_template
-        if template is None:
-            raise ConfigError(f"model.template is required when building a new model for recipe={recipe.name}")
+        assert template is not None  # train.rules checked
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
                                           attn_implementation=m.attn_implementation or "sdpa",
@@ -92,18 +92,15 @@ def _absolute_spec(spec: str) -> str:
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
     """Freezing, LoRA and gradient checkpointing for the recipe; returns trainable counts per part."""
     recipe = get_recipe(cfg.recipe)
-    try:
-        llm_mode = recipe.llm_mode(cfg.llm_mode)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
-    if cfg.unfreeze_vision_last_n:
-        model.config.vision.unfreeze_last_n = cfg.unfreeze_vision_last_n
+    llm_mode = recipe.llm_mode(cfg.trainable.llm_mode)
+    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.trainable.unfreeze_vision_last_n)
+    if cfg.trainable.unfreeze_vision_last_n:
+        model.config.vision.unfreeze_last_n = cfg.trainable.unfreeze_vision_last_n
     if llm_mode in ("lora", "qlora"):
         from train.lora import apply_lora
 
-        apply_lora(model, cfg.lora, qlora=llm_mode == "qlora")
-    if cfg.gradient_checkpointing:
+        apply_lora(model, cfg.trainable.lora, qlora=llm_mode == "qlora")
+    if cfg.trainable.gradient_checkpointing:
         enable_gradient_checkpointing(model.llm)
     return trainable_summary(model)
 
@@ -148,9 +145,9 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
         sampler_cls, lengths = LengthGroupedSampler, [1] * len(dataset)
     # The sampler groups whole optimizer steps (this rank's share of one global batch), so the samples of a
     # step do not depend on micro_batch_size or on the number of processes; we cut each share into micro-batches.
-    per_rank_step = cfg.global_batch_size // strategy.world_size
-    sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.seed)
-    size = cfg.micro_batch_size
+    per_rank_step = cfg.schedule.global_batch_size // strategy.world_size
+    sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.schedule.seed)
+    size = cfg.schedule.micro_batch_size
     if d.packing:
         return _packed_data(cfg, model, dataset, sampler, per_rank_step)
     cache: dict[int, list[list[int]]] = {}
@@ -179,8 +176,8 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
     dataset.tokenize_all()
     lengths = dataset.lengths()
     packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
-                                rows_per_micro_batch=cfg.micro_batch_size,
-                                micro_batches_per_step=per_rank_step // cfg.micro_batch_size)
+                                rows_per_micro_batch=cfg.schedule.micro_batch_size,
+                                micro_batches_per_step=per_rank_step // cfg.schedule.micro_batch_size)
     packed, plain = PackedCollator(model.config.pad_token_id), Collator(model.config.pad_token_id)
 
     def check_pair(rows: list[tuple[int, ...]]) -> tuple[Batch, Batch]:
@@ -198,20 +195,15 @@ def feature_hook(cfg: TrainConfig, model: nn.Module,
 
     `encode_on_miss=False` (ZeRO-3, cache filled before training by `prefill`): the hook never runs the
     encoder; an image the fill could not decode raises ImageLoadError (its records are skipped)."""
-    wanted = cfg.feature_cache
+    wanted = cfg.feature_cache.enabled
     anyres = model.config.vision.anyres
-    if wanted and anyres:
-        raise ConfigError("feature_cache=true with image_aspect_ratio anyres: the cache holds one feature map per "
-                          "image, anyres encodes a size-dependent set of tiles; set feature_cache=false")
     if wanted is None:  # auto (off for anyres: tiles are not cached)
         wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not anyres
     if not wanted:
         return None
-    if not vision_is_frozen(model):
-        raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
     from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
 
-    directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
+    directory = cfg.feature_cache.dir or os.path.join(cfg.checkpoint.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
     bad: dict[str, str] = {}  # image key -> why the fill could not decode it
 
@@ -271,7 +263,7 @@ def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strat
         batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
     with whole:
         report = prefill_features(hook.cache, dataset, batches,  # type: ignore[attr-defined]
-                                  model.vision_encoder, model.image_processor, batch_size=max(cfg.micro_batch_size, 32))
+                                  model.vision_encoder, model.image_processor, batch_size=max(cfg.schedule.micro_batch_size, 32))
     hook.bad.update(report.bad)  # type: ignore[attr-defined]
     strategy.barrier()
     if strategy.is_main:
@@ -284,12 +276,12 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
     """Make `output_dir` itself a loadable model (projector-only when only the projector changed)."""
     from train.lora import is_lora
 
-    out = Path(cfg.output_dir)
+    out = Path(cfg.checkpoint.output_dir)
     unwrapped = strategy.unwrap(model)
     with strategy.full_parameters(model):
         lora = is_lora(unwrapped)
         llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
-        projector_only = lora or not (llm_trained or cfg.unfreeze_vision_last_n > 0)
+        projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
         if strategy.is_main:
             _save_into(out, unwrapped, lora, projector_only)
     strategy.barrier()
@@ -321,13 +313,9 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
 # ---------------------------------------------------------------------------- entry point
 def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     """Everything `vlm train CONFIG` does."""
-    cfg.validate()
-    if cfg.llm_mode == "qlora":
-        from train.lora import check_qlora_strategy
-
-        check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
-    strategy = strategy or build_strategy(cfg.strategy, cfg)
-    seed_everything(cfg.seed)
+    strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
+    rules.check(cfg, strategy.world_size, strategy.device)  # every config rule, before any weight loads
+    seed_everything(cfg.schedule.seed)
     records = load_train_records(cfg)
     early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
     if early:
