@@ -38,12 +38,12 @@ def _train(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigDeprecationWarning)
         cfg = load_config(args.config, overrides)
-    for caught_warning in caught:
-        if issubclass(caught_warning.category, ConfigDeprecationWarning):
-            print(f"vlm train: {caught_warning.message}", file=sys.stderr)  # one line per flat-layout key
-        else:
-            warnings.showwarning(caught_warning.message, caught_warning.category, caught_warning.filename,
-                                 caught_warning.lineno)
+    moved = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ConfigDeprecationWarning))
+    for message in moved:
+        print(f"vlm train: {message}", file=sys.stderr)  # one line per flat-layout key
+    for other in caught:
+        if not issubclass(other.category, ConfigDeprecationWarning):
+            warnings.showwarning(other.message, other.category, other.filename, other.lineno)
     if args.print_config:
         import yaml
 

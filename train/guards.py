@@ -49,7 +49,7 @@ class DataGuard:
         self.supervised += supervised
         if self.supervised == 0 and self.micro_batches >= self.no_supervised_after:
             raise DataFailure(f"no supervised token reached the model in the first {self.micro_batches} micro-batches"
-                              f" (data.fail_no_supervised_after={self.no_supervised_after}): "
+                              f" (data.guards.fail_no_supervised_after={self.no_supervised_after}): "
                               + self._detail(skip_log))
         if self.trained + self.skipped >= self.skip_warmup:
             self._check_ratio(skip_log)
@@ -67,7 +67,7 @@ class DataGuard:
         seen = self.trained + self.skipped
         if seen and self.skipped / seen > self.max_skip_ratio:
             raise DataFailure(f"{self.skipped} of {seen} records seen were skipped ({self.skipped / seen:.1%}), above "
-                              f"data.max_skip_ratio={self.max_skip_ratio:g}: " + self._detail(skip_log))
+                              f"data.guards.max_skip_ratio={self.max_skip_ratio:g}: " + self._detail(skip_log))
 
     def _detail(self, skip_log: Sequence[tuple[str, str]]) -> str:
         kinds = Counter(reason.split(":", 1)[0] for _, reason in skip_log)

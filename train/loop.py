@@ -173,7 +173,7 @@ class Trainer:
     def _cached_features(self, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:
         """The feature-cache hook's features for `batch`, before any token is counted: with the cache on, images
         are decoded on first use, so a record whose image cannot be decoded is dropped here (skipped and counted
-        like the data layer's skips), or stops the run when `data.strict` is set."""
+        like the data layer's skips), or stops the run when `data.guards.strict` is set."""
         if self.features_fn is None or batch is None or batch.num_samples == 0:
             return batch, None
         while True:
@@ -186,7 +186,7 @@ class Trainer:
                     raise
                 if self.cfg.data.guards.strict:
                     raise ImageLoadError(err.path, f"{err.reason} (records {[batch.ids[i] for i in bad]}; "
-                                         "data.strict stops on a bad image)") from None
+                                         "data.guards.strict stops on a bad image)") from None
                 for i in bad:
                     self._count_skip(batch.ids[i], f"image: {err}")
                 batch = without_samples(batch, bad, int(self.strategy.unwrap(self.model).config.pad_token_id))
