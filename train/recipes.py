@@ -135,7 +135,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=image_tokens,
                               image_processor=model.image_processor, image_roots=roots,
-                              max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
+                              max_length=d.max_length, strict=d.guards.strict, load_pixels=load_pixels)
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
     if d.group_by == "modality_length":
         sampler_cls, lengths = ModalityLengthGroupedSampler, dataset.modality_lengths()
