@@ -1,4 +1,4 @@
-"""Typed training configuration: dataclasses, YAML loading and `key.sub=value` command-line overrides."""
+"""Typed training configuration in sections: dataclasses, YAML loading and `key.sub=value` command-line overrides."""
 from __future__ import annotations
 
 import copy
@@ -187,7 +187,7 @@ class TrainConfig:
 # ---------------------------------------------------------------------------- the flat keys of before
 # Deprecated for one release: the keys of the flat layout (before the sections), in a YAML file (a saved
 # train_config.yaml too) or in a `key=value` override, are read at their new place, with one warning per key.
-# Drop this table, `upgrade` and its two callers in the release after.
+# Drop MOVED, `upgrade`, `moved_path` and their calls in the release after this one.
 MOVED: dict[str, str] = {
     **{k: f"schedule.{k}" for k in ("global_batch_size", "micro_batch_size", "epochs", "max_steps", "seed")},
     **{k: f"trainable.{k}" for k in ("llm_mode", "unfreeze_vision_last_n", "gradient_checkpointing", "lora")},
