@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import SchedulerType
 
 from train.config import TrainConfig
 from train.errors import ConfigError
@@ -42,6 +43,11 @@ def check_config(cfg: TrainConfig) -> None:
     if d.packing and d.resolved_pack_length() < d.max_length:
         raise ConfigError(f"data.pack_length={d.pack_length} is shorter than data.max_length={d.max_length}: "
                           "a sample must fit a packed row whole")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must hold two numbers, got {cfg.optim.betas}")
+    schedulers = [s.value for s in SchedulerType]
+    if cfg.optim.scheduler not in schedulers:
+        raise ConfigError(f"optim.scheduler: {cfg.optim.scheduler!r} is not one of {schedulers}")
     if cfg.checkpoint.keep_last < 1:
         raise ConfigError("checkpoint.keep_last must be >= 1")
     if e.strategy == "deepspeed" and not e.deepspeed_config:

@@ -28,6 +28,8 @@ ANYRES = {"spec": "hf:/tmp/vit", "image_aspect_ratio": "anyres", "image_grid_pin
     ({"data": {"pack_length": 512}}, "data.packing is false"),
     ({"data": {"packing": True, "pack_length": 64}}, "shorter than data.max_length=256"),
     ({"keep_last": 0}, "checkpoint.keep_last must be >= 1"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas must hold two numbers"),
+    ({"optim": {"scheduler": "cosine_annealing"}}, "optim.scheduler: 'cosine_annealing' is not one of"),
     ({"strategy": "deepspeed"}, "needs engine.deepspeed_config"),
     ({"recipe": "align", "llm_mode": "lora"}, "keeps the LLM frozen; llm_mode='lora'"),
     ({"recipe": "align", "unfreeze_vision_last_n": 2}, "trains projector only; unfreeze_vision_last_n"),
