@@ -45,7 +45,7 @@ def check_config(cfg: TrainConfig) -> None:
                           "a sample must fit a packed row whole")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must hold two numbers, got {cfg.optim.betas}")
-    schedulers = [s.value for s in SchedulerType]
+    schedulers = [kind.value for kind in SchedulerType]
     if cfg.optim.scheduler not in schedulers:
         raise ConfigError(f"optim.scheduler: {cfg.optim.scheduler!r} is not one of {schedulers}")
     if cfg.checkpoint.keep_last < 1:
