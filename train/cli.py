@@ -16,14 +16,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML training config (see configs/)")
     parser.add_argument("overrides", nargs="*",
                         help="key.sub=value overrides, e.g. optim.lr=2e-5 data.max_length=1024 schedule.max_steps=10")
-    parser.add_argument("--resume", default=None, help="auto (latest checkpoint of output_dir), none, or a checkpoint dir")
+    parser.add_argument("--resume", default=None,
+                        help="auto (latest checkpoint of checkpoint.output_dir), none, or a checkpoint dir")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         return _train(args)
-    except Exception as err:  # noqa: BLE001 - one line and its exit code for what the user can fix; a bug keeps its traceback
+    except Exception as err:  # noqa: BLE001 - what the user can fix: one line and its exit code; a bug: its traceback
         code = exit_code(err)
         if code is None:
             raise

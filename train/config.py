@@ -203,7 +203,7 @@ MOVED: dict[str, str] = {
 
 
 class ConfigDeprecationWarning(FutureWarning):
-    """A config key of the flat layout, read at its new place (shown to users: FutureWarning, not DeprecationWarning)."""
+    """A config key of the flat layout, read at its new place (a FutureWarning: shown to users by default)."""
 
 
 def _warn_moved(old: str, new: str) -> None:
@@ -217,7 +217,7 @@ def _is_moved(old: str, value: Any) -> bool:
 
 
 def moved_path(path: list[str], value: Any = None, warn: bool = True) -> list[str]:
-    """An override's key path in the sectioned layout: `output_dir` -> checkpoint.output_dir, `lora.r` -> trainable.lora.r."""
+    """An override's key path in sections: `output_dir` -> checkpoint.output_dir, `lora.r` -> trainable.lora.r."""
     for cut in range(len(path), 0, -1):
         old = ".".join(path[:cut])
         if _is_moved(old, value if cut == len(path) else {}):

@@ -114,7 +114,8 @@ def inherited_template(cfg: TrainConfig, inherited: str | None) -> None:
 ZERO3_REFUSAL = ("llm_mode=qlora cannot run under DeepSpeed ZeRO-3 ({config}): ZeRO-3 partitions every parameter "
                  "across ranks, and bitsandbytes' packed 4-bit weights (with their quantization state) cannot be "
                  "partitioned or gathered. Use ZeRO-2 (engine.deepspeed_config=configs/deepspeed/zero2.json: the "
-                 "4-bit base is replicated, adapters and optimizer state are sharded) or one GPU (engine.strategy=single)")
+                 "4-bit base is replicated, adapters and optimizer state are sharded) or one GPU "
+                 "(engine.strategy=single)")
 
 
 def qlora_strategy(cfg: TrainConfig) -> None:

@@ -92,7 +92,8 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
     @classmethod
     def from_train_config(cls, config: Any) -> "DeepSpeedStrategy":
         if not config.engine.deepspeed_config:
-            raise ConfigError("engine.strategy=deepspeed needs engine.deepspeed_config (e.g. configs/deepspeed/zero2.json)")
+            raise ConfigError("engine.strategy=deepspeed needs engine.deepspeed_config "
+                              "(e.g. configs/deepspeed/zero2.json)")
         return cls(
             config.engine.deepspeed_config,
             micro_batch_size=config.schedule.micro_batch_size,
