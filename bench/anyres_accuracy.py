@@ -75,10 +75,10 @@ class Bench:
         # anyres encodes a size-dependent set of tiles and the feature cache holds one map per image, so the trainer
         # refuses the cache with anyres. pad goes without it too unless asked, so step times compare like for like.
         if mode == "pad" and self.args.pad_feature_cache:
-            cache = [] if phase == "align" else ["feature_cache=true"]
+            cache = [] if phase == "align" else ["feature_cache.enabled=true"]
         else:
-            cache = ["feature_cache=false"]
-        return [*cache, f"feature_cache_dir={self.out / 'feature_cache'}"]
+            cache = ["feature_cache.enabled=false"]
+        return [*cache, f"feature_cache.dir={self.out / 'feature_cache'}"]
 
     def train(self, mode: str) -> None:
         a, w, run = self.args, self.world, self.out / mode
@@ -86,15 +86,15 @@ class Bench:
         if mode == "anyres":
             vision = ["model.vision.image_aspect_ratio=anyres",
                       f"model.vision.image_grid_pinpoints={pinpoints(a.image_size)}"]
-        common = [f"data.image_folder={w / 'images'}", f"seed={a.seed}"]
+        common = [f"data.image_folder={w / 'images'}", f"schedule.seed={a.seed}"]
         self.stage(f"{mode}_align", run / "align" / CONFIG_NAME,
                    ["train", str(ALIGN_CONFIG), f"model.vision.spec=hf:{self.backbones / 'vit'}",
                     f"model.llm={self.backbones / 'llm'}", f"model.projector={a.projector}", *vision, f"data.data_path=[{w / 'align.json'}]", *common,
-                    f"max_steps={a.align_steps}", f"output_dir={run / 'align'}", *self.cache_overrides(mode, "align")])
+                    f"schedule.max_steps={a.align_steps}", f"checkpoint.output_dir={run / 'align'}", *self.cache_overrides(mode, "align")])
         self.stage(f"{mode}_instruct", run / "instruct" / CONFIG_NAME,
                    ["train", str(INSTRUCT_CONFIG), f"model.init_from={run / 'align'}",  # anyres comes from phase 1
-                    f"data.data_path=[{w / 'instruct.json'}]", *common, f"max_steps={a.instruct_steps}",
-                    f"output_dir={run / 'instruct'}", *self.cache_overrides(mode, "instruct")])
+                    f"data.data_path=[{w / 'instruct.json'}]", *common, f"schedule.max_steps={a.instruct_steps}",
+                    f"checkpoint.output_dir={run / 'instruct'}", *self.cache_overrides(mode, "instruct")])
         argv = ["eval", "run", "--model", str(run / "instruct"), "--benchmark", "vqav2", "--data-root", str(w),
                 "--out", str(run / "eval_vqa"), "--batch-size", str(a.eval_batch_size), "--no-progress"]
         if a.eval_limit:

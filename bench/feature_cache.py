@@ -81,13 +81,14 @@ def make_trainer(root: Path, base: Path, data: Path, images: Path, *, cache: boo
     cfg = config_from_dict({
         "recipe": "align", "model": {"init_from": str(base), "template": "plain"},
         "data": {"data_path": [str(data)], "image_folder": str(images), "max_length": 256},
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.0}, "global_batch_size": global_batch, "micro_batch_size": micro_batch,
-        "max_steps": 10**6, "precision": "fp32", "output_dir": str(root / name), "resume": "none",
-        "feature_cache": cache, "feature_cache_dir": str(root / "features"), "tensorboard": False,
-        "progress_bar": False,
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
+        "schedule": {"global_batch_size": global_batch, "micro_batch_size": micro_batch, "max_steps": 10**6},
+        "engine": {"precision": "fp32"}, "checkpoint": {"output_dir": str(root / name), "resume": "none"},
+        "feature_cache": {"enabled": cache, "dir": str(root / "features")},
+        "log": {"tensorboard": False, "progress_bar": False},
     })
     strategy = SingleProcessStrategy()
-    seed_everything(cfg.seed)
+    seed_everything(cfg.schedule.seed)
     model = build_model(cfg)
     prepare_model(model, cfg)
     train_data = build_data(cfg, model, strategy)

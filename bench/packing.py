@@ -19,17 +19,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {
     "unpacked (micro 8 samples)": [],
-    "packed 384 (micro 4 rows)": ["data.packing=true", "micro_batch_size=4"],
-    "packed 2048 (micro 1 row)": ["data.packing=true", "data.pack_length=2048", "micro_batch_size=1"],
+    "packed 384 (micro 4 rows)": ["data.packing=true", "schedule.micro_batch_size=4"],
+    "packed 2048 (micro 1 row)": ["data.packing=true", "data.pack_length=2048", "schedule.micro_batch_size=1"],
 }
 
 
 def train(world: Path, base: Path, out: Path, steps: int, extra: list[str]) -> list[dict]:
     cmd = [sys.executable, "-m", "app.cli", "train", str(REPO / "configs/synthetic_instruct.yaml"),
            f"model.init_from={base}", f"data.data_path=[{world / 'instruct.json'}]",
-           f"data.image_folder={world / 'images'}", f"feature_cache_dir={world / 'feature_cache'}",
-           f"output_dir={out}", f"max_steps={steps}", "resume=none", "progress_bar=false", "tensorboard=false",
-           "save_every=0", *extra]
+           f"data.image_folder={world / 'images'}", f"feature_cache.dir={world / 'feature_cache'}",
+           f"checkpoint.output_dir={out}", f"schedule.max_steps={steps}", "checkpoint.resume=none",
+           "log.progress_bar=false", "log.tensorboard=false", "checkpoint.save_every=0", *extra]
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 

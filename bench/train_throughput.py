@@ -68,13 +68,14 @@ def make_trainer(root: Path, base: Path, data: Path, images: Path, args: argpars
     cfg = config_from_dict({
         "recipe": "instruct", "model": {"init_from": str(base), "template": "vicuna_v1"},
         "data": {"data_path": [str(data)], "image_folder": str(images), "max_length": 512, "group_by": group_by},
-        "optim": {"lr": 2e-5, "warmup_ratio": 0.0}, "global_batch_size": args.global_batch,
-        "micro_batch_size": args.micro_batch, "max_steps": 10**6, "precision": "fp32", "llm_mode": "full",
-        "output_dir": str(root / f"run_{group_by}"), "resume": "none", "feature_cache": False,
-        "tensorboard": False, "progress_bar": False,
+        "optim": {"lr": 2e-5, "warmup_ratio": 0.0},
+        "schedule": {"global_batch_size": args.global_batch, "micro_batch_size": args.micro_batch, "max_steps": 10**6},
+        "engine": {"precision": "fp32"}, "trainable": {"llm_mode": "full"},
+        "checkpoint": {"output_dir": str(root / f"run_{group_by}"), "resume": "none"},
+        "feature_cache": {"enabled": False}, "log": {"tensorboard": False, "progress_bar": False},
     })
     strategy = SingleProcessStrategy()
-    seed_everything(cfg.seed)
+    seed_everything(cfg.schedule.seed)
     model = build_model(cfg)
     prepare_model(model, cfg)
     return Trainer(cfg, model, build_data(cfg, model, strategy), strategy)

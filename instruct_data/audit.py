@@ -305,7 +305,7 @@ def _judge(report: AuditReport, max_skip_ratio: float, where: str) -> None:
     share = report.skip_share()
     if report.audited and share > max_skip_ratio:
         first = next(iter(report.examples.values()))[0]
-        report.warnings.append(f"{share:.1%} of the audited records are skipped, above data.max_skip_ratio="
+        report.warnings.append(f"{share:.1%} of the audited records are skipped, above data.guards.max_skip_ratio="
                                f"{max_skip_ratio:g} ({dict(report.skipped())}; first {first[0]!r}: {first[1]}); "
                                "the run will stop once it sees the same share")
     truncated = report.total("truncated") / max(report.audited, 1)

@@ -15,7 +15,7 @@ launch_train() {
     if cuda_hidden; then
         [[ -z "${NUM_GPUS:-}" || "${NUM_GPUS}" == 0 ]] || die "NUM_GPUS=$NUM_GPUS but CUDA_VISIBLE_DEVICES is empty (no GPU visible)"
         nproc=${NUM_PROCS:-1}
-        echo "[launch] CUDA_VISIBLE_DEVICES is empty: a CPU run of $nproc process(es) (gloo, fp32: add precision=fp32)" >&2
+        echo "[launch] CUDA_VISIBLE_DEVICES is empty: a CPU run of $nproc process(es) (gloo, fp32: add engine.precision=fp32)" >&2
     else
         torch_cuda_info
         if [[ "$TORCH_GPUS" -lt 1 ]]; then

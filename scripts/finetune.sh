@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LLaVA-1.5 phase 2 (full LLM instruction tuning), ZeRO-3, global batch 128, lr 2e-5, on every GPU of this machine.
-# Extra arguments are config overrides, e.g.: bash scripts/finetune.sh micro_batch_size=8 output_dir=runs/mine
+# Extra arguments are config overrides, e.g.: bash scripts/finetune.sh schedule.micro_batch_size=8 checkpoint.output_dir=runs/mine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_launch.sh

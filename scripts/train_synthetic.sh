@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The synthetic world on CPU: build it (if missing), then phase 1 and phase 2 on the shipped backbones.
-# Extra arguments are overrides applied to both phases, e.g.: bash scripts/train_synthetic.sh max_steps=50
+# Extra arguments are overrides applied to both phases, e.g.: bash scripts/train_synthetic.sh schedule.max_steps=50
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -42,16 +42,16 @@ PROFILES: dict[str, DemoProfile] = {
     "default": DemoProfile(
         synth=["--num-train", "6000", "--num-test", "400"],
         backbones=[],
-        align=["epochs=3"],
-        instruct=["epochs=3"],
+        align=["schedule.epochs=3"],
+        instruct=["schedule.epochs=3"],
         notes="the README's demo: about 9 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
         synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",
                "--text-eval", "40"],
         backbones=["--llm-lesson-steps", "5", "--llm-steps", "150", "--vit-steps", "200"],
-        align=["max_steps=150"],
-        instruct=["max_steps=600"],
+        align=["schedule.max_steps=150"],
+        instruct=["schedule.max_steps=600"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
     ),
@@ -79,7 +79,7 @@ class Demo:
         self.world = out / "world"
         self.pretrain_backbones, self.ablations = pretrain_backbones, ablations
         self.seed = seed
-        self.seed_overrides = [f"seed={seed}"] if seed is not None else []  # both phases' training seed
+        self.seed_overrides = [f"schedule.seed={seed}"] if seed is not None else []  # both phases' training seed
         self.backbones = self.world / "backbones" if pretrain_backbones else SHIPPED_DIR
         self.feature_cache = self.world / "feature_cache"  # the frozen ViT's features, shared by all three runs
         self.stages_file = out / "stages.json"
@@ -106,7 +106,7 @@ class Demo:
     def world_overrides(self) -> list[str]:
         backbones = self.backbones
         return [f"data.image_folder={self.world / 'images'}", f"model.vision.spec=hf:{backbones / 'vit'}",
-                f"model.llm={backbones / 'llm'}", f"feature_cache_dir={self.feature_cache}"]
+                f"model.llm={backbones / 'llm'}", f"feature_cache.dir={self.feature_cache}"]
 
     # --- stages --------------------------------------------------------------------------------------
     def run_training(self) -> None:
@@ -130,7 +130,7 @@ class Demo:
         align_out = self.out / "align"
         self.stage("align", lambda: (align_out / CONFIG_NAME).is_file(),
                    [["train", self.config(ALIGN_CONFIG), *self.world_overrides(),
-                     f"data.data_path=[{w / 'align.json'}]", f"output_dir={align_out}", *p.align,
+                     f"data.data_path=[{w / 'align.json'}]", f"checkpoint.output_dir={align_out}", *p.align,
                      *self.seed_overrides]])
         self.stage("instruct", lambda: (self.out / "instruct" / CONFIG_NAME).is_file(),
                    [self.instruct_argv(align_out, self.out / "instruct")])
@@ -151,7 +151,7 @@ class Demo:
         w = self.world
         return ["train", self.config(INSTRUCT_CONFIG), f"model.init_from={init_from}",
                 f"data.data_path=[{w / 'instruct.json'}]", f"data.image_folder={w / 'images'}",
-                f"feature_cache_dir={self.feature_cache}", f"output_dir={out}", *self.profile.instruct,
+                f"feature_cache.dir={self.feature_cache}", f"checkpoint.output_dir={out}", *self.profile.instruct,
                 *self.seed_overrides]
 
     def eval_argv(self, model: Path, benchmark: str, name: str, *extra: str) -> list[str]:

@@ -1,15 +1,18 @@
-"""Typed training configuration: dataclasses, YAML loading and `key.sub=value` command-line overrides."""
+"""Typed training configuration in sections: dataclasses, YAML loading and `key.sub=value` command-line overrides."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
+from train.errors import ConfigError
 from train.recipe_registry import LLM_MODES, RECIPES
 from train.strategies.registry import STRATEGIES
 from vision_encoders.config import VisionEncoderConfig
@@ -20,10 +23,6 @@ LLMMode = Literal[LLM_MODES]  # type: ignore[valid-type]
 Precision = Literal["auto", "fp32", "bf16"]
 StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 GroupBy = Literal["none", "length", "modality_length"]
-
-
-class ConfigError(ValueError):
-    """A configuration value or key that cannot be used, naming the key and why."""
 
 
 @dataclass
@@ -44,8 +43,29 @@ class ModelConfig:
 
 
 @dataclass
+class DataGuardsConfig:
+    """Fail loud at run time: what stops the run instead of skipping quietly."""
+
+    strict: bool = False  # True: a bad record stops the run; False: skipped and counted
+    # The run stops (non-zero exit, naming the cause and the first records) when more than this share of the
+    # records seen is skipped, checked once `skip_warmup` records were seen and at the end...
+    max_skip_ratio: float = 0.01
+    skip_warmup: int = 200
+    # ... or when its first N micro-batches (per process) carried no supervised token.
+    fail_no_supervised_after: int = 20
+
+
+@dataclass
+class DataAuditConfig:
+    """The pre-flight audit before training: records drawn evenly (-1: all, 0: no audit); strict: warnings stop too."""
+
+    sample: int = 2000
+    strict: bool = False
+
+
+@dataclass
 class DataConfig:
-    """Where the records and images are, and how they are batched."""
+    """Where the records and images are, how they are batched and packed; `guards` and `audit` police them."""
 
     data_path: list[str] = field(default_factory=list)
     mixture: str | None = None  # a YAML mixture file (instead of data_path)
@@ -53,24 +73,27 @@ class DataConfig:
     max_length: int = 2048
     group_by: GroupBy = "none"
     num_workers: int = 0
-    strict: bool = False  # True: a bad record stops the run; False: skipped and counted
-    # Fail loud: the run stops (non-zero exit, naming the cause and the first records) when more than this
-    # share of the records seen is skipped, checked once `skip_warmup` records were seen and at the end...
-    max_skip_ratio: float = 0.01
-    skip_warmup: int = 200
-    # ... or when its first N micro-batches (per process) carried no supervised token.
-    fail_no_supervised_after: int = 20
-    # Pre-flight audit before training: records drawn evenly (-1: all, 0: no audit); strict: warnings stop too.
-    audit_sample: int = 2000
-    audit_strict: bool = False
     # Sequence packing: each step's samples packed whole into rows of at most `pack_length` tokens (default
     # `max_length`); `micro_batch_size` then counts rows. Every packed run first checks one packed micro-batch
     # against the same samples unpacked.
     packing: bool = False
     pack_length: int | None = None
+    guards: DataGuardsConfig = field(default_factory=DataGuardsConfig)
+    audit: DataAuditConfig = field(default_factory=DataAuditConfig)
 
     def resolved_pack_length(self) -> int:
         return self.pack_length if self.pack_length is not None else self.max_length
+
+
+@dataclass
+class ScheduleConfig:
+    """How many samples per optimizer step, and how many steps."""
+
+    global_batch_size: int = 8
+    micro_batch_size: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    seed: int = 42
 
 
 @dataclass
@@ -99,61 +122,140 @@ class LoraSettings:
 
 
 @dataclass
+class TrainableConfig:
+    """What trains within the recipe's parts (`train.recipe_registry`): the LLM's mode, vision blocks, LoRA."""
+
+    llm_mode: LLMMode = "full"
+    unfreeze_vision_last_n: int = 0
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)  # read when llm_mode is lora or qlora
+
+
+@dataclass
+class EngineConfig:
+    """How the step runs: the strategy (`train.strategies.registry`) and the precision."""
+
+    strategy: StrategyName = "single"
+    deepspeed_config: str | None = None
+    precision: Precision = "auto"
+
+
+@dataclass
+class CheckpointConfig:
+    """Where the run writes, how often it saves, and where it resumes from."""
+
+    output_dir: str = "runs/unnamed"
+    save_every: int = 0  # optimizer steps between checkpoints; 0: only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # auto | none | PATH
+
+
+@dataclass
+class LogConfig:
+    log_every: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class FeatureCacheConfig:
+    """The frozen vision encoder's features kept on disk (`train.feature_cache`)."""
+
+    enabled: bool | None = None  # null (auto): on in `align` when the encoder is frozen
+    dir: str | None = None  # None: <checkpoint.output_dir>/feature_cache
+
+
+@dataclass
 class TrainConfig:
-    """One training run."""
+    """One training run; the rules between its values are in `train.rules`."""
 
     recipe: RecipeName = "instruct"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    global_batch_size: int = 8
-    micro_batch_size: int = 1
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    seed: int = 42
-    precision: Precision = "auto"
-    gradient_checkpointing: bool = False
-    llm_mode: LLMMode = "full"
-    unfreeze_vision_last_n: int = 0
-    save_every: int = 0  # optimizer steps between checkpoints; 0: only at the end
-    keep_last: int = 2
-    output_dir: str = "runs/unnamed"
-    resume: str = "auto"  # auto | none | PATH
-    strategy: StrategyName = "single"
-    deepspeed_config: str | None = None
-    log_every: int = 1
-    feature_cache: bool | None = None  # null (auto): on in `align` when the encoder is frozen
-    feature_cache_dir: str | None = None  # None: <output_dir>/feature_cache
-    tensorboard: bool = True
-    progress_bar: bool = True
-
-    def validate(self) -> None:
-        """Raise ConfigError for values that cannot work together."""
-        if self.global_batch_size <= 0 or self.micro_batch_size <= 0:
-            raise ConfigError("global_batch_size and micro_batch_size must be positive")
-        if self.model.init_from is None and (self.model.vision is None or self.model.llm is None):
-            raise ConfigError("model: give either model.init_from or both model.vision and model.llm")
-        if not self.data.data_path and not self.data.mixture:
-            raise ConfigError("data: give data.data_path (one or more files) or data.mixture")
-        if self.strategy == "deepspeed" and not self.deepspeed_config:
-            raise ConfigError("strategy=deepspeed needs deepspeed_config (a ZeRO JSON file)")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ConfigError("give epochs > 0 or max_steps > 0")
-        if self.keep_last < 1:
-            raise ConfigError("keep_last must be >= 1")
-        if not 0.0 <= self.data.max_skip_ratio <= 1.0:
-            raise ConfigError(f"data.max_skip_ratio must be within [0, 1], got {self.data.max_skip_ratio}")
-        if self.data.skip_warmup < 1 or self.data.fail_no_supervised_after < 1:
-            raise ConfigError("data.skip_warmup and data.fail_no_supervised_after must be >= 1")
-        if self.data.pack_length is not None and not self.data.packing:
-            raise ConfigError("data.pack_length is set but data.packing is false")
-        if self.data.packing and self.data.resolved_pack_length() < self.data.max_length:
-            raise ConfigError(f"data.pack_length={self.data.pack_length} is shorter than data.max_length="
-                              f"{self.data.max_length}: a sample must fit a packed row whole")
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- the flat keys of before
+# Deprecated for one release: the keys of the flat layout (before the sections), in a YAML file (a saved
+# train_config.yaml too) or in a `key=value` override, are read at their new place, with one warning per key.
+# Drop MOVED, `upgrade`, `moved_path` and their calls in the release after this one.
+MOVED: dict[str, str] = {
+    **{k: f"schedule.{k}" for k in ("global_batch_size", "micro_batch_size", "epochs", "max_steps", "seed")},
+    **{k: f"trainable.{k}" for k in ("llm_mode", "unfreeze_vision_last_n", "gradient_checkpointing", "lora")},
+    **{k: f"engine.{k}" for k in ("strategy", "deepspeed_config", "precision")},
+    **{k: f"checkpoint.{k}" for k in ("output_dir", "save_every", "keep_last", "resume")},
+    **{k: f"log.{k}" for k in ("log_every", "tensorboard", "progress_bar")},
+    "feature_cache": "feature_cache.enabled",  # only a value, not a mapping (the section itself)
+    "feature_cache_dir": "feature_cache.dir",
+    **{f"data.{k}": f"data.guards.{k}" for k in ("strict", "max_skip_ratio", "skip_warmup", "fail_no_supervised_after")},
+    "data.audit_sample": "data.audit.sample",
+    "data.audit_strict": "data.audit.strict",
+}
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A config key of the flat layout, read at its new place (a FutureWarning: shown to users by default)."""
+
+
+def _warn_moved(old: str, new: str) -> None:
+    # The warnings module shows each message once per process: once per key.
+    warnings.warn(f"config key {old!r} is deprecated, use {new!r} (the old key is read until the next release)",
+                  ConfigDeprecationWarning, stacklevel=2)
+
+
+def _is_moved(old: str, value: Any) -> bool:
+    return old in MOVED and not (old == "feature_cache" and isinstance(value, dict))
+
+
+def moved_path(path: list[str], value: Any = None, warn: bool = True) -> list[str]:
+    """An override's key path in sections: `output_dir` -> checkpoint.output_dir, `lora.r` -> trainable.lora.r."""
+    for cut in range(len(path), 0, -1):
+        old = ".".join(path[:cut])
+        if _is_moved(old, value if cut == len(path) else {}):
+            if warn:
+                _warn_moved(old, MOVED[old])
+            return MOVED[old].split(".") + path[cut:]
+    return path
+
+
+def upgrade(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """A raw config mapping with every flat-layout key moved into its section (in place; also returned)."""
+    for old, new in MOVED.items():
+        *parents, leaf = old.split(".")
+        holder = _walk(data, parents)
+        if holder is None or leaf not in holder or not _is_moved(old, holder[leaf]):
+            continue
+        if warn:
+            _warn_moved(old, new)
+        value = holder.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = _walk(data, new_parents, create=True)
+        if target is None:
+            raise ConfigError(f"{old} (deprecated) cannot move to {new}: {'.'.join(new_parents)} is not a mapping")
+        if new_leaf in target:
+            raise ConfigError(f"both {old} (deprecated) and {new} are given; keep {new}")
+        target[new_leaf] = value
+    return data
+
+
+def _walk(data: dict[str, Any], keys: list[str], create: bool = False) -> dict[str, Any] | None:
+    for key in keys:
+        if create and data.get(key) is None:
+            data[key] = {}
+        sub = data.get(key)
+        if not isinstance(sub, dict):
+            return None
+        data = sub
+    return data
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
@@ -255,8 +357,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from a plain mapping, every key and type checked."""
-    return _from_dict(TrainConfig, data)
+    """A TrainConfig from a plain mapping, every key and type checked (flat-layout keys moved, with a warning)."""
+    return _from_dict(TrainConfig, upgrade(copy.deepcopy(data)))
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -297,6 +399,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `key.sub=value` strings (values parsed as YAML) to a raw config mapping."""
     for text in overrides:
         path, value = _parse_override(text)
+        path = moved_path(path, value)
         _set_path(data, TrainConfig, path, value, ".".join(path))
     return data
 
@@ -313,7 +416,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
     try:
-        data = apply_overrides(data, list(overrides or []))
+        data = apply_overrides(upgrade(data), list(overrides or []))
         return config_from_dict(data)
     except ConfigError as err:
         where = f"{path}: " if path is not None else ""

@@ -40,11 +40,11 @@ class PrefillReport:
 def planned_micro_batches(cfg: TrainConfig, data: TrainData, world_size: int) -> Iterator[list[int]]:
     """This rank's micro-batches (index lists) the run will train on, in order, as `Trainer.fit` walks them
     (whole optimizer steps per epoch, `max_steps` or `epochs` of them)."""
-    accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, world_size)
+    accum = grad_accum_steps(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, world_size)
     steps_per_epoch = len(data.epoch_batches(0)) // accum
     if steps_per_epoch == 0:
         return
-    remaining = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+    remaining = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * steps_per_epoch)
     epoch = 0
     while remaining > 0:
         steps = min(remaining, steps_per_epoch)
@@ -110,7 +110,7 @@ def prefill(cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strat
         batches, dataset = ([i for row in mb for i in row] for mb in batches), data.dataset.dataset
     with whole:
         report = prefill_features(source.cache, dataset, batches, model.vision_encoder, model.image_processor,
-                                  batch_size=max(cfg.micro_batch_size, 32))
+                                  batch_size=max(cfg.schedule.micro_batch_size, 32))
     source.bad.update(report.bad)
     strategy.barrier()
     if strategy.is_main:

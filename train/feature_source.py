@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
-from train.config import ConfigError, TrainConfig
+from train.config import TrainConfig
 from train.feature_cache import FeatureCache, FeatureCacheError, encoder_fingerprint
 from train.freezing import vision_is_frozen
 from train.recipe_registry import get_recipe
@@ -69,21 +69,16 @@ class FeatureSource:
 
 
 def feature_source(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> FeatureSource | None:
-    """The run's feature source when the feature cache is on (`feature_cache`, auto: on for a recipe that asks
-    for it with a frozen encoder, off for anyres), else None. On a strategy that partitions every parameter the
-    source never encodes: the cache is filled before training (`train.feature_prefill.prefill`)."""
-    wanted = cfg.feature_cache
-    anyres = model.config.vision.anyres
-    if wanted and anyres:
-        raise ConfigError("feature_cache=true with image_aspect_ratio anyres: the cache holds one feature map per "
-                          "image, anyres encodes a size-dependent set of tiles; set feature_cache=false")
+    """The run's feature source when the feature cache is on (`feature_cache.enabled`, auto: on for a recipe that
+    asks for it with a frozen encoder, off for anyres; the combinations that cannot work are refused by
+    `train.rules`), else None. On a strategy that partitions every parameter the source never encodes: the cache
+    is filled before training (`train.feature_prefill.prefill`)."""
+    wanted = cfg.feature_cache.enabled
     if wanted is None:  # auto (off for anyres: tiles are not cached)
-        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not anyres
+        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not model.config.vision.anyres
     if not wanted:
         return None
-    if not vision_is_frozen(model):
-        raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
-    directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
+    directory = cfg.feature_cache.dir or os.path.join(cfg.checkpoint.output_dir, "feature_cache")
     cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
     return FeatureSource(cache, model.vision_encoder, model.image_processor,
                          encode_on_miss=not strategy.partitions_parameters)

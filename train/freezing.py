@@ -14,12 +14,9 @@ def set_trainable(model: nn.Module, *, recipe: Recipe, llm_mode: str, unfreeze_v
 
     Every part outside `recipe.trains` is frozen. The projector trains when listed; the LLM when listed and
     `llm_mode` is `full` (lora/qlora: frozen here, the adapters train); the last `unfreeze_vision_last_n`
-    vision blocks when the vision encoder is listed (asking for them otherwise is an error).
+    vision blocks (`train.rules` allows them only when the vision encoder is listed).
     """
     llm_mode = recipe.llm_mode(llm_mode)
-    if unfreeze_vision_last_n and "vision" not in recipe.trains:
-        raise ValueError(f"recipe={recipe.name} trains {' and '.join(sorted(recipe.trains))} only; "
-                         "unfreeze_vision_last_n needs a recipe that trains the vision encoder")
     model.requires_grad_(False)
     if "projector" in recipe.trains:
         model.projector.requires_grad_(True)

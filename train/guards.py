@@ -6,11 +6,11 @@ from typing import Any, Sequence
 
 import torch
 
+from train.errors import DataFailure
+
+__all__ = ["DataFailure", "DataGuard", "summary_line"]
+
 FIRST_NAMED = 3  # skipped records named in a failure message
-
-
-class DataFailure(RuntimeError):
-    """The data fed to the model cannot train the run (nothing supervised, too many skips); the message says why."""
 
 
 class DataGuard:
@@ -24,9 +24,10 @@ class DataGuard:
     """
 
     def __init__(self, data_cfg: Any, num_image_tokens: int | None = None) -> None:
-        self.max_skip_ratio = float(data_cfg.max_skip_ratio)
-        self.skip_warmup = int(data_cfg.skip_warmup)
-        self.no_supervised_after = int(data_cfg.fail_no_supervised_after)
+        guards = data_cfg.guards
+        self.max_skip_ratio = float(guards.max_skip_ratio)
+        self.skip_warmup = int(guards.skip_warmup)
+        self.no_supervised_after = int(guards.fail_no_supervised_after)
         self.max_length = data_cfg.max_length
         self.num_image_tokens = num_image_tokens
         self.micro_batches = 0  # this process's, in this process's lifetime
@@ -48,7 +49,7 @@ class DataGuard:
         self.supervised += supervised
         if self.supervised == 0 and self.micro_batches >= self.no_supervised_after:
             raise DataFailure(f"no supervised token reached the model in the first {self.micro_batches} micro-batches"
-                              f" (data.fail_no_supervised_after={self.no_supervised_after}): "
+                              f" (data.guards.fail_no_supervised_after={self.no_supervised_after}): "
                               + self._detail(skip_log))
         if self.trained + self.skipped >= self.skip_warmup:
             self._check_ratio(skip_log)
@@ -66,7 +67,7 @@ class DataGuard:
         seen = self.trained + self.skipped
         if seen and self.skipped / seen > self.max_skip_ratio:
             raise DataFailure(f"{self.skipped} of {seen} records seen were skipped ({self.skipped / seen:.1%}), above "
-                              f"data.max_skip_ratio={self.max_skip_ratio:g}: " + self._detail(skip_log))
+                              f"data.guards.max_skip_ratio={self.max_skip_ratio:g}: " + self._detail(skip_log))
 
     def _detail(self, skip_log: Sequence[tuple[str, str]]) -> str:
         kinds = Counter(reason.split(":", 1)[0] for _, reason in skip_log)

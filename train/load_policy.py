@@ -18,7 +18,7 @@ FP32 = "float32"
 
 def llm_trains(cfg) -> bool:  # noqa: ANN001 - a TrainConfig
     """Whether the whole LLM trains (its recipe row trains it and llm_mode is full)."""
-    return get_recipe(cfg.recipe).llm_mode(cfg.llm_mode) == "full"
+    return get_recipe(cfg.recipe).llm_mode(cfg.trainable.llm_mode) == "full"
 
 
 def load_dtype(cfg, precision: str, deepspeed: bool) -> str:  # noqa: ANN001 - a TrainConfig

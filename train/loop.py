@@ -15,13 +15,14 @@ from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoin
     read_trainer_state, resolve_resume, save_checkpoint)
 from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
+from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, resolve_precision
-from train.step import NonFiniteLossError, SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
+from train.step import SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from vlm.batch import Batch
@@ -61,30 +62,30 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, data: TrainData, strategy: Strategy | None = None,
                  features: FeatureSource | None = None) -> None:
         self.cfg = cfg
-        self.strategy = strategy or build_strategy(cfg.strategy, cfg)
+        self.strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
         self.data = data
         self.features = features  # feature cache on: vision features instead of pixels
-        self.output_dir = Path(cfg.output_dir)
-        self.precision = resolve_precision(cfg.precision, self.strategy.device)
+        self.output_dir = Path(cfg.checkpoint.output_dir)
+        self.precision = resolve_precision(cfg.engine.precision, self.strategy.device)
         self.tf32 = enable_tf32(self.precision, self.strategy.device)
-        self.accum = grad_accum_steps(cfg.global_batch_size, cfg.micro_batch_size, self.strategy.world_size)
+        self.accum = grad_accum_steps(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, self.strategy.world_size)
         batches = len(data.epoch_batches(0))
         self.steps_per_epoch = batches // self.accum
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch has {batches} micro-batches on this rank, fewer than the {self.accum} "
-                             f"needed for one step of global_batch_size={cfg.global_batch_size}")
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * self.steps_per_epoch)
+                             f"needed for one step of global_batch_size={cfg.schedule.global_batch_size}")
+        self.total_steps = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
         self.model, self.optimizer = self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
-                                  global_batch_size=cfg.global_batch_size, micro_batch_size=cfg.micro_batch_size)
+                                  global_batch_size=cfg.schedule.global_batch_size, micro_batch_size=cfg.schedule.micro_batch_size)
         self.resumed_from: Path | None = None
         self.skips = SkipTally(self.state.skipped)
         config = model.config
         self.guard = DataGuard(cfg.data, None if config.vision.anyres else config.num_image_tokens)
         self.step_inputs = StepInputs(self.model, self.strategy, self.precision, self.guard, self.skips,
                                       pad_token_id=int(config.pad_token_id), max_grad_norm=cfg.optim.max_grad_norm,
-                                      strict=cfg.data.strict, features=features)
+                                      strict=cfg.data.guards.strict, features=features)
         self.efficiency = EfficiencyLog(model, self.strategy.device, self.precision)
         self.wait_warner = WaitWarner()
         self.lockstep = lockstep.LockstepCheck(self.strategy) if lockstep.enabled() else None
@@ -92,13 +93,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _resume(self) -> None:
-        path = resolve_resume(self.cfg.resume, self.output_dir)
+        path = resolve_resume(self.cfg.checkpoint.resume, self.output_dir)
         if path is None:
             return
         state = read_trainer_state(path)  # check compatibility before touching the model
-        if (state.global_batch_size, state.total_steps) != (self.cfg.global_batch_size, self.total_steps):
+        if (state.global_batch_size, state.total_steps) != (self.cfg.schedule.global_batch_size, self.total_steps):
             raise ValueError(f"cannot resume from {path}: it was saved with global_batch_size={state.global_batch_size},"
-                             f" total_steps={state.total_steps}; this run has {self.cfg.global_batch_size}, "
+                             f" total_steps={state.total_steps}; this run has {self.cfg.schedule.global_batch_size}, "
                              f"{self.total_steps}")
         if state.world_size != self.strategy.world_size:
             raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
@@ -163,7 +164,7 @@ class Trainer:
             save_config(cfg, self.output_dir / "train_config.yaml")
         self._resume()
         logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
-                           enabled=self.strategy.is_main, tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+                           enabled=self.strategy.is_main, tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar)
         logger.message(self._banner())
         if self.data.check_pair is not None:
             self._check_packing(logger)
@@ -206,9 +207,9 @@ class Trainer:
             self.state.micro_batches_in_epoch += self.accum
             metrics["epoch"] = self.state.epoch + self.state.micro_batches_in_epoch / epoch_end
             losses.append(metrics["loss"])
-            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps:
+            if self.state.step % self.cfg.log.log_every == 0 or self.state.step == self.total_steps:
                 logger.log_step(self.state.step, metrics)
-            if self.cfg.save_every > 0 and self.state.step % self.cfg.save_every == 0 and \
+            if self.cfg.checkpoint.save_every > 0 and self.state.step % self.cfg.checkpoint.save_every == 0 and \
                     self.state.step < self.total_steps:
                 self._save()
         if ran_out or self.state.micro_batches_in_epoch >= epoch_end:
@@ -235,7 +236,7 @@ class Trainer:
     def _save(self) -> None:
         packer = self.data.packer
         data_state = None if packer is None else packer.state_dict(self.state.epoch, self.state.micro_batches_in_epoch)
-        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.keep_last,
+        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.checkpoint.keep_last,
                         data_state=data_state)
 
     # ------------------------------------------------------------------ packing
@@ -279,5 +280,5 @@ class Trainer:
         groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))
         start = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "from scratch"
         return (f"{self.cfg.recipe}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), accumulation "
-                f"{self.accum} x micro-batch {self.cfg.micro_batch_size} x {self.strategy.world_size} process(es), "
+                f"{self.accum} x micro-batch {self.cfg.schedule.micro_batch_size} x {self.strategy.world_size} process(es), "
                 f"{self.precision}{' (TF32 matmuls)' if self.tf32 else ''}, {start}; groups: {groups}")

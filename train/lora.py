@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.config import ConfigError, LoraSettings, TrainConfig
+from train.config import LoraSettings
 
 from vlm.checkpoint import LORA_ADAPTER_DIR as ADAPTER_DIR  # one name for the writer and the reader
 
@@ -32,23 +32,6 @@ def lora_config(settings: LoraSettings):  # noqa: ANN201 - peft.LoraConfig
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
-ZERO3_REFUSAL = ("llm_mode=qlora cannot run under DeepSpeed ZeRO-3 ({config}): ZeRO-3 partitions every parameter "
-                 "across ranks, and bitsandbytes' packed 4-bit weights (with their quantization state) cannot be "
-                 "partitioned or gathered. Use ZeRO-2 (deepspeed_config=configs/deepspeed/zero2.json: the 4-bit base "
-                 "is replicated, adapters and optimizer state are sharded) or one GPU (strategy=single)")
-
-
-def check_qlora_strategy(cfg: TrainConfig) -> None:
-    """Refuse QLoRA + ZeRO-3 at start, naming the alternative (reads the JSON only: no DeepSpeed needed)."""
-    if cfg.llm_mode != "qlora" or cfg.strategy != "deepspeed" or not cfg.deepspeed_config:
-        return
-    from train.strategies.deepspeed_config import load_json_config
-
-    stage = load_json_config(cfg.deepspeed_config).get("zero_optimization", {}).get("stage", 0)
-    if stage == 3:
-        raise ConfigError(ZERO3_REFUSAL.format(config=cfg.deepspeed_config))
-
-
 def qlora_llm_kwargs(init_from: str | None = None) -> dict[str, Any]:
     """`from_pretrained` kwargs that load the LLM straight from disk into 4-bit NF4 on this process's GPU.
 
@@ -56,12 +39,9 @@ def qlora_llm_kwargs(init_from: str | None = None) -> dict[str, Any]:
     `init_from` holds (its `llm/` weights, or the base it refers to plus its saved rows of the added tokens),
     loaded once, never first in fp32. Embeddings and the LM head stay unquantized (transformers keeps the
     output embeddings out of 4-bit), so the added tokens' input and output rows are restored as for any load.
-    GPU only: on a CPU, or without bitsandbytes, this raises with the reason.
+    GPU only: on a CPU, or without bitsandbytes, this raises with the reason (`train.rules` refused adapters in
+    `init_from` before).
     """
-    if init_from and (Path(init_from) / ADAPTER_DIR).is_dir():
-        raise ConfigError(f"model.init_from={init_from} holds LoRA adapters ({ADAPTER_DIR}/), which cannot be merged "
-                          "into 4-bit weights: merge them first (vlm merge-lora --model DIR --out MERGED) and start "
-                          "QLoRA from the merged model")
     check_qlora_available()
     from transformers import BitsAndBytesConfig
 

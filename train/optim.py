@@ -59,9 +59,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model, cfg)`."""
-    if len(cfg.betas) != 2:
-        raise ValueError(f"optim.betas must hold two numbers, got {cfg.betas}")
+    """AdamW over `param_groups(model, cfg)` (`train.rules` checked that `betas` holds two numbers)."""
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
                              weight_decay=cfg.weight_decay)
 

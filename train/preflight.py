@@ -30,7 +30,7 @@ def load_train_records(cfg: TrainConfig) -> RecordSource:
     roots = [d.image_folder] if d.image_folder else []
     if d.mixture:
         try:
-            return load_mixture(d.mixture, image_roots=roots, seed=cfg.seed)
+            return load_mixture(d.mixture, image_roots=roots, seed=cfg.schedule.seed)
         except RecordFileError:
             raise  # names the record file; `vlm train` exits 2
         except (ValueError, OSError, yaml.YAMLError) as err:
@@ -40,12 +40,8 @@ def load_train_records(cfg: TrainConfig) -> RecordSource:
 
 def training_template(cfg: TrainConfig, inherited: str | None) -> str | None:
     """The template the run trains with: model.template, else the recipe's, else the checkpoint's."""
-    recipe = get_recipe(cfg.recipe)
-    template = cfg.model.template or recipe.default_template or inherited
-    if recipe.chat_template_required and template == "plain" and not cfg.model.template:
-        raise ConfigError(f"recipe={recipe.name} from {cfg.model.init_from} would inherit its template 'plain' "
-                          "(phase 1's); set model.template (e.g. vicuna_v1)")
-    return template
+    # train.rules refuses an inherited `plain` where the recipe trains on conversations
+    return cfg.model.template or get_recipe(cfg.recipe).default_template or inherited
 
 
 def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, ImageTokenCounter]:
@@ -71,10 +67,10 @@ def audit_config(cfg: TrainConfig, records: RecordSource, model: Any = None,
                  sample: int | None = None) -> AuditReport:
     tokenizer, template, image_token_id, k = audit_inputs(cfg, model)
     report = audit_records(records, template, tokenizer, image_token_id=image_token_id, num_image_tokens=k,
-                           max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.max_skip_ratio,
+                           max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.guards.max_skip_ratio,
                            where=cfg.data.mixture or ", ".join(cfg.data.data_path))
     if cfg.data.packing:  # samples per pack and the padding left, from the audited lengths
-        add_packing_preview(report, cfg.data.resolved_pack_length(), cfg.global_batch_size, cfg.micro_batch_size)
+        add_packing_preview(report, cfg.data.resolved_pack_length(), cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size)
     return report
 
 
@@ -84,24 +80,24 @@ def write_outputs(cfg: TrainConfig, records: RecordSource, report: AuditReport |
     out.mkdir(parents=True, exist_ok=True)
     if report is not None:
         report.write(out / AUDIT_NAME)
-    write_manifest(build_manifest(records, seed=cfg.seed, mixture=cfg.data.mixture), out / MANIFEST_NAME)
+    write_manifest(build_manifest(records, seed=cfg.schedule.seed, mixture=cfg.data.mixture), out / MANIFEST_NAME)
 
 
 def run_preflight(cfg: TrainConfig, records: RecordSource, strategy: Any, model: Any = None) -> AuditReport | None:
-    """`vlm train`'s sampled audit (data.audit_sample records; 0: off) and manifest; raises AuditError.
+    """`vlm train`'s sampled audit (data.audit.sample records; 0: off) and manifest; raises AuditError.
 
     Every process audits (the same records, the same verdict); only the main one prints and writes."""
     d = cfg.data
     if len(records) == 0:
         raise DataFailure(f"no records to train on: {d.mixture or ', '.join(d.data_path)} hold(s) no record")
     report = None
-    if d.audit_sample != 0:
+    if d.audit.sample != 0:
         t0 = time.perf_counter()
-        report = audit_config(cfg, records, model, sample=d.audit_sample)
+        report = audit_config(cfg, records, model, sample=d.audit.sample)
         if strategy.is_main:
             print(f"{report.table()}\n  ({time.perf_counter() - t0:.1f} s)", flush=True)
     if strategy.is_main:
-        write_outputs(cfg, records, report, cfg.output_dir)
+        write_outputs(cfg, records, report, cfg.checkpoint.output_dir)
     if report is not None:
-        report.check(strict=d.audit_strict)
+        report.check(strict=d.audit.strict)
     return report

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from train.errors import ConfigError
+
 LLM_MODES = ("full", "lora", "qlora", "frozen")
 
 
@@ -26,13 +28,13 @@ class Recipe:
     feature_cache_auto: bool
 
     def llm_mode(self, requested: str) -> str:
-        """The LLM mode this recipe runs with, given the config's `llm_mode` (ValueError when it cannot)."""
+        """The LLM mode this recipe runs with, given the config's `llm_mode` (ConfigError when it cannot)."""
         if requested not in LLM_MODES:
-            raise ValueError(f"unknown llm_mode {requested!r}; known: {list(LLM_MODES)}")
+            raise ConfigError(f"unknown llm_mode {requested!r}; known: {list(LLM_MODES)}")
         if "llm" in self.trains:
             return requested
         if requested not in ("frozen", "full"):  # "full" is the config's default: read as "the recipe's default"
-            raise ValueError(f"recipe={self.name} keeps the LLM frozen; llm_mode={requested!r} needs a recipe "
+            raise ConfigError(f"recipe={self.name} keeps the LLM frozen; llm_mode={requested!r} needs a recipe "
                              f"that trains it ({', '.join(n for n, r in RECIPES.items() if 'llm' in r.trains)})")
         return "frozen"
 

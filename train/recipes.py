@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from train import lockstep
-from train.config import ConfigError, TrainConfig
+from train import lockstep, rules
+from train.config import TrainConfig
 from train.feature_prefill import prefill
 from train.feature_source import FeatureSource, feature_source
 from train.freezing import set_trainable, trainable_summary
@@ -33,7 +33,7 @@ def build_model(cfg: TrainConfig, strategy: Strategy | None = None) -> nn.Module
 
     dtype = None
     if strategy is not None:
-        dtype = load_dtype(cfg, resolve_precision(cfg.precision, strategy.device), strategy.keeps_master_weights)
+        dtype = load_dtype(cfg, resolve_precision(cfg.engine.precision, strategy.device), strategy.keeps_master_weights)
         dtype = None if dtype == FP32 else dtype
     with strategy.model_init_context() if strategy is not None else contextlib.nullcontext():
         model = _load_model(cfg, dtype)
@@ -46,7 +46,7 @@ def _load_model(cfg: TrainConfig, dtype: str | None) -> nn.Module:
     recipe = get_recipe(cfg.recipe)
     m = cfg.model
     llm_kwargs = None
-    if cfg.llm_mode == "qlora" and "llm" in recipe.trains:
+    if cfg.trainable.llm_mode == "qlora" and "llm" in recipe.trains:
         from train.lora import qlora_llm_kwargs
 
         llm_kwargs = qlora_llm_kwargs(m.init_from)  # the LLM goes straight from disk into 4-bit: no fp32 copy
@@ -64,10 +64,9 @@ def _load_model(cfg: TrainConfig, dtype: str | None) -> nn.Module:
             model.config.torch_dtype = saved_dtype
         model.config.template = training_template(cfg, model.config.template)
     else:
-        assert m.vision is not None and m.llm is not None  # validate() checked
+        assert m.vision is not None and m.llm is not None  # train.rules checked
         template = m.template or recipe.default_template
-        if template is None:
-            raise ConfigError(f"model.template is required when building a new model for recipe={recipe.name}")
+        assert template is not None  # train.rules checked
         vision = dataclasses.replace(m.vision, spec=_absolute_spec(m.vision.spec))
         model = VisionLanguageModel.build(vision, m.projector, _absolute(m.llm), template,
                                           attn_implementation=m.attn_implementation or "sdpa",
@@ -93,18 +92,15 @@ def _absolute_spec(spec: str) -> str:
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
     """Freezing, LoRA and gradient checkpointing for the recipe; returns trainable counts per part."""
     recipe = get_recipe(cfg.recipe)
-    try:
-        llm_mode = recipe.llm_mode(cfg.llm_mode)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.unfreeze_vision_last_n)
-    if cfg.unfreeze_vision_last_n:
-        model.config.vision.unfreeze_last_n = cfg.unfreeze_vision_last_n
+    llm_mode = recipe.llm_mode(cfg.trainable.llm_mode)
+    set_trainable(model, recipe=recipe, llm_mode=llm_mode, unfreeze_vision_last_n=cfg.trainable.unfreeze_vision_last_n)
+    if cfg.trainable.unfreeze_vision_last_n:
+        model.config.vision.unfreeze_last_n = cfg.trainable.unfreeze_vision_last_n
     if llm_mode in ("lora", "qlora"):
         from train.lora import apply_lora
 
-        apply_lora(model, cfg.lora, qlora=llm_mode == "qlora")
-    if cfg.gradient_checkpointing:
+        apply_lora(model, cfg.trainable.lora, qlora=llm_mode == "qlora")
+    if cfg.trainable.gradient_checkpointing:
         enable_gradient_checkpointing(model.llm)
     return trainable_summary(model)
 
@@ -138,7 +134,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=image_token_counter(model),
                               image_processor=model.image_processor, image_roots=roots,
-                              max_length=d.max_length, strict=d.strict, load_pixels=load_pixels)
+                              max_length=d.max_length, strict=d.guards.strict, load_pixels=load_pixels)
     # Lengths are read once, before any item is tokenized, so every process (and every resume) groups alike.
     if d.group_by == "modality_length":
         sampler_cls, lengths = ModalityLengthGroupedSampler, dataset.modality_lengths()
@@ -148,9 +144,9 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
         sampler_cls, lengths = LengthGroupedSampler, [1] * len(dataset)
     # The sampler groups whole optimizer steps (this rank's share of one global batch), so the samples of a
     # step do not depend on micro_batch_size or on the number of processes; we cut each share into micro-batches.
-    per_rank_step = cfg.global_batch_size // strategy.world_size
-    sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.seed)
-    size = cfg.micro_batch_size
+    per_rank_step = cfg.schedule.global_batch_size // strategy.world_size
+    sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.schedule.seed)
+    size = cfg.schedule.micro_batch_size
     if d.packing:
         return _packed_data(cfg, model, dataset, sampler, per_rank_step)
     cache: dict[int, list[list[int]]] = {}
@@ -179,8 +175,8 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
     dataset.tokenize_all()
     lengths = dataset.lengths()
     packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
-                                rows_per_micro_batch=cfg.micro_batch_size,
-                                micro_batches_per_step=per_rank_step // cfg.micro_batch_size)
+                                rows_per_micro_batch=cfg.schedule.micro_batch_size,
+                                micro_batches_per_step=per_rank_step // cfg.schedule.micro_batch_size)
     packed, plain = PackedCollator(model.config.pad_token_id), Collator(model.config.pad_token_id)
 
     def check_pair(rows: list[tuple[int, ...]]) -> tuple[Batch, Batch]:
@@ -196,12 +192,12 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
     """Make `output_dir` itself a loadable model (projector-only when only the projector changed)."""
     from train.lora import is_lora
 
-    out = Path(cfg.output_dir)
+    out = Path(cfg.checkpoint.output_dir)
     unwrapped = strategy.unwrap(model)
     with strategy.full_parameters(model):
         lora = is_lora(unwrapped)
         llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
-        projector_only = lora or not (llm_trained or cfg.unfreeze_vision_last_n > 0)
+        projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
         if strategy.is_main:
             _save_into(out, unwrapped, lora, projector_only)
     strategy.barrier()
@@ -233,15 +229,11 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
 # ---------------------------------------------------------------------------- entry point
 def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     """Everything `vlm train CONFIG` does."""
-    cfg.validate()
-    if cfg.llm_mode == "qlora":
-        from train.lora import check_qlora_strategy
-
-        check_qlora_strategy(cfg)  # before any process group or model: QLoRA + ZeRO-3 is refused by name
     if lockstep.enabled():
         lockstep.count_collectives()  # before the strategy starts DeepSpeed, which keeps its own references
-    strategy = strategy or build_strategy(cfg.strategy, cfg)
+    strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
     try:
+        rules.check(cfg, strategy.world_size, strategy.device)  # every config rule, before any weight loads
         result = _train(cfg, strategy)
     except BaseException:
         strategy.abort()
@@ -253,7 +245,7 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
 def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
     features: FeatureSource | None = None
     try:
-        seed_everything(cfg.seed)
+        seed_everything(cfg.schedule.seed)
         records = load_train_records(cfg)
         early = bool(cfg.model.init_from)  # K, tokenizer and template are known before any weight loads
         if early:

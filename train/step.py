@@ -9,14 +9,11 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
+from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.guards import DataGuard
 from train.strategies.base import Strategy
 from vlm.batch import Batch
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; the run stopped before the optimizer step."""
 
 
 @dataclass
@@ -43,7 +40,7 @@ class StepInputs:
     skips: SkipTally
     pad_token_id: int
     max_grad_norm: float
-    strict: bool = False  # data.strict: an image that cannot be decoded stops the run instead of skipping
+    strict: bool = False  # data.guards.strict: an image that cannot be decoded stops the run instead of skipping
     features: FeatureSource | None = None  # feature cache on: vision features instead of pixels
 
 

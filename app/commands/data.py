@@ -8,6 +8,7 @@ from pathlib import Path
 from instruct_data import cli as data_cli
 from instruct_data.audit import AuditError
 from instruct_data.manifest import MANIFEST_NAME
+from train import rules
 from train.config import ConfigError, load_config
 from train.guards import DataFailure
 from train.preflight import AUDIT_NAME, audit_config, load_train_records, write_outputs
@@ -48,7 +49,8 @@ def audit_main(args: argparse.Namespace) -> int:
     again.parse_intermixed_args(list(getattr(args, "rest", []) or []), namespace=args)
     try:
         cfg = load_config(args.config, list(args.overrides))
-        cfg.validate()
+        rules.check_config(cfg)
+        rules.check_model(cfg, rules.init_model_config(cfg))
         records = load_train_records(cfg)
         model = None
         if not cfg.model.init_from:  # K comes from the encoder and projector: build the model
@@ -60,7 +62,7 @@ def audit_main(args: argparse.Namespace) -> int:
         print(f"vlm data audit: {err}", file=sys.stderr)
         return 2
     print(report.table())
-    out = args.out or Path(cfg.output_dir)
+    out = args.out or Path(cfg.checkpoint.output_dir)
     write_outputs(cfg, records, report, out)
     print(f"wrote {out / AUDIT_NAME} and {out / MANIFEST_NAME}")
     try:

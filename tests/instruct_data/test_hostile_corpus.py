@@ -2,7 +2,6 @@
 and `vlm chat`: exit codes, a message naming the file / record, never a traceback, good records kept."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -95,16 +94,13 @@ def test_validate_unreadable_files_say_where(corpus, capsys, caplog, tmp_path, n
 
 # ------------------------------------------------------------------------------------------------------ train
 def _train_config(corpus, model_dir: Path, tmp_path: Path, data_path: Path, n: int) -> Path:
-    from train.config import DataConfig
-
     data: dict[str, Any] = {"data_path": [str(data_path)], "image_folder": str(corpus["root"] / "images"),
-                            "max_length": 256}
-    if "max_skip_ratio" in {f.name for f in dataclasses.fields(DataConfig)}:
-        data["max_skip_ratio"] = 1.0  # this corpus is mostly bad on purpose
+                            "max_length": 256, "guards": {"max_skip_ratio": 1.0}}  # mostly bad on purpose
     cfg = {"recipe": "instruct", "model": {"init_from": str(model_dir), "template": "vicuna_v1"}, "data": data,
-           "optim": {"lr": 1e-3, "warmup_ratio": 0.0}, "global_batch_size": n, "micro_batch_size": 1,
-           "epochs": 1, "seed": 0, "precision": "fp32", "output_dir": str(tmp_path / "run"), "resume": "none",
-           "feature_cache": False, "tensorboard": False, "progress_bar": False}
+           "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
+           "schedule": {"global_batch_size": n, "micro_batch_size": 1, "epochs": 1, "seed": 0},
+           "engine": {"precision": "fp32"}, "checkpoint": {"output_dir": str(tmp_path / "run"), "resume": "none"},
+           "feature_cache": {"enabled": False}, "log": {"tensorboard": False, "progress_bar": False}}
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -35,7 +35,7 @@ class Recorder:
             out.mkdir(parents=True)
             (out / "config.json").write_text("{}")
         elif argv[0] == "train":
-            out = Path(next(a for a in argv if a.startswith("output_dir=")).split("=", 1)[1])
+            out = Path(next(a for a in argv if a.startswith("checkpoint.output_dir=")).split("=", 1)[1])
             out.mkdir(parents=True)
             (out / "vlm_config.json").write_text("{}")
         return 0

@@ -1,6 +1,7 @@
 """Fixtures for the training tests: a tiny saved VLM, a tiny LLaVA-format dataset with real PNGs, a config factory."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -8,7 +9,7 @@ from typing import Any, Callable
 import pytest
 from PIL import Image
 
-from train.config import TrainConfig, config_from_dict
+from train.config import TrainConfig, config_from_dict, upgrade
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
@@ -55,7 +56,8 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture()
 def make_cfg(tiny_world: dict[str, Path], tmp_path: Path) -> Callable[..., TrainConfig]:
-    """A TrainConfig for the tiny world; keyword overrides go to the top level, dicts merge one level deep."""
+    """A TrainConfig for the tiny world; keyword overrides by section or by flat key of before (`micro_batch_size=2`,
+    `data={"strict": True}`: moved to their sections without a warning), dicts merged into the defaults."""
 
     def make(**over: Any) -> TrainConfig:
         data: dict[str, Any] = {
@@ -64,15 +66,21 @@ def make_cfg(tiny_world: dict[str, Path], tmp_path: Path) -> Callable[..., Train
             "data": {"data_path": [str(tiny_world["data"])], "image_folder": str(tiny_world["images"]),
                      "max_length": 256},
             "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
-            "global_batch_size": 4, "micro_batch_size": 2, "max_steps": 3, "seed": 0, "precision": "fp32",
-            "output_dir": str(tmp_path / "run"), "resume": "none", "feature_cache": False,
-            "tensorboard": False, "progress_bar": False,
+            "schedule": {"global_batch_size": 4, "micro_batch_size": 2, "max_steps": 3, "seed": 0},
+            "engine": {"precision": "fp32"},
+            "checkpoint": {"output_dir": str(tmp_path / "run"), "resume": "none"},
+            "feature_cache": {"enabled": False},
+            "log": {"tensorboard": False, "progress_bar": False},
         }
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
+        _merge(data, upgrade(copy.deepcopy(over), warn=False))
         return config_from_dict(data)
 
     return make
+
+
+def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

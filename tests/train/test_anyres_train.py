@@ -63,7 +63,7 @@ def test_ddp_matches_one_process(make_cfg, tiny_world, tmp_path) -> None:
     single = run(single_cfg)
     ddp_cfg = make_cfg(micro_batch_size=1, strategy="ddp", output_dir=str(tmp_path / "ddp"), **common)
     multi = run_distributed(ddp_cfg, tmp_path, "ddp")
-    assert_same_run(single, multi, single_cfg.output_dir, ddp_cfg.output_dir, loss_rtol=1e-5, weight_atol=1e-5)
+    assert_same_run(single, multi, single_cfg.checkpoint.output_dir, ddp_cfg.checkpoint.output_dir, loss_rtol=1e-5, weight_atol=1e-5)
 
 
 def test_config_takes_pinpoints_as_a_list_or_the_range_form(make_cfg, tiny_world) -> None:
@@ -96,6 +96,6 @@ def test_zero3_matches_one_process(make_cfg, tiny_world, tmp_path) -> None:
     ds_cfg = make_cfg(micro_batch_size=1, strategy="deepspeed", deepspeed_config=str(configs / "zero3.json"),
                       output_dir=str(tmp_path / "zero3"), **common)
     multi = run_distributed(ds_cfg, tmp_path, "zero3")
-    assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5, weight_atol=2e-5)
+    assert_same_run(single, multi, single_cfg.checkpoint.output_dir, ds_cfg.checkpoint.output_dir, loss_rtol=1e-5, weight_atol=2e-5)
     assert "projector.image_newline.weight" in load_file(str(sorted((tmp_path / "zero3" / "checkpoints").glob("step-*"))[-1]
                                                               / "trainable.safetensors"))

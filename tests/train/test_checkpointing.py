@@ -25,12 +25,12 @@ def test_keep_last_and_ignores_partial_dirs(make_cfg, tmp_path) -> None:
     partial = tmp_path / "run" / "checkpoints" / ".step-00000009.tmp"
     partial.mkdir(parents=True)
     run(cfg)
-    names = [p.name for p in list_checkpoints(cfg.output_dir)]
+    names = [p.name for p in list_checkpoints(cfg.checkpoint.output_dir)]
     assert names == ["step-00000003", "step-00000004"]
-    assert latest_checkpoint(cfg.output_dir).name == "step-00000004"
-    assert resolve_resume("none", cfg.output_dir) is None
+    assert latest_checkpoint(cfg.checkpoint.output_dir).name == "step-00000004"
+    assert resolve_resume("none", cfg.checkpoint.output_dir) is None
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
-        resolve_resume(str(tmp_path), cfg.output_dir)
+        resolve_resume(str(tmp_path), cfg.checkpoint.output_dir)
 
 
 def test_phase1_output_reloads_as_full_model_and_feeds_phase2(make_cfg, tmp_path) -> None:

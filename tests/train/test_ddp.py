@@ -31,12 +31,12 @@ def test_ddp_two_processes_match_one(make_cfg, tmp_path: Path, packing: bool) ->
     ddp_cfg = make_cfg(micro_batch_size=2, strategy="ddp", output_dir=str(tmp_path / "ddp"), **common)
     multi = run_distributed(ddp_cfg, tmp_path, "ddp")
     # Gloo sums two fp32 gradients in another order than autograd's accumulation: ~1e-7 relative.
-    assert_same_run(single, multi, single_cfg.output_dir, ddp_cfg.output_dir, loss_rtol=1e-5, weight_atol=1e-5)
+    assert_same_run(single, multi, single_cfg.checkpoint.output_dir, ddp_cfg.checkpoint.output_dir, loss_rtol=1e-5, weight_atol=1e-5)
     # The final model was saved once (rank 0) and loads as a full model.
     from vlm.model import VisionLanguageModel
 
-    loaded = VisionLanguageModel.load(ddp_cfg.output_dir)
-    trained = final_weights(ddp_cfg.output_dir)
+    loaded = VisionLanguageModel.load(ddp_cfg.checkpoint.output_dir)
+    trained = final_weights(ddp_cfg.checkpoint.output_dir)
     params = dict(loaded.named_parameters())
     for key, value in trained.items():
         torch.testing.assert_close(params[key].detach(), value, rtol=0, atol=0, msg=key)

@@ -96,13 +96,14 @@ def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> N
     ds_cfg = make_cfg(micro_batch_size=2, strategy="deepspeed", deepspeed_config=str(CONFIGS / f"{stage}.json"),
                       output_dir=str(tmp_path / stage), **common)
     multi = run_distributed(ds_cfg, tmp_path, stage)
-    assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5, weight_atol=2e-5)
+    assert_same_run(single, multi, single_cfg.checkpoint.output_dir, ds_cfg.checkpoint.output_dir, loss_rtol=1e-5,
+                            weight_atol=2e-5)
     # Saved under ZeRO-3 too: the output directory loads as a full model with the trained weights.
     from vlm.model import VisionLanguageModel
 
-    loaded = VisionLanguageModel.load(ds_cfg.output_dir)
+    loaded = VisionLanguageModel.load(ds_cfg.checkpoint.output_dir)
     params = dict(loaded.named_parameters())
-    for key, value in final_weights(ds_cfg.output_dir).items():
+    for key, value in final_weights(ds_cfg.checkpoint.output_dir).items():
         torch.testing.assert_close(params[key].detach(), value, rtol=0, atol=0, msg=key)
 
 
@@ -142,4 +143,4 @@ def test_zero3_lora_on_a_partitioned_llm(make_cfg, tmp_path: Path) -> None:
     assert multi["losses"][1] == pytest.approx(single.losses[1], rel=2e-3)
     from vlm.model import VisionLanguageModel
 
-    VisionLanguageModel.load(ds_cfg.output_dir)  # adapters merged into the reloaded base
+    VisionLanguageModel.load(ds_cfg.checkpoint.output_dir)  # adapters merged into the reloaded base

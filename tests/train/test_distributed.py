@@ -64,7 +64,7 @@ if __name__ == "__main__":
 
 
 def test_a_missing_gpu_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    from train.runtime import resolve_precision
+    from train.rules import precision_on
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert "CUDA_VISIBLE_DEVICES is empty" in distributed.cuda_unavailable_reason()
@@ -73,6 +73,6 @@ def test_a_missing_gpu_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "built for CUDA 13.0" in distributed.cuda_unavailable_reason()
     assert "driver older" in distributed.cuda_unavailable_reason()
     with pytest.raises(ValueError, match=r"precision=bf16 needs a GPU.*built for CUDA 13\.0.*nvidia-smi"):
-        resolve_precision("bf16", torch.device("cpu"))
+        precision_on("bf16", torch.device("cpu"))
     monkeypatch.setattr(torch.version, "cuda", None)
     assert distributed.cuda_unavailable_reason() == "this torch is a CPU-only build"

@@ -231,6 +231,6 @@ def test_cold_cache_stops_on_a_corrupt_image_when_strict(make_cfg, tiny_world, t
     from train.recipes import run
 
     data, images = _records_with_corrupt_image(tiny_world, tmp_path)
-    with pytest.raises(ImageLoadError, match=r"corrupt\.png.*corrupt-img.*data\.strict"):
+    with pytest.raises(ImageLoadError, match=r"corrupt\.png.*corrupt-img.*data\.guards\.strict"):
         run(make_cfg(data={"data_path": [str(data)], "image_folder": str(images), "strict": True},
                      feature_cache=True, feature_cache_dir=str(tmp_path / "fc"), max_steps=-1, epochs=1))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from train.freezing import set_trainable, trainable_summary
+from train.rules import vision_unfreezing
 from train.recipe_registry import RECIPES
 from train.recipes import build_model, prepare_model
 from train.loop import Trainer
@@ -36,4 +37,4 @@ def test_instruct_modes(make_cfg) -> None:
     with pytest.raises(ValueError, match="unknown llm_mode"):
         set_trainable(model, recipe=RECIPES["instruct"], llm_mode="half")
     with pytest.raises(ValueError, match="projector only"):
-        set_trainable(model, recipe=RECIPES["align"], llm_mode="frozen", unfreeze_vision_last_n=1)
+        vision_unfreezing(RECIPES["align"], 1)  # train.rules, checked before the model loads

@@ -39,7 +39,7 @@ def test_images_that_fit_no_max_length_stop_before_the_model_loads(make_cfg, tmp
         raise AssertionError("the pre-flight audit should have stopped the run before the model loads")
 
     monkeypatch.setattr(train.recipes, "build_model", no_model)
-    rc, out, err = _train(make_cfg(), tmp_path, capsys, "data.max_length=8", "max_steps=3")
+    rc, out, err = _train(make_cfg(), tmp_path, capsys, "data.max_length=8", "schedule.max_steps=3")
     assert rc == 4, err
     assert "images do not fit max_length: K=16 image tokens per image" in err and "max_length=8" in err
     assert "ERROR" in out and "records with images: 20, fitting max_length: 0" in out
@@ -49,7 +49,7 @@ def test_images_that_fit_no_max_length_stop_before_the_model_loads(make_cfg, tmp
 
 def test_all_records_skipped_at_run_time_stops_and_saves_no_model(make_cfg, tmp_path, capsys) -> None:
     """The audit off, the run-time guard catches the same run: non-zero, the cause, the first records."""
-    rc, _, err = _train(make_cfg(), tmp_path, capsys, "data.max_length=8", "max_steps=3", "data.audit_sample=0")
+    rc, _, err = _train(make_cfg(), tmp_path, capsys, "data.max_length=8", "schedule.max_steps=3", "data.audit.sample=0")
     assert rc == 4, err
     assert "the run trained nothing: no supervised token reached the model in its 3 step(s)" in err
     assert "0 records trained, 12 skipped" in err
@@ -62,25 +62,25 @@ def test_all_records_skipped_at_run_time_stops_and_saves_no_model(make_cfg, tmp_
 
 def test_no_supervised_token_in_the_first_micro_batches_stops_early(make_cfg, tmp_path, capsys) -> None:
     cfg = make_cfg(max_steps=50)
-    rc, _, err = _train(cfg, tmp_path, capsys, "data.max_length=8", "data.audit_sample=0", "data.max_skip_ratio=1",
-                        "data.fail_no_supervised_after=4")
+    rc, _, err = _train(cfg, tmp_path, capsys, "data.max_length=8", "data.audit.sample=0", "data.guards.max_skip_ratio=1",
+                        "data.guards.fail_no_supervised_after=4")
     assert rc == 4, err
     assert "no supervised token reached the model in the first 4 micro-batches" in err
-    assert "data.fail_no_supervised_after=4" in err and "8 skipped" in err
+    assert "data.guards.fail_no_supervised_after=4" in err and "8 skipped" in err
 
 
 def test_skip_share_above_the_ratio_stops_after_the_warm_up(make_cfg, tiny_world, tmp_path, capsys) -> None:
     data = tmp_path / "bad.json"
     data.write_text(json.dumps(_bad_image_records(tiny_world, 3)))  # 3 of 24: images the audit does not open
     cfg = make_cfg(data={"data_path": [str(data)]}, max_steps=-1, epochs=1)
-    rc, out, err = _train(cfg, tmp_path, capsys, "data.skip_warmup=8")
+    rc, out, err = _train(cfg, tmp_path, capsys, "data.guards.skip_warmup=8")
     assert rc == 4, err
-    assert "above data.max_skip_ratio=0.01" in err
+    assert "above data.guards.max_skip_ratio=0.01" in err
     assert "first skipped: 'gone" in err and "image: image 'nope.png': missing file" in err
     assert "data audit: all 24 records" in out  # the audit ran and passed: it does not open images
 
     # The same data under a ratio it respects trains, and the summary counts trained and skipped records.
-    rc, out, err = _train(cfg, tmp_path, capsys, "data.max_skip_ratio=0.2", "resume=none")
+    rc, out, err = _train(cfg, tmp_path, capsys, "data.guards.max_skip_ratio=0.2", "checkpoint.resume=none")
     assert rc == 0, err
     assert "trained 21 records, skipped 3 (image: 3)" in out
 
@@ -135,7 +135,7 @@ def test_a_malformed_record_file_stops_with_its_name(make_cfg, tiny_world, tmp_p
 def test_an_empty_record_file_stops_with_its_name(make_cfg, tmp_path, capsys, audit) -> None:
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
-    rc, _, err = _train(make_cfg(data={"data_path": [str(empty)]}), tmp_path, capsys, f"data.audit_sample={audit}")
+    rc, _, err = _train(make_cfg(data={"data_path": [str(empty)]}), tmp_path, capsys, f"data.audit.sample={audit}")
     # bad input (exit 2, as any unreadable record file), named before any model loads
     assert rc == 2 and f"{empty}: no records in the file" in err, err
 
@@ -161,7 +161,7 @@ def test_audit_command_writes_report_and_manifest(make_cfg, tiny_world, tmp_path
     args = ["data", "audit", path, f"data.data_path=[{tmp_path / 'one_bad.json'}]", "--out", str(tmp_path / "c")]
     assert main(args) == 0
     assert main(args + ["--strict"]) == 1
-    assert "skipped, above data.max_skip_ratio" in capsys.readouterr().err
+    assert "skipped, above data.guards.max_skip_ratio" in capsys.readouterr().err
 
 
 def test_train_writes_audit_and_manifest_into_the_run(make_cfg, tmp_path) -> None:
@@ -170,16 +170,16 @@ def test_train_writes_audit_and_manifest_into_the_run(make_cfg, tmp_path) -> Non
     cfg = make_cfg(max_steps=1)
     result = run(cfg)
     assert result.trained == 4
-    audit = json.loads((Path(cfg.output_dir) / "audit.json").read_text())
+    audit = json.loads((Path(cfg.checkpoint.output_dir) / "audit.json").read_text())
     assert audit["audited"] == 24 and audit["supervised_tokens"] > 0
-    assert (Path(cfg.output_dir) / "data_manifest.json.gz").is_file()
+    assert (Path(cfg.checkpoint.output_dir) / "data_manifest.json.gz").is_file()
 
 
 def test_guard_counts_across_processes(monkeypatch) -> None:
     """The skip count is summed over processes before the verdict (every rank raises alike)."""
     import torch
 
-    from train.config import DataConfig
+    from train.config import DataConfig, DataGuardsConfig
     from train.guards import DataFailure, DataGuard
 
     class TwoRanks:
@@ -188,7 +188,7 @@ def test_guard_counts_across_processes(monkeypatch) -> None:
         def all_reduce_sum(self, t: torch.Tensor) -> None:
             t.mul_(2)  # the other rank skipped as many
 
-    guard = DataGuard(DataConfig(max_skip_ratio=0.05, skip_warmup=20))
+    guard = DataGuard(DataConfig(guards=DataGuardsConfig(max_skip_ratio=0.05, skip_warmup=20)))
     guard.after_step(TwoRanks(), 2, trained=16.0, supervised=40.0, skipped_here=1, skip_log=[("a", "image: x")])
     assert (guard.trained, guard.skipped) == (16, 2)  # 18 seen < warm-up: no verdict yet
     with pytest.raises(DataFailure, match=r"2 of 21 records seen were skipped \(9.5%\).*'a': image: x"):

@@ -2,6 +2,8 @@
 under plain AdamW is cast back to fp32."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from train.load_policy import load_dtype, upcast_trainable
@@ -10,7 +12,7 @@ from vlm.batch import Batch
 
 class _Cfg:
     def __init__(self, recipe: str, llm_mode: str = "full") -> None:
-        self.recipe, self.llm_mode = recipe, llm_mode
+        self.recipe, self.trainable = recipe, SimpleNamespace(llm_mode=llm_mode)
 
 
 def test_policy_table() -> None:

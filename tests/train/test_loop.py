@@ -10,21 +10,17 @@ from safetensors.torch import load_file
 
 from train.checkpointing import list_checkpoints
 from train.runtime import grad_accum_steps, resolve_precision
-from train.step import NonFiniteLossError
+from train.errors import NonFiniteLossError
 from train.recipes import run
 
 
-def test_grad_accum_must_divide() -> None:
+def test_grad_accum_steps() -> None:  # sizes that do not divide: tests/train/test_rules.py
     assert grad_accum_steps(256, 32, 8) == 1
     assert grad_accum_steps(128, 4, 2) == 16
-    with pytest.raises(ValueError, match="not divisible"):
-        grad_accum_steps(10, 4, 1)
 
 
-def test_bf16_refused_on_cpu() -> None:
+def test_auto_precision_on_cpu() -> None:  # bf16 refused on a CPU: tests/train/test_rules.py
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    with pytest.raises(ValueError, match="needs a GPU"):
-        resolve_precision("bf16", torch.device("cpu"))
 
 
 def test_accumulation_equals_one_big_batch(make_cfg, tmp_path) -> None:
@@ -45,7 +41,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(make_cfg, tmp_path) -> 
     cfg = make_cfg(optim={"lr": 1e30, "max_grad_norm": 0.0}, save_every=1, max_steps=4)
     with pytest.raises(NonFiniteLossError, match="non-finite") as err:
         run(cfg)
-    kept = list_checkpoints(cfg.output_dir)
+    kept = list_checkpoints(cfg.checkpoint.output_dir)
     assert kept, "the step-1 checkpoint must exist"
     assert str(kept[-1]) in str(err.value)
     last = json.loads((kept[-1] / "trainer_state.json").read_text())["step"]
@@ -76,7 +72,7 @@ def test_metrics_and_loss_curve_written(make_cfg) -> None:
     run(cfg)
     from pathlib import Path
 
-    out = Path(cfg.output_dir)
+    out = Path(cfg.checkpoint.output_dir)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens", "peak_mem_mb"} <= set(lines[0])
@@ -155,7 +151,7 @@ def test_the_head_sees_supervised_rows_only_in_a_run(make_cfg) -> None:
     calls: list[tuple[int, ...]] = []
     model.llm.get_output_embeddings().register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
     trainer.fit()
-    metrics = json.loads((Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()[0])
+    metrics = json.loads((Path(cfg.checkpoint.output_dir) / "metrics.jsonl").read_text().splitlines()[0])
     assert calls and all(len(shape) == 2 for shape in calls)  # [rows, hidden], never [B, T, hidden]
     assert sum(shape[0] for shape in calls) == 2 * metrics["supervised_tokens"]  # forward + recomputed in backward
 

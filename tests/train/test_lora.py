@@ -155,7 +155,7 @@ def test_qlora_refusals_name_the_cause(make_cfg, tiny_world, tmp_path) -> None:
     import shutil
 
     from train.config import ConfigError
-    from train.lora import prepare_4bit_llm, qlora_llm_kwargs
+    from train.lora import prepare_4bit_llm
     from train.recipes import build_model, run
     from vlm.model import VisionLanguageModel
 
@@ -165,8 +165,8 @@ def test_qlora_refusals_name_the_cause(make_cfg, tiny_world, tmp_path) -> None:
     with_adapter = tmp_path / "lora_out"
     shutil.copytree(tiny_world["base"], with_adapter)
     (with_adapter / ADAPTER_DIR).mkdir()
-    with pytest.raises(ConfigError, match="merge-lora"):
-        qlora_llm_kwargs(str(with_adapter))
+    with pytest.raises(ConfigError, match="merge-lora"):  # train.rules, before any weight loads
+        run(make_cfg(llm_mode="qlora", model={"init_from": str(with_adapter)}))
     with pytest.raises(RuntimeError, match="not loaded in 4-bit"):
         prepare_4bit_llm(VisionLanguageModel.load(tiny_world["base"]))
     if not torch.cuda.is_available():

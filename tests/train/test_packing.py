@@ -20,16 +20,17 @@ def packed(make_cfg, **over):
 
 def test_config_checks() -> None:
     from train.config import DataConfig, TrainConfig
+    from train.rules import check_config
 
     cfg = TrainConfig(data=DataConfig(data_path=["x"], max_length=256, packing=True, pack_length=128))
     cfg.model.init_from = "m"
     with pytest.raises(ConfigError, match="shorter than data.max_length=256"):
-        cfg.validate()
+        check_config(cfg)
     cfg.data.packing = False
     with pytest.raises(ConfigError, match="data.packing is false"):
-        cfg.validate()
+        check_config(cfg)
     cfg.data.pack_length = None
-    cfg.validate()
+    check_config(cfg)
     assert DataConfig(max_length=300).resolved_pack_length() == 300
 
 
@@ -51,7 +52,7 @@ def test_packed_run_trains_the_same_losses_as_unpacked(make_cfg, tmp_path, capsy
     assert [r["samples"] for r in rows] == [r["samples"] for r in plain_rows] == [8.0] * 3
     assert [r["tokens"] for r in rows] == [r["tokens"] for r in plain_rows]
     assert sum(r["padding_ratio"] for r in rows) < sum(r["padding_ratio"] for r in plain_rows)  # efficiency log
-    state = json.loads((list_checkpoints(cfg.output_dir)[-1] / "data_rank0.json").read_text())
+    state = json.loads((list_checkpoints(cfg.checkpoint.output_dir)[-1] / "data_rank0.json").read_text())
     assert state["pack_length"] == 1024 and (state["epoch"], state["position"]) == (1, 0) and len(state["digest"]) == 16
 
 
@@ -76,7 +77,7 @@ def test_the_self_check_stops_a_run_whose_mask_leaks(make_cfg, tmp_path, monkeyp
     cfg = packed(make_cfg, output_dir=str(tmp_path / "leak"), global_batch_size=8, micro_batch_size=2)
     with pytest.raises(PackingCheckError, match=r"packing self-check failed: .*difference \d\.\d+e-\d+ > 1e-05"):
         run(cfg)
-    assert not list_checkpoints(cfg.output_dir)  # nothing trained
+    assert not list_checkpoints(cfg.checkpoint.output_dir)  # nothing trained
 
 
 def test_resume_with_packing_is_exact_and_refuses_other_packs(make_cfg, tmp_path) -> None:

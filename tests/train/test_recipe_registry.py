@@ -5,10 +5,11 @@ import typing
 
 import pytest
 
-from train.config import ConfigError, TrainConfig, config_from_dict, load_config
+from train.config import ConfigError, TrainableConfig, TrainConfig, config_from_dict, load_config
 from train.freezing import set_trainable, trainable_summary
 from train.optim import PART_OF_PREFIX
 from train.recipe_registry import LLM_MODES, RECIPES, Recipe, get_recipe
+from train.rules import vision_unfreezing
 
 
 def _recipe_choices() -> tuple[str, ...]:
@@ -17,7 +18,7 @@ def _recipe_choices() -> tuple[str, ...]:
 
 def test_config_choices_are_the_registry_rows() -> None:
     assert _recipe_choices() == tuple(RECIPES) == ("align", "instruct")
-    assert typing.get_args(typing.get_type_hints(TrainConfig)["llm_mode"]) == LLM_MODES
+    assert typing.get_args(typing.get_type_hints(TrainableConfig)["llm_mode"]) == LLM_MODES
     with pytest.raises(ConfigError, match=r"recipe: 'finetune' is not one of \['align', 'instruct'\]"):
         config_from_dict({"recipe": "finetune"})
 
@@ -70,4 +71,4 @@ def test_freezing_reads_the_row_not_the_name(make_cfg) -> None:
     counts = trainable_summary(model)
     assert counts["llm"] > 0 and "projector" not in counts and "vision" not in counts
     with pytest.raises(ValueError, match="recipe=llm_only trains llm only; unfreeze_vision_last_n"):
-        set_trainable(model, recipe=llm_only, llm_mode="full", unfreeze_vision_last_n=1)
+        vision_unfreezing(llm_only, 1)  # train.rules, checked before the model loads

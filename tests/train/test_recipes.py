@@ -43,15 +43,15 @@ def test_cli_runs_with_overrides(make_cfg, tmp_path, capsys) -> None:
     cfg = make_cfg(output_dir=str(tmp_path / "cli"))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
-    assert main(["train", str(path), "max_steps=1", "optim.lr=1e-4"]) == 0
+    assert main(["train", str(path), "schedule.max_steps=1", "optim.lr=1e-4"]) == 0
     assert "done: 1 steps" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "cli" / "train_config.yaml").read_text())
-    assert saved["max_steps"] == 1 and saved["optim"]["lr"] == pytest.approx(1e-4)
+    assert saved["schedule"]["max_steps"] == 1 and saved["optim"]["lr"] == pytest.approx(1e-4)
     assert main(["train", str(path), "optim.learnin_rate=1"]) == 2
     assert "valid keys" in capsys.readouterr().err
-    assert main(["train", str(path), "llm_mode=lora", "--print-config", "--resume", "auto"]) == 0
+    assert main(["train", str(path), "trainable.llm_mode=lora", "--print-config", "--resume", "auto"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert (printed["resume"], printed["llm_mode"]) == ("auto", "lora")
+    assert (printed["checkpoint"]["resume"], printed["trainable"]["llm_mode"]) == ("auto", "lora")
 
 
 def test_gradient_checkpointing_and_feature_cache_keep_losses(make_cfg, tmp_path) -> None:

@@ -12,7 +12,8 @@ import torch
 from train.guards import DataFailure, DataGuard
 from train.optim import build_optimizer
 from train.recipes import build_data, build_model, prepare_model
-from train.step import NonFiniteLossError, SkipTally, StepInputs, train_step
+from train.errors import NonFiniteLossError
+from train.step import SkipTally, StepInputs, train_step
 from train.strategies.single import SingleProcessStrategy
 from vlm.batch import Batch
 

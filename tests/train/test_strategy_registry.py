@@ -27,8 +27,8 @@ def test_build_by_exact_name() -> None:
 def test_config_strategy_choices_are_the_registry_names() -> None:
     import typing
 
-    from train.config import ConfigError, TrainConfig, config_from_dict
+    from train.config import ConfigError, EngineConfig, config_from_dict
 
-    assert typing.get_args(typing.get_type_hints(TrainConfig)["strategy"]) == tuple(STRATEGIES)
+    assert typing.get_args(typing.get_type_hints(EngineConfig)["strategy"]) == tuple(STRATEGIES)
     with pytest.raises(ConfigError, match=r"strategy: 'fsdp' is not one of \['single', 'ddp', 'deepspeed'\]"):
-        config_from_dict({"strategy": "fsdp"})
+        config_from_dict({"engine": {"strategy": "fsdp"}})

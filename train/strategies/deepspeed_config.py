@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from train.errors import ConfigError
 
-class DeepSpeedConfigError(ValueError):
+
+class DeepSpeedConfigError(ConfigError):
     """A DeepSpeed config value that cannot be used, naming the key and why."""
 
 

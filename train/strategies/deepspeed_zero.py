@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train import distributed
+from train.errors import ConfigError
 from train.strategies.cpu_adam import cpu_adam_like, offloads_optimizer
 from train.strategies.deepspeed_config import load_json_config, resolve_deepspeed_config
 from train.strategies.text_only_grads import touch_unused_branches
@@ -92,14 +93,15 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
 
     @classmethod
     def from_train_config(cls, config: Any) -> "DeepSpeedStrategy":
-        if not getattr(config, "deepspeed_config", None):
-            raise ValueError("strategy=deepspeed needs deepspeed_config (e.g. configs/deepspeed/zero2.json)")
+        if not config.engine.deepspeed_config:
+            raise ConfigError("engine.strategy=deepspeed needs engine.deepspeed_config "
+                              "(e.g. configs/deepspeed/zero2.json)")
         return cls(
-            config.deepspeed_config,
-            micro_batch_size=config.micro_batch_size,
-            global_batch_size=config.global_batch_size,
+            config.engine.deepspeed_config,
+            micro_batch_size=config.schedule.micro_batch_size,
+            global_batch_size=config.schedule.global_batch_size,
             max_grad_norm=config.optim.max_grad_norm,
-            precision=config.precision,
+            precision=config.engine.precision,
         )
 
     @property
