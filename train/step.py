@@ -141,7 +141,7 @@ def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], featur
 def _cached_features(inputs: StepInputs, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:
     """The feature source's features for `batch`, before any token is counted: with the cache on, images are
     decoded on first use, so a record whose image cannot be decoded is dropped here (skipped and counted like the
-    data layer's skips), or stops the run when `data.strict` is set."""
+    data layer's skips), or stops the run when `data.guards.strict` is set."""
     if inputs.features is None or batch is None or batch.num_rows == 0:
         return batch, None
     while True:
@@ -154,7 +154,7 @@ def _cached_features(inputs: StepInputs, batch: Batch | None) -> tuple[Batch | N
                 raise
             if inputs.strict:
                 raise ImageLoadError(err.path, f"{err.reason} (records {[batch.ids[i] for i in bad]}; "
-                                     "data.strict stops on a bad image)") from None
+                                     "data.guards.strict stops on a bad image)") from None
             for i in bad:
                 inputs.skips.add(batch.ids[i], f"image: {err}")
             batch = batch.without_records(bad, inputs.pad_token_id)

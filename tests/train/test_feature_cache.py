@@ -168,7 +168,7 @@ def test_align_losses_identical_with_and_without_cache(make_cfg, tmp_path: Path,
     """Phase 1 through the real recipe: no cache, cold cache (fills it), warm cache (reads it): same losses.
     With the cache on the dataset only resolves paths: a cold run decodes each image once (in the feature
     hook), a warm run decodes none."""
-    import conversation.images as images
+    import vlm.inputs as images  # the one image-file reader of training (`load_pixels`)
     from train.recipes import run
 
     cache_dir = str(tmp_path / "features")

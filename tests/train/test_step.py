@@ -51,7 +51,7 @@ def _setup(cfg, feature_cache: bool = False):  # noqa: ANN001, ANN202
     wrapped.train()
     inputs = StepInputs(wrapped, strategy, "fp32", DataGuard(cfg.data, model.config.num_image_tokens),
                         SkipTally({}), pad_token_id=int(model.config.pad_token_id),
-                        max_grad_norm=cfg.optim.max_grad_norm, strict=cfg.data.strict, features=features)
+                        max_grad_norm=cfg.optim.max_grad_norm, strict=cfg.data.guards.strict, features=features)
     return inputs, model, data
 
 
@@ -139,7 +139,7 @@ def test_a_text_only_batch_in_align_still_runs_backward(make_cfg) -> None:
 def test_a_record_whose_image_cannot_be_decoded_is_dropped_from_its_batch(make_cfg, tiny_world: dict[str, Path],
                                                                           tmp_path: Path) -> None:
     """With the feature cache on, images are decoded on first use: the record is skipped and counted, the rest
-    of its batch trains; with data.strict the step stops naming it."""
+    of its batch trains; with data.guards.strict the step stops naming it."""
     import shutil
 
     good = json.loads(tiny_world["data"].read_text())[:1]
@@ -157,7 +157,7 @@ def test_a_record_whose_image_cannot_be_decoded_is_dropped_from_its_batch(make_c
         inputs, _, data = _setup(cfg, feature_cache=True)
         window = [_batch(data, [0, 1])]
         if strict:
-            with pytest.raises(Exception, match="data.strict stops on a bad image"):
+            with pytest.raises(Exception, match="data.guards.strict stops on a bad image"):
                 train_step(inputs, window)
             continue
         outcome = train_step(inputs, window)
