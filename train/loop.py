@@ -20,11 +20,13 @@ from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
+from train.recipe_registry import get_recipe
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, resolve_precision
 from train.step import SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
+from train.trainability import TrainabilityCheck
 from vlm.batch import Batch
 
 CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
@@ -75,6 +77,9 @@ class Trainer:
             raise ValueError(f"an epoch has {batches} micro-batches on this rank, fewer than the {self.accum} "
                              f"needed for one step of global_batch_size={cfg.schedule.global_batch_size}")
         self.total_steps = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
+        self.trainability = TrainabilityCheck(model, get_recipe(cfg.recipe), cfg.trainable.llm_mode,
+                                              cfg.trainable.unfreeze_vision_last_n)
+        self.trainability_line = self.trainability.check_start()  # a misconfigured stage stops before the engine
         self.model, self.optimizer = self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
@@ -166,6 +171,7 @@ class Trainer:
         logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
                            enabled=self.strategy.is_main, tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar)
         logger.message(self._banner())
+        logger.message(self.trainability_line)
         if self.data.check_pair is not None:
             self._check_packing(logger)
         losses: list[float] = []
@@ -201,7 +207,14 @@ class Trainer:
                 ran_out = True
                 break
             wait_s = it.take_wait()
+            first = not losses
+            if first:
+                self.trainability.before_first_step()
             metrics = self._step([to_device(batch, self.strategy.device) for batch in window])
+            if first:
+                note = self.trainability.after_first_step(self.strategy)
+                if note:
+                    logger.message(note)
             self._note_wait(metrics, wait_s, logger)
             self.state.step += 1
             self.state.micro_batches_in_epoch += self.accum

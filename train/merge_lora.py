@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from train.lora import load_lora_model, merge_lora
 
 
@@ -13,7 +15,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def merge_directory(model_dir: str, out_dir: str) -> None:
-    model = merge_lora(load_lora_model(model_dir))
+    model = load_lora_model(model_dir)
+    vision = {name: p.detach().clone() for name, p in model.vision_encoder.named_parameters()}
+    merge_lora(model)
+    changed = [name for name, p in model.vision_encoder.named_parameters() if not torch.equal(p, vision[name])]
+    if changed:  # the adapters live in the LLM: a merge that touches the vision tower is a bug, not a result
+        raise RuntimeError(f"merging the LoRA adapters changed the vision tower ({changed[:3]}); nothing written")
     model.save(out_dir, projector_only=False)
 
 
