@@ -111,8 +111,8 @@ def test_mixed_packed_anyres_ranks_stay_in_step_and_match_one_process(stage: str
     single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)
     single = run(single_cfg)
     multi = harness.run_distributed(ds_cfg, tmp_path, stage)  # VLM_LOCKSTEP=1: passes and collectives compared
-    harness.assert_same_run(single, multi, single_cfg.output_dir, ds_cfg.output_dir, loss_rtol=1e-5,
-                            weight_atol=2e-5)
+    harness.assert_same_run(single, multi, single_cfg.checkpoint.output_dir, ds_cfg.checkpoint.output_dir,
+                            loss_rtol=1e-5, weight_atol=2e-5)
 
 
 if __name__ == "__main__":
