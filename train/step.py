@@ -177,4 +177,4 @@ def _zero_loss(inputs: StepInputs, autocast: contextlib.AbstractContextManager) 
 def _zero_link(model: nn.Module, device: torch.device) -> torch.Tensor:
     """0 attached to every trainable parameter, so backward runs (and DDP syncs zeros) on every rank."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return sum((p.reshape(-1)[0] * 0.0 for p in params), torch.zeros((), device=device))
+    return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=device))  # ZeRO-3: p may be empty
