@@ -138,6 +138,13 @@ class HFVisionEncoder(VisionEncoder):
     def blocks(self) -> list[nn.Module]:
         return list(self.hf_model.encoder.layers)
 
+    def outside_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        if self._image_size == self._native_size:
+            return []
+        # interpolate_pos_encoding: the embeddings module reads its position embedding's weight directly
+        embeddings = getattr(self.hf_model, "vision_model", self.hf_model).embeddings
+        return [(embeddings, embeddings.position_embedding.weight)]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         param = next(self.hf_model.parameters())
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)

@@ -179,6 +179,10 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         optimizer = optimizer_factory(model)
         if offloads_optimizer(self.resolved_config):
             optimizer = cpu_adam_like(optimizer)
+        if self.zero_stage == 3:
+            encoder = getattr(model, "vision_encoder", None)
+            for module, param in encoder.outside_parameters() if encoder is not None else []:
+                self.deepspeed.zero.register_external_parameter(module, param)
         view = LossView(model)
         engine, _, _, _ = self.deepspeed.initialize(model=view, optimizer=optimizer, config=self.resolved_config)
         self.engine = engine
