@@ -1,6 +1,7 @@
 """`FeatureSource`: the vision features of training batches, read from the feature cache (and filled on a miss)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -70,6 +71,20 @@ class FeatureSource:
         self.cache.flush()
 
 
+def gathered_fingerprint(encoder: nn.Module, image_processor: Any) -> str:
+    """`encoder_fingerprint` over the encoder's full weights. An encoder built under ZeRO-3's `zero.Init` holds empty
+    partitions, so it is gathered first (a collective: every rank calls this); the key is then the same under
+    every strategy."""
+    params = list(encoder.parameters())
+    whole = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        whole = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with whole:
+        return encoder_fingerprint(encoder, image_processor)
+
+
 def feature_source(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> FeatureSource | None:
     """The run's feature source when the feature cache is on (`feature_cache`, auto: on for a recipe that asks
     for it with a frozen encoder, off for anyres), else None. On a strategy that partitions every parameter the
@@ -86,6 +101,6 @@ def feature_source(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> Fe
     if not vision_is_frozen(model):
         raise ConfigError("feature_cache=true needs a frozen vision encoder (unfreeze_vision_last_n=0)")
     directory = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
-    cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
+    cache = FeatureCache(directory, gathered_fingerprint(model.vision_encoder, model.image_processor))
     return FeatureSource(cache, model.vision_encoder, model.image_processor,
                          encode_on_miss=not strategy.partitions_parameters)
