@@ -60,7 +60,9 @@ def load_hf_vision_tower(path_or_id: str) -> PreTrainedModel:
     if full:
         hf_logging.set_verbosity_error()
     try:
-        model, info = model_cls.from_pretrained(path_or_id, attn_implementation="sdpa", output_loading_info=True)
+        # float32 whatever the checkpoint stores (transformers' default is the stored dtype): the load policy casts
+        model, info = model_cls.from_pretrained(path_or_id, attn_implementation="sdpa", output_loading_info=True,
+                                                dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
     if info["missing_keys"]:

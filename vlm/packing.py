@@ -60,8 +60,10 @@ def block_diagonal_mask(sample_lengths: Sequence[Sequence[int]], seq_len: int, *
     return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def flash_attention_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+def flash_attention_available(impl: str = "flash_attention_2") -> bool:
+    """CUDA plus the package `impl` runs on (flash-attn 3 ships as `flash_attn_interface`)."""
+    package = "flash_attn_interface" if impl == "flash_attention_3" else "flash_attn"
+    return torch.cuda.is_available() and importlib.util.find_spec(package) is not None
 
 
 def flash_kwargs(sample_lengths: Sequence[Sequence[int]], seq_len: int, device: torch.device) -> dict[str, Any]:
@@ -88,7 +90,7 @@ def packed_llm_kwargs(llm: Any, sample_lengths: Sequence[Sequence[int]], seq_len
         cu = flash_kwargs(sample_lengths, seq_len, torch.device("cpu"))["cu_seq_lens_q"]
         kwargs.update(segment_sizes=tuple(torch.diff(cu).tolist()), attention_mask=None)
     elif impl.startswith(FLASH_PREFIX):
-        if not flash_attention_available():
+        if not flash_attention_available(impl):
             raise PackingUnsupportedError(f"packed rows with attn_implementation={impl!r} need a CUDA GPU and the "
                                           "flash-attn package; use sdpa or eager here")
         kwargs.update(flash_kwargs(sample_lengths, seq_len, device), attention_mask=None)

@@ -157,7 +157,7 @@ def test_a_leaking_mask_or_unrestarted_positions_change_the_loss(tiny, arch: str
 def test_flash_attention_is_refused_clearly_where_it_cannot_run(tiny, monkeypatch) -> None:
     model = tiny.vlm("llama")
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flash_attention_2", raising=False)
-    monkeypatch.setattr("vlm.packing.flash_attention_available", lambda: False)
+    monkeypatch.setattr("vlm.packing.flash_attention_available", lambda impl="flash_attention_2": False)
     with pytest.raises(PackingUnsupportedError, match="flash-attn"):
         packed_llm_kwargs(model.llm, [[3, 2]], 6, dtype=torch.float32, device=torch.device("cpu"))
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flex_attention", raising=False)
@@ -250,3 +250,15 @@ def test_sdpa_varlen_mask_keeps_padding_and_decoding_masks() -> None:
     padded = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
     mask = sdpa_varlen_mask(**common, attention_mask=padded)
     assert mask is not None and mask.shape == (2, 1, 4, 4) and not bool(mask[0, 0, 3, 3])
+
+
+def test_flash_attention_3_looks_for_its_own_package(monkeypatch) -> None:
+    import importlib.util
+
+    import vlm.packing
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    found = {"flash_attn"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in found else None)
+    assert vlm.packing.flash_attention_available("flash_attention_2")
+    assert not vlm.packing.flash_attention_available("flash_attention_3")  # flash_attn_interface is missing
