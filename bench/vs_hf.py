@@ -13,11 +13,16 @@ Peak memory of a step: on a GPU, torch's allocator peak above what was allocated
 side runs in a fresh process and the peak resident set (VmHWM, reset through /proc/self/clear_refs after loading)
 above the resident memory before the step. Run: `python bench/vs_hf.py [--quick] [--device cuda] [--packing]`.
 `--packing`: ours trains the same samples packed into one row (`data.packing`: SDPA per sample), HF unpacked.
+Both sides move their (host) batch to the device inside the timed step. On CUDA, `ours_syncs_per_step` counts the
+host-device synchronisations of one step of ours (`torch.cuda.set_sync_debug_mode("warn")`), with the lines that
+caused them; on a CPU there is nothing to count (CUDA-only).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
+import warnings
 import json
 import math
 import re
@@ -181,16 +186,41 @@ def step_fns(side: str, model: Any, batch: Any, phase: int, device: str) -> tupl
             return float(loss.detach()) / supervised
 
         return ours, features is None
-    inputs = {k: getattr(batch, k).to(device) for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
+    host = {k: getattr(batch, k) for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
 
     def hf() -> float:
         model.zero_grad(set_to_none=True)
+        inputs = {k: v.to(device, non_blocking=True) for k, v in host.items()}  # as ours does, inside the step
         with autocast:
             loss = model(**inputs).loss
         loss.backward()
         return float(loss.detach())
 
     return hf, True
+
+
+def count_syncs(model: Any, batch: Any, phase: int, device: str) -> dict[str, Any]:
+    """Host-device synchronisations in one forward + backward of ours (the bench's own loss read-back excluded),
+    and the source lines that caused them; CUDA-only."""
+    if not device.startswith("cuda"):
+        return {"ours_syncs_per_step": None, "sync_count": "CUDA-only: nothing to count on a CPU"}
+    from train.step import summed_token_loss
+
+    features = cached_features(model, batch, device) if phase == 1 else None
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = summed_token_loss(model, batch, torch.device(device), features)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    where = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+    return {"ours_syncs_per_step": len(syncs), "ours_sync_sources": dict(where.most_common(8))}
 
 
 def synced(fn: Callable[[], float], device: str) -> Callable[[], float]:
@@ -287,6 +317,7 @@ def bench_phase(root: Path, ours: Any, hf: Any, phase: int, shape: Shape, device
     else:
         ours_mb, hf_mb = child_memory(root, "ours", phase, device), child_memory(root, "hf", phase, device)
         method = "VmHWM after /proc/self/clear_refs above VmRSS, each side in a fresh process"
+    syncs = count_syncs(ours, ours_batch, phase, device)
     tokens = int(batch.attention_mask.sum())
     flops = StepFlops(ours)
     peak, peak_source = peak_flops(torch.device(device), "bf16" if device.startswith("cuda") else "fp32")
@@ -304,7 +335,7 @@ def bench_phase(root: Path, ours: Any, hf: Any, phase: int, shape: Shape, device
         "batch": list(ids.shape), "tokens": tokens, "vocab": QWEN2_VOCAB, "device": device,
         "dtype": "bf16 autocast" if device.startswith("cuda") else "fp32", "threads": torch.get_num_threads(),
         "steps": shape.steps, "peak_flops_source": peak_source, "memory_method": method,
-        "wall_s": time.perf_counter() - started,
+        **syncs, "wall_s": time.perf_counter() - started,
     }
 
 

@@ -4,7 +4,8 @@
 # Env: NUM_GPUS (processes per node; default: every CUDA device torch sees), CUDA_VISIBLE_DEVICES (which ones; set and
 #      empty: no GPU, a CPU run of NUM_PROCS processes, default 1), multi-node: NNODES, NODE_RANK, MASTER_ADDR,
 #      MASTER_PORT (default 29500), the same on every node but NODE_RANK. VENV (default .venv), VLM (a `vlm` executable
-#      to run instead of `python -m app.cli`).
+#      to run instead of `python -m app.cli`), OMP_NUM_THREADS (default: this node's cores / processes, at least 1;
+#      torchrun would set 1, leaving DeepSpeed's CPU Adam one core per rank).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
@@ -37,6 +38,9 @@ launch_train() {
         rendezvous=(--nnodes="$nnodes" --node_rank="$node_rank" --master_addr="$MASTER_ADDR"
                     --master_port="${MASTER_PORT:-29500}")
     fi
+    local cores
+    cores=$(nproc 2>/dev/null || echo 1)
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / nproc > 0 ? cores / nproc : 1 ))}
     local program=(-m app.cli)
     [[ -z "${VLM:-}" ]] || program=(--no-python "$VLM")  # every worker runs that executable itself
     echo "[launch] $config: $nnodes node(s) x $nproc process(es), node rank $node_rank" >&2

@@ -122,7 +122,7 @@ def trainable_names(model: nn.Module) -> list[str]:
 def trainable_state(strategy: Strategy, model: nn.Module) -> dict[str, torch.Tensor]:
     """Gathered values of the trainable parameters (named as in the unwrapped model)."""
     names = trainable_names(strategy.unwrap(model))
-    full = strategy.state_dict_for_save(model)
+    full = strategy.trainable_state_dict(model)
     missing = [n for n in names if n not in full]
     if missing:
         raise RuntimeError(f"strategy state dict lacks trainable parameters {missing[:5]}")

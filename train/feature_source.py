@@ -1,6 +1,7 @@
 """`FeatureSource`: the vision features of training batches, read from the feature cache (and filled on a miss)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -68,6 +69,20 @@ class FeatureSource:
         self.cache.flush()
 
 
+def gathered_fingerprint(encoder: nn.Module, image_processor: Any) -> str:
+    """`encoder_fingerprint` over the encoder's full weights. An encoder built under ZeRO-3's `zero.Init` holds empty
+    partitions, so it is gathered first (a collective: every rank calls this); the key is then the same under
+    every strategy."""
+    params = list(encoder.parameters())
+    whole = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        whole = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with whole:
+        return encoder_fingerprint(encoder, image_processor)
+
+
 def feature_source(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> FeatureSource | None:
     """The run's feature source when the feature cache is on (`feature_cache.enabled`, auto: on for a recipe that
     asks for it with a frozen encoder, off for anyres; the combinations that cannot work are refused by
@@ -79,6 +94,6 @@ def feature_source(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> Fe
     if not wanted:
         return None
     directory = cfg.feature_cache.dir or os.path.join(cfg.checkpoint.output_dir, "feature_cache")
-    cache = FeatureCache(directory, encoder_fingerprint(model.vision_encoder, model.image_processor))
+    cache = FeatureCache(directory, gathered_fingerprint(model.vision_encoder, model.image_processor))
     return FeatureSource(cache, model.vision_encoder, model.image_processor,
                          encode_on_miss=not strategy.partitions_parameters)

@@ -8,7 +8,6 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from vlm.batch import Batch
 
 WAIT_WARN_FRACTION = 0.10  # warn when the loop waits on data for more than this share of a step
 WAIT_WARN_EVERY_S = 300.0  # after the first warning, at most one per this many seconds
@@ -72,13 +71,6 @@ class TimedIterator:
     def take_wait(self) -> float:
         wait, self.wait_s = self.wait_s, 0.0
         return wait
-
-
-def to_device(batch: Batch | None, device: torch.device) -> Batch | None:
-    """The batch with its tensors on `device` (non-blocking copies from pinned memory); as is on a CPU."""
-    if batch is None or device.type == "cpu":
-        return batch
-    return batch.to(device, non_blocking=True)
 
 
 class WaitWarner:

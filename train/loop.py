@@ -17,7 +17,7 @@ from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
 from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
-from train.feeding import Feeder, WaitWarner, enable_tf32, to_device
+from train.feeding import Feeder, WaitWarner, enable_tf32
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.recipe_registry import get_recipe
@@ -210,7 +210,7 @@ class Trainer:
             first = not losses
             if first:
                 self.trainability.before_first_step()
-            metrics = self._step([to_device(batch, self.strategy.device) for batch in window])
+            metrics = self._step(window)  # host batches: the model moves each one (pinned, non-blocking)
             if first:
                 note = self.trainability.after_first_step(self.strategy)
                 if note:

@@ -130,7 +130,8 @@ def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], featur
                 strategy.backward(_zero_loss(inputs, autocast))
                 continue
             with autocast:
-                token_loss = inputs.model(batch.to(device), vision_features=features[index]).loss
+                # the host batch: `VisionLanguageModel.loss` reads its bookkeeping there, then moves it
+                token_loss = inputs.model(batch, vision_features=features[index]).loss
             if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
                 token_loss = token_loss + _zero_link(inputs.model, device)
             strategy.backward(token_loss * scale)
@@ -167,7 +168,7 @@ def _zero_loss(inputs: StepInputs, autocast: contextlib.AbstractContextManager) 
     and backward (their gradient hooks and unused-branch touches run as for any text-only batch)."""
     device = inputs.strategy.device
     with autocast:
-        loss = inputs.model(Batch.empty(inputs.pad_token_id).to(device)).loss  # a sum over no positions: 0
+        loss = inputs.model(Batch.empty(inputs.pad_token_id)).loss  # a sum over no positions: 0
     if not loss.requires_grad:
         loss = loss + _zero_link(inputs.model, device)
     return loss * 0.0
@@ -176,4 +177,4 @@ def _zero_loss(inputs: StepInputs, autocast: contextlib.AbstractContextManager) 
 def _zero_link(model: nn.Module, device: torch.device) -> torch.Tensor:
     """0 attached to every trainable parameter, so backward runs (and DDP syncs zeros) on every rank."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return sum((p.reshape(-1)[0] * 0.0 for p in params), torch.zeros((), device=device))
+    return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=device))  # ZeRO-3: p may be empty

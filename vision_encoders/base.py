@@ -53,6 +53,13 @@ class VisionEncoder(nn.Module, ABC):
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks in order, for partial unfreezing."""
 
+    def outside_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where `module`'s forward reads `parameter` although it belongs to a module whose
+        own forward never runs (position embeddings, class tokens read by hand). ZeRO-3 gathers a partitioned
+        parameter only for its owner's forward unless it is registered with the reader; inside the engine's forward
+        DeepSpeed discovers them on first access, but not in a forward outside it (the packing self-check)."""
+        return []
+
     def image_processor(self, aspect_ratio: AspectRatio | None = None) -> ImageProcessor:
         """The matching preprocessing (checkpoint's own mean/std/size when known); aspect ratio from the config."""
         raise NotImplementedError(f"{type(self).__name__} does not define its image processor")

@@ -60,7 +60,9 @@ def load_hf_vision_tower(path_or_id: str) -> PreTrainedModel:
     if full:
         hf_logging.set_verbosity_error()
     try:
-        model, info = model_cls.from_pretrained(path_or_id, attn_implementation="sdpa", output_loading_info=True)
+        # float32 whatever the checkpoint stores (transformers' default is the stored dtype): the load policy casts
+        model, info = model_cls.from_pretrained(path_or_id, attn_implementation="sdpa", output_loading_info=True,
+                                                dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
@@ -137,6 +139,13 @@ class HFVisionEncoder(VisionEncoder):
 
     def blocks(self) -> list[nn.Module]:
         return list(self.hf_model.encoder.layers)
+
+    def outside_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        if self._image_size == self._native_size:
+            return []
+        # interpolate_pos_encoding: the embeddings module reads its position embedding's weight directly
+        embeddings = getattr(self.hf_model, "vision_model", self.hf_model).embeddings
+        return [(embeddings, embeddings.position_embedding.weight)]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         param = next(self.hf_model.parameters())

@@ -147,6 +147,13 @@ class OpenClipVisionEncoder(VisionEncoder):
     def blocks(self) -> list[nn.Module]:
         return list(self.visual.transformer.resblocks)
 
+    def outside_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        pairs = [(self, self.visual.class_embedding), (self, self.visual.positional_embedding)]  # read in `forward`
+        for module in self.visual.modules():  # torch's MultiheadAttention reads out_proj's weights, never calls it
+            if isinstance(module, nn.MultiheadAttention):
+                pairs += [(module, p) for p in module.out_proj.parameters()]
+        return pairs
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # open_clip's forward only returns the pooled output or the final tokens; we need a chosen layer.
         vit = self.visual

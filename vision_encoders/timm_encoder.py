@@ -118,6 +118,10 @@ class TimmVisionEncoder(VisionEncoder):
     def blocks(self) -> list[nn.Module]:
         return list(self.timm_model.blocks)
 
+    def outside_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        # `forward` calls `vit._pos_embed` by hand: pos_embed, cls_token and reg_token are the ViT's own parameters
+        return [(self, p) for p in self.timm_model.parameters(recurse=False)]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         vit = self.timm_model
         param = next(vit.parameters())

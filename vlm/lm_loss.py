@@ -106,20 +106,24 @@ def head_calls(head: nn.Module, rows: int, chunk_rows: int, device: torch.device
 
 def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                     position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
-                    packed: dict[str, Any] | None = None) -> TokenLoss:
+                    packed: dict[str, Any] | None = None, host_labels: torch.Tensor | None = None) -> TokenLoss:
     """Sum of fp32 next-token CE over the positions whose shifted label is supervised; the head sees only those rows.
 
     `labels` are unshifted [B, T] (as the collator makes them). Under autograd each chunk is recomputed in the
     backward pass, so at most one chunk of logits is alive at a time. `packed` (packed rows): the decoder's
     attention arguments from `vlm.packing.packed_llm_kwargs`, in place of `attention_mask` and `position_ids`.
+    `host_labels`: the same labels on the CPU, where the supervised positions are found without a device sync.
     """
     check_head_path(llm, embeds, attention_mask)
     decoder, head, transform = causal_lm_parts(llm)
     batch, length = labels.shape
-    supervised = labels[:, 1:] != IGNORE_INDEX  # position t predicts labels[t + 1]
+    source = host_labels if host_labels is not None else labels
+    supervised = source[:, 1:] != IGNORE_INDEX  # position t predicts labels[t + 1]
     rows, cols = supervised.nonzero(as_tuple=True)
     flat = (rows * length + cols).to(embeds.device, non_blocking=True)
-    targets = labels[:, 1:][rows, cols].to(embeds.device, non_blocking=True)
+    targets = source[:, 1:][rows, cols].to(embeds.device, non_blocking=True)
+    # Before the decoder is queued: under ZeRO-3 this is an all-reduce, which would otherwise wait for the decoder
+    chunks = head_calls(head, targets.shape[0], chunk_rows, embeds.device)
     if packed is not None:
         extra = dict(packed)
     else:
@@ -135,7 +139,6 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
             logits = transform(logits)
         return F.cross_entropy(logits.float(), y, reduction="sum")
 
-    chunks = head_calls(head, targets.shape[0], chunk_rows, embeds.device)
     total = hidden.new_zeros((), dtype=torch.float32)
     for index in range(chunks):  # at least one call, on no rows if need be: the head always gets its (zero) grads
         h, y = picked[index * chunk_rows:(index + 1) * chunk_rows], targets[index * chunk_rows:(index + 1) * chunk_rows]

@@ -136,10 +136,13 @@ class VisionLanguageModel(nn.Module):
         vision_features: torch.Tensor | None = None,
         image_counts: torch.Tensor | list[int] | None = None,
         image_sizes: list[tuple[int, int]] | None = None,
+        image_token_counts: list[int] | None = None,
     ) -> torch.Tensor:
         """Token embeddings with the projected image rows scattered into the image-token positions.
 
         anyres: `pixel_values` holds every image's tiles and `image_sizes` each image's (height, width).
+        `image_token_counts`: the image-token positions per row, when the caller read them on the host (from a CPU
+        `input_ids`); else they are read back from the device.
         """
         input_ids = input_ids.to(self.device)
         is_image = input_ids == self.config.image_token_id
@@ -147,22 +150,22 @@ class VisionLanguageModel(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, self.config.pad_token_id))
         if pixel_values is not None and vision_features is not None:
             raise ValueError("pass either pixel_values or vision_features, not both")
-        tokens_per_sample = is_image.sum(dim=1)
+        tokens = image_token_counts if image_token_counts is not None else is_image.sum(dim=1).tolist()
         if pixel_values is None and vision_features is None:
-            if is_image.any():
-                samples = [i for i, n in enumerate(tokens_per_sample.tolist()) if n]
+            if any(tokens):
+                samples = [i for i, n in enumerate(tokens) if n]
                 raise ValueError(
-                    f"samples {samples} hold image tokens ({tokens_per_sample[samples].tolist()}) but no images were given"
+                    f"samples {samples} hold image tokens ({[tokens[i] for i in samples]}) but no images were given"
                 )
             return embeds
         if self.config.vision.anyres:
             from vlm.anyres_features import image_rows as anyres_rows
 
-            image_rows = anyres_rows(self, tokens_per_sample.tolist(), image_sizes, image_counts, pixel_values, vision_features)
+            image_rows = anyres_rows(self, tokens, image_sizes, image_counts, pixel_values, vision_features)
             mask = is_image.unsqueeze(-1).expand_as(embeds)
             return embeds.masked_scatter(mask, image_rows.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
         n_images = (pixel_values if pixel_values is not None else vision_features).shape[0]
-        self._check_counts(tokens_per_sample.tolist(), n_images, image_counts)
+        self._check_counts(tokens, n_images, image_counts)
         if n_images == 0:
             return embeds
         image_rows = self.encode_images(pixel_values) if pixel_values is not None else self.project(vision_features)
@@ -227,9 +230,18 @@ class VisionLanguageModel(nn.Module):
         Under a DDP / DeepSpeed wrapper it is reached through `train.strategies.loss_view.LossView`."""
         if batch.labels is None:
             raise ValueError("the training loss needs a Batch with labels")
+        host_labels, tokens, counts = None, None, batch.image_counts
+        if batch.input_ids.device.type == "cpu":
+            # The bookkeeping (image-token counts, supervised positions) is read here, on the host: read back from a
+            # GPU copy, each value would wait for the work queued before it.
+            host_labels = batch.labels
+            tokens = (batch.input_ids == self.config.image_token_id).sum(dim=1).tolist()
+            counts = counts.tolist() if counts is not None else None
+            batch = batch.to(self.device, non_blocking=True)
         pixels = None if vision_features is not None else batch.pixel_values
         try:
-            embeds = self.embed(batch.input_ids, pixels, vision_features, batch.image_counts, batch.image_sizes)
+            embeds = self.embed(batch.input_ids, pixels, vision_features, counts, batch.image_sizes,
+                                image_token_counts=tokens)
         except ValueError as err:
             if not batch.ids:
                 raise
@@ -239,7 +251,7 @@ class VisionLanguageModel(nn.Module):
         if batch.sample_lengths is not None:
             packed = self._packed_kwargs(batch.sample_lengths, embeds, batch.position_ids)
         return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
-                               batch.position_ids, packed=packed)
+                               batch.position_ids, packed=packed, host_labels=host_labels)
 
     def _packed_kwargs(self, sample_lengths: list[list[int]], embeds: torch.Tensor,
                        position_ids: torch.Tensor | None) -> dict[str, Any]:

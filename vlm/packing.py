@@ -60,8 +60,10 @@ def block_diagonal_mask(sample_lengths: Sequence[Sequence[int]], seq_len: int, *
     return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def flash_attention_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+def flash_attention_available(impl: str = "flash_attention_2") -> bool:
+    """CUDA plus the package `impl` runs on (flash-attn 3 ships as `flash_attn_interface`)."""
+    package = "flash_attn_interface" if impl == "flash_attention_3" else "flash_attn"
+    return torch.cuda.is_available() and importlib.util.find_spec(package) is not None
 
 
 def flash_kwargs(sample_lengths: Sequence[Sequence[int]], seq_len: int, device: torch.device) -> dict[str, Any]:
@@ -84,9 +86,11 @@ def packed_llm_kwargs(llm: Any, sample_lengths: Sequence[Sequence[int]], seq_len
         position_ids = packed_position_ids(sample_lengths, seq_len)
     kwargs: dict[str, Any] = {"position_ids": position_ids.to(device)}
     if impl in VARLEN_IMPLEMENTATIONS:
-        kwargs.update(flash_kwargs(sample_lengths, seq_len, device), attention_mask=None)
+        # The segment sizes stay Python ints: reading them from a device tensor in every layer would wait for the GPU
+        cu = flash_kwargs(sample_lengths, seq_len, torch.device("cpu"))["cu_seq_lens_q"]
+        kwargs.update(segment_sizes=tuple(torch.diff(cu).tolist()), attention_mask=None)
     elif impl.startswith(FLASH_PREFIX):
-        if not flash_attention_available():
+        if not flash_attention_available(impl):
             raise PackingUnsupportedError(f"packed rows with attn_implementation={impl!r} need a CUDA GPU and the "
                                           "flash-attn package; use sdpa or eager here")
         kwargs.update(flash_kwargs(sample_lengths, seq_len, device), attention_mask=None)
@@ -105,16 +109,18 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                           **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention interface: query [B, H, L, D], key/value [B, H_kv, L, D] -> ([B, L, H, D], None).
-    With `cu_seq_lens_q` (packed rows, flattened), causal SDPA on each segment alone; else plain SDPA."""
+    With `segment_sizes` (packed rows, flattened; or `cu_seq_lens_q`), causal SDPA on each segment alone; else plain
+    SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    sizes = kwargs.pop("segment_sizes", None)
     cu = kwargs.get("cu_seq_lens_q")
-    if cu is None:
+    if sizes is None and cu is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     batch, heads, length, dim = query.shape
     flat = [x.transpose(1, 2).reshape(batch * length, x.shape[1], dim) for x in (query, key, value)]  # [B*L, H, D]
-    sizes = torch.diff(cu).tolist()
+    sizes = list(sizes) if sizes is not None else torch.diff(cu).tolist()
     dropout = dropout if module.training else 0.0
     pieces = []
     # split (not slicing): its backward concatenates the segments' gradients instead of adding a zero-filled
@@ -127,13 +133,26 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     return torch.cat(pieces).reshape(batch, length, heads, dim), None
 
 
+def sdpa_varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, q_offset: Any = 0,
+                     **kwargs: Any) -> torch.Tensor | None:
+    """The mask `sdpa_varlen` gets: none for a causal call without a padding mask from position 0 (packed rows carry
+    their `segment_sizes`; transformers would otherwise build, from their restarting position ids, a [B, 1, L, L] mask
+    the segments make useless); SDPA's own mask otherwise (padding, cached decoding, sliding windows, mask overlays)."""
+    from transformers.masking_utils import sdpa_mask
+
+    plain = kwargs.get("local_size") is None and not kwargs.get("use_vmap", False)
+    if attention_mask is None and plain and isinstance(q_offset, int) and q_offset == 0:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, q_offset=q_offset, **kwargs)
+
+
 def register_sdpa_varlen() -> None:
-    """Make `sdpa_varlen` a transformers attention implementation (its masks for unpacked batches are SDPA's)."""
+    """Make `sdpa_varlen` a transformers attention implementation (its masks for unpadded rows are none)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
-    AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
+    AttentionMaskInterface.register(SDPA_VARLEN, sdpa_varlen_mask)
 
 
 def use_varlen_attention(llm: Any) -> bool:

@@ -33,3 +33,4 @@ def test_quick_run_prints_one_finite_line_per_phase(packing: bool) -> None:
         assert line["ours_tokens_per_s"] > 0 and line["hf_tokens_per_s"] > 0 and 0 <= line["padding_ratio"] < 1
         assert line["loss_rel_gap"] < 1e-4  # same weights and samples: the same loss
         assert line["packing"] is packing and (line["padding_ratio"] == 0.0 if packing else True)
+        assert line["ours_syncs_per_step"] is None and "CUDA-only" in line["sync_count"]  # counted on CUDA only

@@ -21,6 +21,7 @@ if [[ "$1" == -c ]]; then
 fi
 if [[ "$1" == -m && "$2" == venv ]]; then mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; exit 0; fi
 echo "CVD=${CUDA_VISIBLE_DEVICES-unset} python $*" >> "$STUB_LOG"
+[[ -z "${STUB_OMP_LOG:-}" ]] || echo "${OMP_NUM_THREADS-unset}" >> "$STUB_OMP_LOG"
 """
 STUB_NVIDIA_SMI = r"""#!/usr/bin/env bash
 case "$*" in
@@ -147,3 +148,18 @@ def test_llava_next_scripts_launch_their_config(stubs, script: str, config: str)
     assert done.returncode == 0, done.stderr
     assert calls == [f"CVD=unset python -m torch.distributed.run --standalone --nproc_per_node=2 -m app.cli train "
                      f"{config} micro_batch_size=2"]
+
+
+@pytest.mark.parametrize(("cores", "gpus", "preset", "expected"),
+                         [("16", "2", None, "8"), ("1", "2", None, "1"), ("16", "2", "3", "3")])
+def test_omp_threads_are_the_cores_per_process(stubs, cores: str, gpus: str, preset: str | None,
+                                               expected: str) -> None:
+    """torchrun sets OMP_NUM_THREADS=1 when unset: DeepSpeed's CPU Adam (ZeRO-Offload) would step on one core."""
+    _write_exe(stubs["bin"] / "nproc", f"#!/usr/bin/env bash\necho {cores}\n")
+    omp_log = stubs["tmp"] / "omp.log"
+    env = {"STUB_TORCH_GPUS": gpus, "STUB_OMP_LOG": str(omp_log)}
+    if preset is not None:
+        env["OMP_NUM_THREADS"] = preset
+    done, calls = _run(stubs, "scripts/finetune.sh", **env)
+    assert done.returncode == 0, done.stderr
+    assert f"--nproc_per_node={gpus}" in calls[0] and omp_log.read_text().split() == [expected]

@@ -4,13 +4,11 @@ from __future__ import annotations
 import shutil
 import time
 
-import pytest
 import torch
 
-from train.feeding import EpochBatches, TimedIterator, WaitWarner, enable_tf32, to_device
+from train.feeding import EpochBatches, TimedIterator, WaitWarner, enable_tf32
 from train.run_logger import read_metrics
 from train.recipes import run
-from vlm.batch import Batch
 
 
 def test_epoch_batches_follow_epoch_and_skip() -> None:
@@ -44,12 +42,7 @@ def test_wait_warning_once_then_rate_limited() -> None:
     assert again is not None and "2 such step(s)" in again
 
 
-def test_to_device_moves_a_batch_off_the_cpu_only() -> None:
-    ids = torch.ones(2, 3, dtype=torch.long)
-    batch = Batch(ids, torch.ones_like(ids), ids=["a", "b"])
-    assert to_device(batch, torch.device("cpu")) is batch
-    moved = to_device(batch, torch.device("meta"))
-    assert moved.input_ids.device.type == "meta" and moved.ids == ["a", "b"]
+def test_tf32_is_for_gpus_only() -> None:
     assert enable_tf32("fp32", torch.device("cpu")) is False
 
 
@@ -75,7 +68,3 @@ def test_efficiency_metrics_and_summary_line(make_cfg, tmp_path, capsys) -> None
     err = capsys.readouterr().err
     assert "efficiency over 2 step(s)" in err and "MFU" in err and "padding" in err
 
-
-@pytest.mark.parametrize("batch_fn", [lambda: None])
-def test_none_batches_pass_through(batch_fn) -> None:
-    assert to_device(batch_fn(), torch.device("meta")) is None

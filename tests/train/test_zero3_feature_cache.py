@@ -53,3 +53,21 @@ def test_zero3_with_feature_cache_fills_first_and_matches_one_process(make_cfg, 
     cache = FeatureCache(tmp_path / "fc_zero3", fingerprints[0])
     good = sorted(str(p) for p in images.glob("*.png") if p.name != "corrupt.png")
     assert cache.missing(good) == [] and cache.missing([str(images / "corrupt.png")]) != []
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_zero3_and_one_process_key_the_feature_cache_alike(make_cfg, tmp_path: Path) -> None:
+    """The fingerprint hashes the encoder's weights: under ZeRO-3 the (zero.Init-partitioned) encoder is gathered
+    for it, so a shared `feature_cache_dir` holds ONE fingerprint directory, not one keyed by empty partitions."""
+    from train.recipes import run
+
+    shared = tmp_path / "fc"
+    common = dict(recipe="align", model={"template": "plain"}, feature_cache=True, global_batch_size=4,
+                  max_steps=1, save_every=0, feature_cache_dir=str(shared))
+    run(make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common))
+    multi_cfg = make_cfg(micro_batch_size=2, strategy="deepspeed", deepspeed_config=str(ZERO3),
+                         output_dir=str(tmp_path / "zero3"), **common)
+    run_ranks(multi_cfg, tmp_path, "zero3")
+    assert len([p.name for p in shared.iterdir() if p.is_dir()]) == 1
+

@@ -158,3 +158,23 @@ def test_features_equal_hf_llava_selection(fixture: str, strategy: str, layer: i
         expected = torch.stack(llava.get_image_features(pixel_values=pixels).pooler_output)
         got = llava.multi_modal_projector(encoder(pixels))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_half_precision_checkpoint_loads_in_float32(tiny_clip_spec: str, tmp_path: Path) -> None:
+    """transformers loads in the stored dtype by default; the tower starts fp32 (the load policy casts it)."""
+    half = tmp_path / "clip_fp16"
+    CLIPVisionModel.from_pretrained(_path(tiny_clip_spec)).half().save_pretrained(half)
+    for name in ("preprocessor_config.json",):
+        if (Path(_path(tiny_clip_spec)) / name).is_file():
+            (half / name).write_text((Path(_path(tiny_clip_spec)) / name).read_text())
+    encoder = load_vision_encoder(VisionEncoderConfig(f"hf:{half}"))
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+
+
+def test_interpolated_position_embedding_is_declared_for_zero3(tiny_clip_spec: str) -> None:
+    """With image_size other than the checkpoint's, HF reads the position embedding outside its module's forward."""
+    native = load_vision_encoder(VisionEncoderConfig(tiny_clip_spec))
+    assert native.outside_parameters() == []
+    resized = load_vision_encoder(VisionEncoderConfig(tiny_clip_spec, image_size=48))
+    (module, param), = resized.outside_parameters()
+    assert param is module.position_embedding.weight

@@ -157,7 +157,7 @@ def test_a_leaking_mask_or_unrestarted_positions_change_the_loss(tiny, arch: str
 def test_flash_attention_is_refused_clearly_where_it_cannot_run(tiny, monkeypatch) -> None:
     model = tiny.vlm("llama")
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flash_attention_2", raising=False)
-    monkeypatch.setattr("vlm.packing.flash_attention_available", lambda: False)
+    monkeypatch.setattr("vlm.packing.flash_attention_available", lambda impl="flash_attention_2": False)
     with pytest.raises(PackingUnsupportedError, match="flash-attn"):
         packed_llm_kwargs(model.llm, [[3, 2]], 6, dtype=torch.float32, device=torch.device("cpu"))
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flex_attention", raising=False)
@@ -206,3 +206,59 @@ def test_packed_batch_through_the_training_loss(tiny, arch: str, attn: str) -> N
     assert set(got) == set(expected)
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sdpa_varlen_gets_host_segment_sizes_and_no_dense_mask(tiny, arch: str, monkeypatch) -> None:
+    """Packed rows on `sdpa_varlen`: every layer gets the segment sizes as Python ints (no device tensor to read back,
+    which on a GPU is a host sync per layer) and no [B, 1, L, L] mask (transformers built one from the restarting
+    position ids; the segments make it useless)."""
+    from transformers import AttentionInterface
+
+    import vlm.packing
+
+    model = tiny.vlm(arch).float().eval()
+    set_attention(model, "sdpa_varlen")
+    seen: list[tuple[object, object, bool]] = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append((attention_mask, kwargs.get("segment_sizes"), "cu_seq_lens_q" in kwargs))
+        return vlm.packing.sdpa_varlen_attention(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(vlm.packing.SDPA_VARLEN, spy)
+    try:
+        samples = _samples(model)
+        pixels = torch.randn(sum(IMAGES), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            packed_loss(model, samples, pixels)
+    finally:
+        vlm.packing.register_sdpa_varlen()
+    _, _, lengths, _ = packed_inputs(model, samples)
+    width = max(sum(row) for row in lengths) + 3
+    expected = tuple(n for segs in vlm.packing.segments(lengths, width) for n in segs)
+    assert len(seen) == model.llm.config.num_hidden_layers
+    for mask, sizes, has_cu in seen:
+        assert mask is None and not has_cu
+        assert sizes == expected and all(type(n) is int for n in sizes)
+
+
+def test_sdpa_varlen_mask_keeps_padding_and_decoding_masks() -> None:
+    from vlm.packing import sdpa_varlen_mask
+
+    common = dict(batch_size=2, q_length=4, kv_length=4, device="cpu")
+    assert sdpa_varlen_mask(**common, attention_mask=None) is None
+    padded = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    mask = sdpa_varlen_mask(**common, attention_mask=padded)
+    assert mask is not None and mask.shape == (2, 1, 4, 4) and not bool(mask[0, 0, 3, 3])
+
+
+def test_flash_attention_3_looks_for_its_own_package(monkeypatch) -> None:
+    import importlib.util
+
+    import vlm.packing
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    found = {"flash_attn"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in found else None)
+    assert vlm.packing.flash_attention_available("flash_attention_2")
+    assert not vlm.packing.flash_attention_available("flash_attention_3")  # flash_attn_interface is missing

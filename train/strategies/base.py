@@ -71,6 +71,12 @@ class Strategy(ABC):
     def state_dict_for_save(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Full (gathered, under ZeRO-3) state dict of the unwrapped model; meaningful on the main rank."""
 
+    def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Gathered values of the trainable parameters only (a checkpoint's weights); collective like
+        `state_dict_for_save`. ZeRO-3 overrides it so that frozen partitions are never gathered."""
+        full = self.state_dict_for_save(model)
+        return {n: full[n] for n, p in self.unwrap(model).named_parameters() if p.requires_grad and n in full}
+
     @abstractmethod
     def barrier(self) -> None:
         """Wait for all processes."""

@@ -54,6 +54,44 @@ def _hidden_size(model: nn.Module) -> int | None:
     return None
 
 
+def engine_dtype(resolved_config: dict[str, Any]) -> torch.dtype | None:
+    """The dtype the engine trains in by its (resolved) JSON config: bf16, fp16, or None (fp32)."""
+    if resolved_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if resolved_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return None
+
+
+def cast_trainable(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast every trainable floating-point parameter that is not already a ZeRO-3 parameter to `dtype`; return how
+    many changed.
+
+    DeepSpeed casts the module to its dtype itself, except when any parameter was built under `zero.Init`: then it
+    casts nothing, and peft's fp32 adapters sit next to bf16 parameters, which ZeRO-3 cannot flatten into one
+    buffer (an assertion in `deepspeed.initialize`). The engine keeps the fp32 master copies."""
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and not hasattr(param, "ds_id") and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            changed += 1
+    return changed
+
+
+def _standalone_env_defaults() -> None:
+    """Outside torchrun, a one-process group's environment: without it `deepspeed.initialize` looks for MPI."""
+    import socket
+
+    if all(os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if not os.environ.get("MASTER_PORT"):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+
+
 class DeepSpeedStrategy(ProcessGroupStrategy):
     """Runs the loop's steps through a DeepSpeed engine.
 
@@ -82,6 +120,8 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             torch.cuda.set_device(env.device)
         if env.distributed and not dist.is_initialized():
             self.deepspeed.init_distributed(dist_backend=distributed.default_backend())
+        elif not dist.is_initialized():
+            _standalone_env_defaults()
         self.env = env
         self.engine: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -135,9 +175,16 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             hidden_size=_hidden_size(model),
         )
         model.to(self.device)
+        dtype = engine_dtype(self.resolved_config)
+        if dtype is not None:
+            cast_trainable(model, dtype)  # before the optimizer: its groups hold these very tensors
         optimizer = optimizer_factory(model)
         if offloads_optimizer(self.resolved_config):
             optimizer = cpu_adam_like(optimizer)
+        if self.zero_stage == 3:
+            encoder = getattr(model, "vision_encoder", None)
+            for module, param in encoder.outside_parameters() if encoder is not None else []:
+                self.deepspeed.zero.register_external_parameter(module, param)
         view = LossView(model)
         engine, _, _, _ = self.deepspeed.initialize(model=view, optimizer=optimizer, config=self.resolved_config)
         self.engine = engine
@@ -222,23 +269,37 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         self._gather_into(module, "", gathered)
         return gathered
 
-    def _gather_into(self, module: nn.Module, prefix: str, out: dict[str, torch.Tensor]) -> None:
-        params = list(module.parameters(recurse=False))
-        with self.deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            for name, param in module.named_parameters(recurse=False):
-                out[prefix + name] = param.detach().to("cpu", copy=True) if self.is_main else torch.empty(0)
+    def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Under ZeRO-3 only the trainable parameters are gathered (module by module) and copied: a LoRA or
+        projector checkpoint never materialises the frozen model."""
+        module = self.unwrap(model)
+        if self.zero_stage < 3:
+            return super().trainable_state_dict(model)
+        gathered: dict[str, torch.Tensor] = {}
+        self._gather_into(module, "", gathered, trainable_only=True)
+        return gathered
+
+    def _gather_into(self, module: nn.Module, prefix: str, out: dict[str, torch.Tensor],
+                     trainable_only: bool = False) -> None:
+        named = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad or not trainable_only]
+        if named:
+            with self.deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+                for name, param in named:
+                    out[prefix + name] = param.detach().to("cpu", copy=True) if self.is_main else torch.empty(0)
+        if not trainable_only:
             for name, buf in module.named_buffers(recurse=False):
                 if buf is not None and name not in module._non_persistent_buffers_set:
                     out[prefix + name] = buf.detach().to("cpu", copy=True)
         for name, child in module.named_children():
-            self._gather_into(child, f"{prefix}{name}.", out)
+            self._gather_into(child, f"{prefix}{name}.", out, trainable_only)
 
     def full_parameters(self, model: nn.Module, modify: bool = False):  # noqa: ANN201 - a context manager
-        """Under ZeRO-3 gather every parameter on every rank (collective: all ranks enter); with `modify`,
-        rank 0's writes are partitioned back on exit. A no-op for stages 0-2, whose parameters are whole."""
+        """Under ZeRO-3 gather the parameters on every rank (collective: all ranks enter): all of them to read;
+        with `modify` (a resume writes trainable weights only) just the trainable ones, whose rank-0 writes are
+        partitioned back on exit. A no-op for stages 0-2, whose parameters are whole."""
         if self.zero_stage < 3:
             return contextlib.nullcontext()
-        params = list(self.unwrap(model).parameters())
+        params = [p for p in self.unwrap(model).parameters() if p.requires_grad or not modify]
         return self.deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
 
     def save_optimizer(self, directory: str) -> None:

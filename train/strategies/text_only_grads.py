@@ -8,19 +8,21 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from vlm.anyres_features import NEWLINE
 from vlm.batch import Batch
 
 
 def _zero_touch(model: nn.Module, run_encoder: bool) -> torch.Tensor | None:
     """0 x the image branch run on nothing: the projector on an empty batch, behind the encoder on one blank
-    image when `run_encoder` (the same chain as with images, so collectives and gradients come in the same order)."""
+    image when `run_encoder` (the same chain as with images, so collectives and gradients come in the same order),
+    and anyres' `image_newline`, which only image batches call."""
     projector, encoder, config = model.projector, model.vision_encoder, model.config
     encoder_trains = any(p.requires_grad for p in encoder.parameters())
     if not (run_encoder or encoder_trains or any(p.requires_grad for p in projector.parameters())):
         return None
-    param = next(projector.parameters())
+    enc_param = next(encoder.parameters())
+    param = next(projector.parameters(), enc_param)  # the identity projector has no parameters
     if run_encoder or encoder_trains:
-        enc_param = next(encoder.parameters())
         blank = torch.zeros(1, 3, encoder.image_size, encoder.image_size, device=enc_param.device, dtype=enc_param.dtype)
         with contextlib.nullcontext() if encoder_trains else torch.no_grad():
             features = encoder(blank)
@@ -28,7 +30,7 @@ def _zero_touch(model: nn.Module, run_encoder: bool) -> torch.Tensor | None:
     else:
         empty = torch.zeros(0, config.vision_num_tokens, encoder.hidden_size, device=param.device, dtype=param.dtype)
     touch = projector(empty).sum() * 0.0
-    newline = getattr(projector, "image_newline", None)  # anyres: called on image batches only
+    newline = getattr(projector, NEWLINE, None)
     if newline is not None:
         touch = touch + newline().sum() * 0.0
     return touch
