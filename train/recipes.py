@@ -194,14 +194,25 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
 
     out = Path(cfg.checkpoint.output_dir)
     unwrapped = strategy.unwrap(model)
-    with strategy.full_parameters(model):
-        lora = is_lora(unwrapped)
-        llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
-        projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
+    lora = is_lora(unwrapped)
+    llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
+    projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
+    with strategy.full_parameters(model, only=_read_by_save(unwrapped) if projector_only else None):
         if strategy.is_main:
             _save_into(out, unwrapped, lora, projector_only)
     strategy.barrier()
     return out
+
+
+def _read_by_save(model: nn.Module) -> list[nn.Parameter]:
+    """What a projector-only save reads (under ZeRO-3 only these are gathered, not the frozen model): the trainable
+    parameters (projector, LoRA adapters) and the embedding matrices holding the added tokens' rows."""
+    embeddings = [model.llm.get_input_embeddings().weight]
+    output = model.llm.get_output_embeddings()
+    if output is not None and output.weight is not embeddings[0]:
+        embeddings.append(output.weight)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return trainable + [p for p in embeddings if all(p is not q for q in trainable)]
 
 
 def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) -> None:

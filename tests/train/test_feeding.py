@@ -67,4 +67,3 @@ def test_efficiency_metrics_and_summary_line(make_cfg, tmp_path, capsys) -> None
         assert 0 <= record["padding_ratio"] < 1 and record["loader_wait_s"] >= 0 and record["peak_mem_mb"] > 0
     err = capsys.readouterr().err
     assert "efficiency over 2 step(s)" in err and "MFU" in err and "padding" in err
-

@@ -142,3 +142,24 @@ print("standalone ok")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240,
                           cwd=tmp_path)
     assert done.returncode == 0 and "standalone ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_a_projector_only_final_save_under_zero3_gathers_what_it_writes(make_cfg, tmp_path: Path) -> None:
+    """Phase 1 (and LoRA) outputs hold the projector, the adapters and the added tokens' rows: under ZeRO-3 the
+    final save gathers those, not the frozen LLM and vision tower."""
+    from train.recipes import build_model, prepare_model, save_final_model
+    from vlm.model import VisionLanguageModel
+
+    cfg = make_cfg(recipe="align", model={"template": None}, output_dir=str(tmp_path / "out"))
+    model = build_model(cfg)
+    prepare_model(model, cfg)
+    strategy, recorder = _zero3_strategy()
+    save_final_model(cfg, model, strategy)
+    gathered = {id(p) for p in recorder.gathered}
+    expected = {id(p) for p in model.projector.parameters()} | {id(model.llm.get_input_embeddings().weight),
+                                                              id(model.llm.get_output_embeddings().weight)}
+    assert gathered == expected
+    assert not gathered & {id(p) for p in model.vision_encoder.parameters()}
+    reloaded = VisionLanguageModel.load(tmp_path / "out")  # and the output is the usual projector-only model
+    for (name, a), (_, b) in zip(model.projector.named_parameters(), reloaded.projector.named_parameters()):
+        assert torch.equal(a, b), name

@@ -99,9 +99,11 @@ class Strategy(ABC):
 
         return contextlib.nullcontext()
 
-    def full_parameters(self, model: nn.Module, modify: bool = False):  # noqa: ANN201 - a context manager
+    def full_parameters(self, model: nn.Module, modify: bool = False,
+                        only: list[nn.Parameter] | None = None):  # noqa: ANN201 - a context manager
         """Context in which `unwrap(model)` holds full, readable (and, with `modify`, writable) weights on every
-        rank. A no-op here; ZeRO-3 gathers partitions (e.g. `deepspeed.zero.GatheredParameters(..., modifier_rank=0)`)."""
+        rank (`only`: just those parameters). A no-op here; ZeRO-3 gathers partitions
+        (e.g. `deepspeed.zero.GatheredParameters(..., modifier_rank=0)`)."""
         import contextlib
 
         return contextlib.nullcontext()

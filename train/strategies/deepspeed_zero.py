@@ -293,13 +293,15 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         for name, child in module.named_children():
             self._gather_into(child, f"{prefix}{name}.", out, trainable_only)
 
-    def full_parameters(self, model: nn.Module, modify: bool = False):  # noqa: ANN201 - a context manager
-        """Under ZeRO-3 gather the parameters on every rank (collective: all ranks enter): all of them to read;
-        with `modify` (a resume writes trainable weights only) just the trainable ones, whose rank-0 writes are
-        partitioned back on exit. A no-op for stages 0-2, whose parameters are whole."""
+    def full_parameters(self, model: nn.Module, modify: bool = False,
+                        only: list[nn.Parameter] | None = None):  # noqa: ANN201 - a context manager
+        """Under ZeRO-3 gather the parameters on every rank (collective: all ranks enter): `only` those when given,
+        else all of them to read; with `modify` (a resume writes trainable weights only) just the trainable ones,
+        whose rank-0 writes are partitioned back on exit. A no-op for stages 0-2, whose parameters are whole."""
         if self.zero_stage < 3:
             return contextlib.nullcontext()
-        params = [p for p in self.unwrap(model).parameters() if p.requires_grad or not modify]
+        params = only if only is not None else [p for p in self.unwrap(model).parameters()
+                                                if p.requires_grad or not modify]
         return self.deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
 
     def save_optimizer(self, directory: str) -> None:
