@@ -21,6 +21,7 @@ from transformers import (
 
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.hf_encoder import HFVisionEncoder
+from vlm.atomic import atomic_directory
 from vlm.config import VLMConfig
 from vlm.dtypes import resolve_dtype
 from vlm.model import VisionLanguageModel
@@ -106,6 +107,14 @@ def model_type(source: Path) -> str | None:
         return json.loads((source / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def write_hf(hf_model: Any, processor: Any, out_dir: str | Path) -> Path:
+    """An exported model and its processor, written atomically as one `from_pretrained` directory."""
+    with atomic_directory(out_dir) as tmp:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 def open_hf(model_class: Any, source: Path, torch_dtype: str | None) -> tuple[Any, Any, torch.dtype]:

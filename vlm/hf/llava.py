@@ -20,7 +20,6 @@ from conversation.templates import export_chat_template
 from projectors.registry import build_projector
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.registry import load_vision_encoder
-from vlm.atomic import atomic_directory
 from vlm.hf.common import (
     ImportedParts,
     check_exportable,
@@ -30,6 +29,7 @@ from vlm.hf.common import (
     staging_next_to,
     ties_as_llava,
     unpack_hf_parts,
+    write_hf,
 )
 from vlm.model import VisionLanguageModel
 from vlm.tokens import unused_rows
@@ -113,12 +113,7 @@ def export_llava(model: VisionLanguageModel, out_dir: str | Path) -> Path:
             "HF image processors cannot pad to square (image_aspect_ratio='pad'); the exported processor resizes "
             "to a square instead, so non-square images are preprocessed differently there", stacklevel=3,
         )
-    llava = to_llava(model)
-    processor = llava_processor(model)
-    with atomic_directory(out_dir) as tmp:
-        llava.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-    return Path(out_dir)
+    return write_hf(to_llava(model), llava_processor(model), out_dir)
 
 
 def import_llava(

@@ -17,7 +17,6 @@ from projectors.registry import build_projector
 from vision_encoders.config import VisionEncoderConfig
 from vision_encoders.registry import load_vision_encoder
 from vlm.anyres_features import NEWLINE_WEIGHT, anyres_processor, attach_image_newline, check_anyres
-from vlm.atomic import atomic_directory
 from vlm.hf.common import (
     PROJECTOR_PREFIX,
     ExportError,
@@ -29,6 +28,7 @@ from vlm.hf.common import (
     staging_next_to,
     ties_as_llava,
     unpack_hf_parts,
+    write_hf,
 )
 from vlm.model import VisionLanguageModel
 from vlm.tokens import embedding_width, unused_rows
@@ -121,12 +121,7 @@ def llava_next_processor(model: VisionLanguageModel) -> LlavaNextProcessor:
 
 def export_hf_next(model: VisionLanguageModel, out_dir: str | Path) -> Path:
     """Write a directory that `LlavaNextForConditionalGeneration` and `AutoProcessor` `.from_pretrained` load."""
-    hf = to_llava_next(model)
-    processor = llava_next_processor(model)
-    with atomic_directory(out_dir) as tmp:
-        hf.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-    return Path(out_dir)
+    return write_hf(to_llava_next(model), llava_next_processor(model), out_dir)
 
 
 def import_hf_next(
