@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
@@ -22,7 +23,7 @@ from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.recipe_registry import get_recipe
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
-from train.runtime import grad_accum_steps, peak_memory_mb, resolve_precision
+from train.runtime import grad_accum_steps, peak_memory_mb, reset_peak_memory, resolve_precision
 from train.step import SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
@@ -80,7 +81,7 @@ class Trainer:
         self.trainability = TrainabilityCheck(model, get_recipe(cfg.recipe), cfg.trainable.llm_mode,
                                               cfg.trainable.unfreeze_vision_last_n)
         self.trainability_line = self.trainability.check_start()  # a misconfigured stage stops before the engine
-        self.model, self.optimizer = self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
+        self.model, self.optimizer = self.strategy.setup(model, self._optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
                                   global_batch_size=cfg.schedule.global_batch_size, micro_batch_size=cfg.schedule.micro_batch_size)
@@ -97,6 +98,11 @@ class Trainer:
         self._feeder: Feeder | None = None
 
     # ------------------------------------------------------------------ setup
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        optimizer = build_optimizer(model, self.cfg.optim)
+        self.groups = summarize(optimizer)  # before the engine replaces the groups' parameters with its partitions
+        return optimizer
+
     def _resume(self) -> None:
         path = resolve_resume(self.cfg.checkpoint.resume, self.output_dir)
         if path is None:
@@ -131,6 +137,7 @@ class Trainer:
     # ------------------------------------------------------------------ one optimizer step
     def _step(self, window: list[Batch | None]) -> dict[str, float]:
         """`train.step.train_step` on the window, then the schedule and this step's metrics."""
+        reset_peak_memory(self.strategy.device)  # `peak_mem_mb` is this step's peak (on GPUs)
         t0 = time.perf_counter()
         try:
             outcome = train_step(self.step_inputs, window)
@@ -290,7 +297,7 @@ class Trainer:
                            f"(no supervised token, or images that cannot be decoded: {failures[:2]})")
 
     def _banner(self) -> str:
-        groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in summarize(self.optimizer))
+        groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in self.groups)
         start = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "from scratch"
         return (f"{self.cfg.recipe}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), accumulation "
                 f"{self.accum} x micro-batch {self.cfg.schedule.micro_batch_size} x {self.strategy.world_size} process(es), "

@@ -65,7 +65,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 def summarize(optimizer: torch.optim.Optimizer) -> list[GroupSummary]:
-    return [GroupSummary(g.get("name", str(i)), g["lr"], g["weight_decay"], sum(p.numel() for p in g["params"]))
+    """Each parameter group's name, lr, weight decay and parameter count (read before an engine such as DeepSpeed
+    swaps the groups' parameters for its flat partitions; a ZeRO-3 parameter counts its full size)."""
+    return [GroupSummary(g.get("name", str(i)), g["lr"], g["weight_decay"],
+                         sum(int(getattr(p, "ds_numel", p.numel())) for p in g["params"]))
             for i, g in enumerate(optimizer.param_groups)]
 
 

@@ -26,8 +26,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new GPU peak (a CPU's peak resident set size cannot be reset: there it stays the run's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated GPU memory, or this process's peak resident set size on a CPU."""
+    """Peak allocated GPU memory since the last `reset_peak_memory`, or this process's peak resident set size on a
+    CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource

@@ -202,3 +202,14 @@ def test_empty_last_micro_batch_still_syncs_and_matches_absent_records(make_cfg,
     assert result.losses == pytest.approx(expected.losses, rel=1e-5)
     for (name, a), (_, b) in zip(skipped_model.named_parameters(), absent_model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_group_sizes_count_a_partitioned_parameter_whole() -> None:
+    """Under ZeRO-3 a parameter holds 0 elements locally (`ds_numel` has its size): the banner's group sizes are
+    read from the optimizer before the engine swaps in its flat partitions, and count the full size."""
+    from train.optim import summarize
+
+    whole, partitioned = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.empty(0))
+    partitioned.ds_numel = 40
+    optimizer = torch.optim.SGD([{"params": [whole, partitioned], "name": "llm"}], lr=0.1)
+    assert [(g.name, g.num_params) for g in summarize(optimizer)] == [("llm", 43)]
