@@ -197,9 +197,18 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
     lora = is_lora(unwrapped)
     llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
     projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
-    with strategy.full_parameters(model, only=_read_by_save(unwrapped) if projector_only else None):
+    only, llm_state = None, None
+    if projector_only:
+        only = _read_by_save(unwrapped)
+    elif strategy.partitions_parameters:
+        # ZeRO-3: the LLM is gathered module by module onto rank 0's host memory, never whole on every rank at once;
+        # the vision tower and the projector (small beside it) are gathered whole.
+        full = strategy.state_dict_for_save(model)
+        llm_state = {name.removeprefix("llm."): value for name, value in full.items() if name.startswith("llm.")}
+        only = [p for name, p in unwrapped.named_parameters() if not name.startswith("llm.")]
+    with strategy.full_parameters(model, only=only):
         if strategy.is_main:
-            _save_into(out, unwrapped, lora, projector_only)
+            _save_into(out, unwrapped, lora, projector_only, llm_state)
     strategy.barrier()
     return out
 
@@ -215,7 +224,8 @@ def _read_by_save(model: nn.Module) -> list[nn.Parameter]:
     return trainable + [p for p in embeddings if all(p is not q for q in trainable)]
 
 
-def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) -> None:
+def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool,
+               llm_state: dict[str, Any] | None = None) -> None:
     from train.lora import save_adapter
 
     staging = out / ".final_model.tmp"
@@ -228,7 +238,7 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool) ->
             model.llm = wrapped
         save_adapter(model, staging)
     else:
-        model.save(staging, projector_only=projector_only)
+        model.save(staging, projector_only=projector_only, llm_state=llm_state)
     for entry in staging.iterdir():  # move into place: output_dir also holds checkpoints and logs
         if entry.is_dir():
             replace_directory(entry, out / entry.name)

@@ -47,8 +47,11 @@ def _state_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
 
 
-def save(model: "VisionLanguageModel", directory: str | Path, projector_only: bool = False) -> Path:
-    """Write `model` to `directory` atomically; a projector-only checkpoint refers to the encoder and LLM by spec/path."""
+def save(model: "VisionLanguageModel", directory: str | Path, projector_only: bool = False,
+         llm_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `model` to `directory` atomically; a projector-only checkpoint refers to the encoder and LLM by spec/path.
+    `llm_state`: the LLM's weights when the module itself does not hold them whole (ZeRO-3 gathers them part by
+    part into it instead of materialising the model on every rank)."""
     config = copy.deepcopy(model.config)
     if projector_only and (_is_relative(config.llm) or _spec_is_relative(config.vision.spec)):
         raise ValueError(
@@ -63,7 +66,7 @@ def save(model: "VisionLanguageModel", directory: str | Path, projector_only: bo
         if projector_only:
             _save_added_embeddings(model, tmp / ADDED_EMBEDDINGS_FILE)
         else:
-            model.llm.save_pretrained(tmp / LLM_DIR, safe_serialization=True)
+            model.llm.save_pretrained(tmp / LLM_DIR, safe_serialization=True, state_dict=llm_state)
             config.llm = f"./{LLM_DIR}"
             config.vision.spec = model.vision_encoder.save(tmp / VISION_DIR)
         save_file(_state_for_saving(model.projector), str(tmp / PROJECTOR_FILE))

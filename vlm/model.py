@@ -85,9 +85,10 @@ class VisionLanguageModel(nn.Module):
         """See `vlm.assembly.load` (overrides: attn_implementation, trust_remote_code, llm_kwargs)."""
         return assembly.load(cls, path, device=device, torch_dtype=torch_dtype, lora=lora, **overrides)
 
-    def save(self, path: str | Path, projector_only: bool = False) -> Path:
+    def save(self, path: str | Path, projector_only: bool = False,
+             llm_state: dict[str, torch.Tensor] | None = None) -> Path:
         """See `vlm.checkpoint.save`."""
-        return checkpoint.save(self, path, projector_only=projector_only)
+        return checkpoint.save(self, path, projector_only=projector_only, llm_state=llm_state)
 
     # ----------------------------------------------------------------- properties
     @property

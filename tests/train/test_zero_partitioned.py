@@ -163,3 +163,28 @@ def test_a_projector_only_final_save_under_zero3_gathers_what_it_writes(make_cfg
     reloaded = VisionLanguageModel.load(tmp_path / "out")  # and the output is the usual projector-only model
     for (name, a), (_, b) in zip(model.projector.named_parameters(), reloaded.projector.named_parameters()):
         assert torch.equal(a, b), name
+
+
+def test_a_full_final_save_under_zero3_never_gathers_the_llm_whole(make_cfg, tmp_path: Path) -> None:
+    """Phase 2 full: the LLM reaches rank 0's host module by module (no gather holds all of it), the vision tower
+    and the projector are gathered whole; the output reloads with the model's weights."""
+    from train.recipes import build_model, prepare_model, save_final_model
+    from vlm.model import VisionLanguageModel
+
+    cfg = make_cfg(output_dir=str(tmp_path / "out"))
+    model = build_model(cfg)
+    prepare_model(model, cfg)
+    strategy, recorder = _zero3_strategy()
+    strategy.user_config = {"zero_optimization": {"stage": 3}}
+    calls: list[list[nn.Parameter]] = []
+    gather = recorder.GatheredParameters
+    recorder.GatheredParameters = lambda params, modifier_rank=None: (calls.append(list(params)),
+                                                                      gather(params, modifier_rank))[1]
+    save_final_model(cfg, model, strategy)
+    llm = {id(p) for p in model.llm.parameters()}
+    largest = max(len(list(m.parameters(recurse=False))) for m in model.llm.modules())
+    assert all(len({id(p) for p in call} & llm) <= largest for call in calls)
+    reloaded = VisionLanguageModel.load(tmp_path / "out")
+    ours = dict(model.named_parameters())
+    for name, value in reloaded.named_parameters():
+        assert torch.equal(value, ours[name]), name
