@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from train.errors import ConfigError
 from train.strategies.base import Strategy
 from vlm.atomic import replace_directory
 
@@ -170,9 +171,9 @@ def load_trainable_weights(path: str | Path, model: nn.Module) -> None:
     expected = set(trainable_names(model))
     got = set(weights)
     if expected != got:
-        raise ValueError(f"checkpoint {path} does not match this run's trainable parameters: "
-                         f"missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]} "
-                         "(was the recipe, llm_mode or LoRA config changed?)")
+        raise ConfigError(f"checkpoint {path} does not match this run's trainable parameters: "
+                          f"missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]} "
+                          "(was the recipe, llm_mode or LoRA config changed?)")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():

@@ -44,7 +44,8 @@ def planned_micro_batches(cfg: TrainConfig, data: TrainData, world_size: int) ->
     steps_per_epoch = len(data.epoch_batches(0)) // accum
     if steps_per_epoch == 0:
         return
-    remaining = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * steps_per_epoch)
+    schedule = cfg.schedule
+    remaining = schedule.max_steps if schedule.max_steps > 0 else math.ceil(schedule.epochs * steps_per_epoch)
     epoch = 0
     while remaining > 0:
         steps = min(remaining, steps_per_epoch)

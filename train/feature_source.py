@@ -90,7 +90,8 @@ def feature_source(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> Fe
     is filled before training (`train.feature_prefill.prefill`)."""
     wanted = cfg.feature_cache.enabled
     if wanted is None:  # auto (off for anyres: tiles are not cached)
-        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not model.config.vision.anyres
+        anyres = model.config.vision.anyres
+        wanted = get_recipe(cfg.recipe).feature_cache_auto and vision_is_frozen(model) and not anyres
     if not wanted:
         return None
     directory = cfg.feature_cache.dir or os.path.join(cfg.checkpoint.output_dir, "feature_cache")

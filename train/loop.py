@@ -16,7 +16,7 @@ from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoin
     read_trainer_state, resolve_resume, save_checkpoint)
 from train.config import TrainConfig, save_config
 from train.efficiency import EfficiencyLog
-from train.errors import NonFiniteLossError
+from train.errors import ConfigError, NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32
 from train.guards import DataGuard
@@ -71,20 +71,23 @@ class Trainer:
         self.output_dir = Path(cfg.checkpoint.output_dir)
         self.precision = resolve_precision(cfg.engine.precision, self.strategy.device)
         self.tf32 = enable_tf32(self.precision, self.strategy.device)
-        self.accum = grad_accum_steps(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, self.strategy.world_size)
+        schedule = cfg.schedule
+        self.accum = grad_accum_steps(schedule.global_batch_size, schedule.micro_batch_size, self.strategy.world_size)
         batches = len(data.epoch_batches(0))
         self.steps_per_epoch = batches // self.accum
         if self.steps_per_epoch == 0:
-            raise ValueError(f"an epoch has {batches} micro-batches on this rank, fewer than the {self.accum} "
-                             f"needed for one step of global_batch_size={cfg.schedule.global_batch_size}")
-        self.total_steps = cfg.schedule.max_steps if cfg.schedule.max_steps > 0 else math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
+            raise ConfigError(f"an epoch has {batches} micro-batches on this rank, fewer than the {self.accum} "
+                              f"needed for one step of global_batch_size={cfg.schedule.global_batch_size}")
+        self.total_steps = (schedule.max_steps if schedule.max_steps > 0
+                            else math.ceil(schedule.epochs * self.steps_per_epoch))
         self.trainability = TrainabilityCheck(model, get_recipe(cfg.recipe), cfg.trainable.llm_mode,
                                               cfg.trainable.unfreeze_vision_last_n)
         self.trainability_line = self.trainability.check_start()  # a misconfigured stage stops before the engine
         self.model, self.optimizer = self.strategy.setup(model, self._optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self.state = TrainerState(total_steps=self.total_steps, world_size=self.strategy.world_size,
-                                  global_batch_size=cfg.schedule.global_batch_size, micro_batch_size=cfg.schedule.micro_batch_size)
+                                  global_batch_size=schedule.global_batch_size,
+                                  micro_batch_size=schedule.micro_batch_size)
         self.resumed_from: Path | None = None
         self.skips = SkipTally(self.state.skipped)
         config = model.config
@@ -109,16 +112,17 @@ class Trainer:
             return
         state = read_trainer_state(path)  # check compatibility before touching the model
         if (state.global_batch_size, state.total_steps) != (self.cfg.schedule.global_batch_size, self.total_steps):
-            raise ValueError(f"cannot resume from {path}: it was saved with global_batch_size={state.global_batch_size},"
-                             f" total_steps={state.total_steps}; this run has {self.cfg.schedule.global_batch_size}, "
-                             f"{self.total_steps}")
+            raise ConfigError(f"cannot resume from {path}: it was saved with global_batch_size="
+                              f"{state.global_batch_size}, total_steps={state.total_steps}; this run has "
+                              f"{self.cfg.schedule.global_batch_size}, "
+                              f"{self.total_steps}")
         if state.world_size != self.strategy.world_size:
-            raise ValueError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
-                             f"now {self.strategy.world_size}")
+            raise ConfigError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
+                              f"now {self.strategy.world_size}")
         saved = read_data_state(path, self.strategy.rank)
         if (saved is None) != (self.data.packer is None):
-            raise ValueError(f"cannot resume exactly from {path}: it was saved with data.packing="
-                             f"{saved is not None}, this run has data.packing={self.data.packer is not None}")
+            raise ConfigError(f"cannot resume exactly from {path}: it was saved with data.packing="
+                              f"{saved is not None}, this run has data.packing={self.data.packer is not None}")
         if self.data.packer is not None:  # the packs must be the ones the checkpoint was trained on
             self.data.packer.load_state_dict(saved)
         self.state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
@@ -176,7 +180,8 @@ class Trainer:
             save_config(cfg, self.output_dir / "train_config.yaml")
         self._resume()
         logger = RunLogger(self.output_dir, total_steps=self.total_steps, start_step=self.state.step,
-                           enabled=self.strategy.is_main, tensorboard=cfg.log.tensorboard, progress_bar=cfg.log.progress_bar)
+                           enabled=self.strategy.is_main, tensorboard=cfg.log.tensorboard,
+                           progress_bar=cfg.log.progress_bar)
         logger.message(self._banner())
         logger.message(self.trainability_line)
         if self.data.check_pair is not None:
@@ -256,8 +261,8 @@ class Trainer:
     def _save(self) -> None:
         packer = self.data.packer
         data_state = None if packer is None else packer.state_dict(self.state.epoch, self.state.micro_batches_in_epoch)
-        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler, self.cfg.checkpoint.keep_last,
-                        data_state=data_state)
+        save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler,
+                        self.cfg.checkpoint.keep_last, data_state=data_state)
 
     # ------------------------------------------------------------------ packing
     def _check_packing(self, logger: RunLogger) -> None:
@@ -300,5 +305,6 @@ class Trainer:
         groups = ", ".join(f"{g.name}: {g.num_params:,} params lr {g.lr:g}" for g in self.groups)
         start = f"resumed from {self.resumed_from} at step {self.state.step}" if self.resumed_from else "from scratch"
         return (f"{self.cfg.recipe}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), accumulation "
-                f"{self.accum} x micro-batch {self.cfg.schedule.micro_batch_size} x {self.strategy.world_size} process(es), "
+                f"{self.accum} x micro-batch {self.cfg.schedule.micro_batch_size} x {self.strategy.world_size} "
+                f"process(es), "
                 f"{self.precision}{' (TF32 matmuls)' if self.tf32 else ''}, {start}; groups: {groups}")

@@ -145,7 +145,8 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     # The sampler groups whole optimizer steps (this rank's share of one global batch), so the samples of a
     # step do not depend on micro_batch_size or on the number of processes; we cut each share into micro-batches.
     per_rank_step = cfg.schedule.global_batch_size // strategy.world_size
-    sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank, seed=cfg.schedule.seed)
+    sampler = sampler_cls(lengths, per_rank_step, world_size=strategy.world_size, rank=strategy.rank,
+                          seed=cfg.schedule.seed)
     size = cfg.schedule.micro_batch_size
     if d.packing:
         return _packed_data(cfg, model, dataset, sampler, per_rank_step)
