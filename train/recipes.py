@@ -199,7 +199,7 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
     llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
     projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
     only, llm_state = None, None
-    if projector_only:
+    if projector_only and not lora:  # peft's adapter save reads more of the model: it gets the model whole
         only = _read_by_save(unwrapped)
     elif strategy.partitions_parameters:
         # ZeRO-3: the LLM is gathered module by module onto rank 0's host memory, never whole on every rank at once;
@@ -216,7 +216,7 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
 
 def _read_by_save(model: nn.Module) -> list[nn.Parameter]:
     """What a projector-only save reads (under ZeRO-3 only these are gathered, not the frozen model): the trainable
-    parameters (projector, LoRA adapters) and the embedding matrices holding the added tokens' rows."""
+    parameters (the projector) and the embedding matrices holding the added tokens' rows."""
     embeddings = [model.llm.get_input_embeddings().weight]
     output = model.llm.get_output_embeddings()
     if output is not None and output.weight is not embeddings[0]:
