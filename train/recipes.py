@@ -199,8 +199,9 @@ def save_final_model(cfg: TrainConfig, model: nn.Module, strategy: Strategy) -> 
     llm_trained = any(p.requires_grad for n, p in unwrapped.named_parameters() if n.startswith("llm."))
     projector_only = lora or not (llm_trained or cfg.trainable.unfreeze_vision_last_n > 0)
     only, llm_state = None, None
-    if projector_only and not lora:  # peft's adapter save reads more of the model: it gets the model whole
-        only = _read_by_save(unwrapped)
+    if projector_only:
+        if not lora:  # peft's adapter save reads more of the model than the adapters: it gets the model whole
+            only = _read_by_save(unwrapped)
     elif strategy.partitions_parameters:
         # ZeRO-3: the LLM is gathered module by module onto rank 0's host memory, never whole on every rank at once;
         # the vision tower and the projector (small beside it) are gathered whole.
