@@ -5,7 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from vlm.config import CONFIG_NAME
+from vlm.config import CONFIG_NAME, VLMConfig
 from vlm.model import VisionLanguageModel
 
 
@@ -42,7 +42,12 @@ def load_model_dir(
     directory = Path(directory)
     check_model_dir(directory)
     if (directory / CONFIG_NAME).is_file():
-        model = VisionLanguageModel.load(directory, device=device, torch_dtype=torch_dtype)
+        saved = VLMConfig.load(directory)
+        overrides = {}
+        if saved.attn_implementation.startswith("flash_attention") and \
+                (torch_dtype or saved.torch_dtype or "float32") == "float32":
+            overrides["attn_implementation"] = "sdpa"  # flash kernels take half precision only
+        model = VisionLanguageModel.load(directory, device=device, torch_dtype=torch_dtype, **overrides)
     elif is_hf_llava(directory):
         from vlm.hf.convert import import_hf
 

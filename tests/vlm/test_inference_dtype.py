@@ -44,3 +44,29 @@ def test_chat_and_eval_take_dtype() -> None:
     args = eval_parser.parse_args(["run", "--benchmark", "pope", "--model", "m"])
     assert args.dtype == "auto"
     assert eval_parser.parse_args(["run", "--benchmark", "pope", "--model", "m", "--dtype", "fp32"]).dtype == "fp32"
+
+
+@pytest.mark.parametrize("dtype, expected", [(None, "sdpa"), ("float32", "sdpa"), ("bfloat16", None)])
+def test_a_flash_attention_checkpoint_runs_sdpa_in_float32(tiny_vlm_dir, tmp_path, monkeypatch, dtype,
+                                                           expected) -> None:
+    """flash-attn takes half precision only: eval and chat of a checkpoint saved with flash_attention_2 load it with
+    SDPA when they run in float32 (a CPU, `--dtype float32`), and keep flash attention in bf16."""
+    import json
+    import shutil
+
+    from vlm.loading import load_model_dir
+    from vlm.model import VisionLanguageModel
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_vlm_dir, ckpt)
+    config = json.loads((ckpt / "vlm_config.json").read_text())
+    (ckpt / "vlm_config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    seen, real_load = {}, VisionLanguageModel.load
+
+    def load(path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.update(kwargs)
+        return real_load(tiny_vlm_dir)
+
+    monkeypatch.setattr(VisionLanguageModel, "load", load)
+    load_model_dir(ckpt, torch_dtype=dtype)
+    assert seen.get("attn_implementation") == expected
