@@ -40,7 +40,12 @@ GPU_PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
 
 
 def _numel(param: torch.Tensor) -> int:
-    return int(getattr(param, "ds_numel", param.numel()))  # ZeRO-3 partitions hold 0 elements locally
+    """Elements of the weight a parameter stands for: a ZeRO-3 partition holds 0 locally (`ds_numel` has its size),
+    a bitsandbytes 4-bit weight packs two per byte (`quant_state.shape` has the unpacked shape)."""
+    quant_state = getattr(param, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return int(torch.Size(quant_state.shape).numel())
+    return int(getattr(param, "ds_numel", param.numel()))
 
 
 def _split(params: list[nn.Parameter]) -> tuple[int, int]:

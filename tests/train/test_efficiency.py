@@ -113,3 +113,16 @@ def test_a_module_that_is_not_a_vlm_logs_no_mfu() -> None:
     log = EfficiencyLog(nn.Linear(2, 2), torch.device("cpu"), "fp32")
     out = log.step_metrics([Batch(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4))], [False], 0.1)
     assert out == {"padding_ratio": 0.0}
+
+
+def test_a_4bit_weight_counts_its_unpacked_elements() -> None:
+    """QLoRA: bitsandbytes packs two 4-bit values a byte; MFU counts the weight's real elements, not the bytes."""
+    from types import SimpleNamespace
+
+    from train.efficiency import _numel
+
+    packed = torch.nn.Parameter(torch.zeros(32, 1, dtype=torch.uint8), requires_grad=False)  # 64 values packed
+    packed.quant_state = SimpleNamespace(shape=torch.Size([8, 8]))
+    partitioned = torch.nn.Parameter(torch.empty(0))
+    partitioned.ds_numel = 12
+    assert (_numel(packed), _numel(partitioned), _numel(torch.nn.Parameter(torch.ones(3)))) == (64, 12, 3)
