@@ -108,3 +108,9 @@ def worker(config_json: str, out_json: str, no_encoder_in_fit: bool = False) -> 
 
 if __name__ == "__main__":
     worker(sys.argv[1], sys.argv[2], no_encoder_in_fit=NO_ENCODER_IN_FIT in sys.argv[3:])
+    # The run is done and its result written: leave without the interpreter's teardown, where a library thread
+    # still alive after the process group closed has, under heavy CPU load, aborted a finished rank (SIGABRT,
+    # "terminate called without an active exception"), failing a run whose training had completed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
