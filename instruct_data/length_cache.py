@@ -4,17 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
-import os
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from instruct_data.manifest import sha256_file
+from instruct_data.parallel import default_workers, ordered_map
 from instruct_data.sources import ConcatRecords, RecordSource
 
 FORMAT = 1
@@ -145,62 +142,25 @@ def write_cache(path: Path, key: dict[str, Any], lengths: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- compute
-_DATASET: Any = None
-
-
-def _init(dataset: Any) -> None:
-    global _DATASET
-    if dataset is not None:  # spawn: the dataset comes pickled; fork: it is inherited
-        _DATASET = dataset
-
-
-def _chunk(bounds: tuple[int, int]) -> np.ndarray:
-    return np.array([_DATASET.exact_length(i) for i in range(*bounds)], dtype=np.int32)
-
-
-def default_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks of this node share its cores
-    return max(1, cores // max(local, 1))
-
-
-def pool_context() -> mp.context.BaseContext:
-    """fork where the platform has it (workers inherit the tokenizer: no import, no pickling), else spawn."""
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn")
+def _lengths(dataset: Any, bounds: tuple[int, int]) -> np.ndarray:
+    return np.array([dataset.exact_length(i) for i in range(*bounds)], dtype=np.int32)
 
 
 def compute_lengths(dataset: Any, start: int = 0, stop: int | None = None, workers: int | None = None,
                     progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Exact lengths of records [start, stop) (`dataset.exact_length`), in `workers` processes; `progress(n)` is
     called as records are done."""
-    global _DATASET
     stop = len(dataset) if stop is None else stop
     workers = default_workers() if workers is None else workers
+    if stop - start < SERIAL_BELOW:
+        workers = 1
     bounds = [(a, min(a + CHUNK, stop)) for a in range(start, stop, CHUNK)]
-    if workers <= 1 or stop - start < SERIAL_BELOW:
-        out = []
-        for b in bounds:
-            out.append(np.array([dataset.exact_length(i) for i in range(*b)], dtype=np.int32))
-            if progress:
-                progress(b[1] - b[0])
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
-    ctx = pool_context()
-    fork = ctx.get_start_method() == "fork"
-    _DATASET = dataset if fork else None
-    try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                                 initargs=(None if fork else dataset,)) as pool:
-            out = []
-            for b, part in zip(bounds, pool.map(_chunk, bounds)):
-                out.append(part)
-                if progress:
-                    progress(b[1] - b[0])
-    finally:
-        _DATASET = None
-    return np.concatenate(out)
+    out = []
+    for b, part in zip(bounds, ordered_map(_lengths, bounds, dataset, workers)):
+        out.append(part)
+        if progress:
+            progress(b[1] - b[0])
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
 
 
 def _gather(strategy: Any, n: int, start: int, mine: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 from instruct_data import cli as data_cli
 from instruct_data.audit import AuditError
 from instruct_data.manifest import MANIFEST_NAME
+from instruct_data.parallel import default_workers
 from train import rules
 from train.config import ConfigError, load_config
 from train.guards import DataFailure
@@ -31,6 +32,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="warnings are errors too")
     parser.add_argument("--sample", type=int, default=-1, help="records drawn evenly (default -1: all)")
     parser.add_argument("--out", type=Path, help="where audit.json and the data manifest go (default: output_dir)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes tokenizing the records (default: every core); the report is the same")
 
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +60,8 @@ def audit_main(args: argparse.Namespace) -> int:
             from train.recipes import build_model  # loads the model stack: only for this branch
 
             model = build_model(cfg)
-        report = audit_config(cfg, records, model, sample=args.sample)
+        workers = args.workers if args.workers is not None else default_workers()
+        report = audit_config(cfg, records, model, sample=args.sample, workers=workers, progress=True)
     except (ConfigError, FileNotFoundError, DataFailure, ValueError) as err:
         print(f"vlm data audit: {err}", file=sys.stderr)
         return 2
