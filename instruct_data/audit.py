@@ -61,6 +61,9 @@ class AuditReport:
     anyres: bool = False  # image tokens counted per image size (then num_image_tokens is 0)
     image_tokens: list[int] = field(default_factory=list)  # anyres: tokens of each audited image
     lengths: list[int] = field(default_factory=list)  # untruncated token length per audited, tokenizable record
+    # per audited record, its length as training makes it (truncated; 0 if skipped): what packing's length cache
+    # holds; None once a record failed beyond the record checks (training would not give it a length)
+    exact: list[int] | None = field(default_factory=list, repr=False)
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # skip kind -> first (id, reason)
     packing: dict[str, Any] | None = None  # with data.packing: what packing makes of the audited records
     errors: list[str] = field(default_factory=list)
@@ -251,6 +254,10 @@ def _merge(report: AuditReport, part: AuditReport, min_image_tokens: int | None)
         setattr(report, f, getattr(report, f) + getattr(part, f))
     report.image_tokens.extend(part.image_tokens)
     report.lengths.extend(part.lengths)
+    if part.exact is None:
+        report.exact = None
+    elif report.exact is not None:
+        report.exact.extend(part.exact)
     for kind, examples in part.examples.items():
         kept = report.examples.setdefault(kind, [])
         kept.extend(examples[: EXAMPLES - len(kept)])
@@ -302,10 +309,15 @@ def _audit_part(payload: tuple, indices: np.ndarray) -> AuditReport:
             reason = skip_reason(exc)
             _skip(report, stats, exc.record_id if isinstance(exc, RecordError) else rid, reason)
             report.image_records_unfit += bool(conv and conv.images and "images do not fit" in reason)
+            if report.exact is not None:
+                report.exact.append(0)
             continue
         except (ValueError, TypeError, RecursionError) as exc:  # unreadable beyond the record checks
             _skip(report, stats, rid, f"record: unreadable: {type(exc).__name__}: {exc}")
+            report.exact = None
             continue
+        if report.exact is not None:
+            report.exact.append(len(sample_.input_ids))
         if conv.images:
             report.image_records_fitting += 1
         stats.trained += 1

@@ -203,3 +203,25 @@ def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = No
         log.info("exact lengths of %d records %s in %.1fs", len(dataset), how, time.perf_counter() - t0)
     dataset.set_exact_lengths(lengths)
     return lengths
+
+
+def store_audited(dataset: Any, cache_dir: str | Path, audited: list[int] | None, check: int = 64,
+                  workers: int | None = None) -> str:
+    """Write the lengths a full audit measured (`AuditReport.exact`) into the cache, so the packed run after
+    `vlm data audit` starts warm. `check` evenly spread records are measured again as training measures them;
+    any difference (or no lengths) and every length is computed instead. Returns what was done."""
+    key = cache_key(dataset)
+    if key is None:
+        return "not cacheable"
+    path = cache_path(cache_dir, key)
+    if read_cache(path, key) is not None:
+        return f"already in {path}"
+    lengths = np.asarray(audited if audited is not None else [], dtype=np.int32)
+    if len(lengths) == len(dataset):
+        probe = np.unique(np.linspace(0, len(dataset) - 1, num=min(check, len(dataset))).round().astype(int))
+        if any(dataset.exact_length(int(i)) != lengths[i] for i in probe):
+            lengths = np.zeros(0, dtype=np.int32)
+    if len(lengths) != len(dataset):
+        lengths = compute_lengths(dataset, workers=workers)
+    write_cache(path, key, lengths)
+    return f"written to {path}"

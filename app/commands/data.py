@@ -66,6 +66,8 @@ def audit_main(args: argparse.Namespace) -> int:
         print(f"vlm data audit: {err}", file=sys.stderr)
         return 2
     print(report.table())
+    if cfg.data.packing and not report.sampled:
+        print(f"packing's exact lengths {_store_lengths(cfg, records, model, report, workers)}")
     out = args.out or Path(cfg.checkpoint.output_dir)
     write_outputs(cfg, records, report, out)
     print(f"wrote {out / AUDIT_NAME} and {out / MANIFEST_NAME}")
@@ -75,3 +77,18 @@ def audit_main(args: argparse.Namespace) -> int:
         print(f"vlm data audit: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _store_lengths(cfg, records, model, report, workers: int) -> str:  # noqa: ANN001 - the audit's own objects
+    """The audit's lengths into packing's length cache (`data.length_cache_dir`, else `<output_dir>/lengths`),
+    keyed as the training run keys them, so `vlm train` after a full audit reads them instead of tokenizing."""
+    from instruct_data.dataset import InstructDataset
+    from instruct_data.length_cache import store_audited
+    from train.preflight import audit_inputs
+
+    tokenizer, template, image_token_id, counter = audit_inputs(cfg, model)
+    d = cfg.data
+    dataset = InstructDataset(records, template, tokenizer, image_token_id=image_token_id, num_image_tokens=counter,
+                              image_roots=[d.image_folder] if d.image_folder else [], max_length=d.max_length)
+    return store_audited(dataset, d.length_cache_dir or Path(cfg.checkpoint.output_dir) / "lengths", report.exact,
+                         workers=workers)

@@ -10,7 +10,8 @@ from app.cli import main as vlm_main
 from instruct_data import audit as audit_mod
 from instruct_data.audit import audit_records
 from instruct_data.sources import load_records
-from tests.instruct_data.test_length_cache import write_records
+from instruct_data.length_cache import compute_lengths
+from tests.instruct_data.test_length_cache import make, write_records
 
 
 @pytest.fixture()
@@ -34,6 +35,10 @@ def test_audit_workers_give_the_same_report(world, bpe_tokenizer, monkeypatch):
                              image_token_id=bpe_tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=5,
                              max_length=150, workers=w).to_dict() for w in (1, 2)]
     assert reports[0] == reports[1]
+    exact = [audit_records(load_records(path), "vicuna_v1", bpe_tokenizer,
+                           image_token_id=bpe_tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=5,
+                           max_length=150, workers=w).exact for w in (1, 2)]
+    assert exact[0] == exact[1] == compute_lengths(make(path, bpe_tokenizer, max_length=150), workers=1).tolist()
     assert reports[0]["skipped"] and reports[0]["truncated"] and reports[0]["audited"] == 301
 
 

@@ -183,3 +183,35 @@ def test_two_ranks_split_the_lengths_and_read_them_back(make_cfg, tmp_path) -> N
     warm, _ = run_ranks(cfg("warm", "shared"), tmp_path, "warm")
     assert shared.stat().st_mtime_ns == stamp  # read, not rewritten
     assert [r["losses"] for r in warm] == [r["losses"] for r in cold]
+
+
+def test_a_full_audit_fills_the_length_cache_the_packed_run_reads(make_cfg, tmp_path, monkeypatch, capsys) -> None:
+    """`vlm data audit` of a packed config stores the lengths it measured (spot-checked against training's own
+    measure) under training's key: the run after it tokenizes nothing and trains what a cold run trains."""
+    import yaml
+
+    from app.cli import main
+    from instruct_data import length_cache
+    from train.recipes import run
+
+    def cfg(name, cache):
+        return packed(make_cfg, output_dir=str(tmp_path / name), global_batch_size=4, micro_batch_size=1,
+                      max_steps=2, data={"length_cache_dir": str(tmp_path / cache)})
+
+    cold = run(cfg("cold", "cold_cache"))
+    (reference,) = (tmp_path / "cold_cache").glob("lengths-*.npz")
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(cfg("warm", "audited").to_dict()))
+    assert main(["data", "audit", str(path), "--workers", "1", "--out", str(tmp_path / "a")]) == 0
+    assert "packing's exact lengths written to" in capsys.readouterr().out
+    (stored,) = (tmp_path / "audited").glob("lengths-*.npz")
+    assert stored.name == reference.name
+    assert np.array_equal(np.load(stored)["lengths"], np.load(reference)["lengths"])
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the audit filled the cache: nothing to tokenize")
+
+    monkeypatch.setattr(length_cache, "compute_lengths", boom)
+    assert run(cfg("warm", "audited")).losses == cold.losses
+    assert main(["data", "audit", str(path), "--workers", "1", "--out", str(tmp_path / "b")]) == 0
+    assert "packing's exact lengths already in" in capsys.readouterr().out
