@@ -195,7 +195,11 @@ def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = No
         mine = compute_lengths(dataset, start, stop, workers=workers)
         lengths = _gather(strategy, n, start, mine) if world > 1 else mine
         if path is not None:
-            write_cache(path, key, lengths)  # every rank that computed: each rename is whole, the bytes equal
+            try:  # every rank that computed: each rename is whole, the bytes equal
+                write_cache(path, key, lengths)
+            except OSError as exc:  # a read-only shared folder: train on, uncached
+                log.warning("could not write the length cache %s (%s): the next run computes the lengths again",
+                            path, exc)
         how = f"computed ({world} rank(s) x {workers or default_workers()} worker(s))"
     else:
         how = f"read from {path}"

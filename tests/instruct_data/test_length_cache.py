@@ -164,3 +164,13 @@ def test_uncacheable_counter_still_computes(records, bpe_tokenizer, tmp_path):
     assert cache_key(ds) is None
     assert len(exact_lengths(ds, tmp_path / "cache", workers=1)) == len(ds)
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_unwritable_cache_folder_warns_and_goes_on(records, bpe_tokenizer, tmp_path, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    ds = make(records, bpe_tokenizer)
+    with caplog.at_level(logging.WARNING, logger="instruct_data.length_cache"):
+        got = exact_lengths(ds, blocked / "cache", workers=1)
+    assert np.array_equal(got, serial(ds))
+    assert any("could not write the length cache" in r.getMessage() for r in caplog.records)
