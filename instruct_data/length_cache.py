@@ -163,14 +163,20 @@ def compute_lengths(dataset: Any, start: int = 0, stop: int | None = None, worke
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
 
 
-def _gather(strategy: Any, n: int, start: int, mine: np.ndarray) -> np.ndarray:
-    """Every rank's block of lengths on every rank: one all-reduce of a vector zero outside each rank's block."""
+def _gather(strategy: Any, n: int, start: int, mine: np.ndarray | None) -> np.ndarray | None:
+    """Every rank's block of lengths on every rank: one all-reduce of a vector zero outside each rank's block,
+    plus one slot counting the ranks that failed (`mine` None): then None on every rank, so none waits forever."""
     import torch
 
-    full = torch.zeros(n, dtype=torch.int64, device=strategy.device)
-    full[start:start + len(mine)] = torch.from_numpy(mine.astype(np.int64)).to(strategy.device)
+    full = torch.zeros(n + 1, dtype=torch.int64, device=strategy.device)
+    if mine is None:
+        full[n] = 1
+    else:
+        full[start:start + len(mine)] = torch.from_numpy(mine.astype(np.int64)).to(strategy.device)
     strategy.all_reduce_sum(full)
-    return full.cpu().numpy().astype(np.int32)
+    if int(full[n].item()):
+        return None
+    return full[:n].cpu().numpy().astype(np.int32)
 
 
 def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = None,
@@ -192,8 +198,19 @@ def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = No
     if lengths is None:
         n, rank = len(dataset), (strategy.rank if strategy is not None else 0)
         start, stop = n * rank // world, n * (rank + 1) // world
-        mine = compute_lengths(dataset, start, stop, workers=workers)
-        lengths = _gather(strategy, n, start, mine) if world > 1 else mine
+        if world == 1:
+            lengths = compute_lengths(dataset, start, stop, workers=workers)
+        else:
+            error: BaseException | None = None
+            try:
+                mine = compute_lengths(dataset, start, stop, workers=workers)
+            except Exception as exc:  # told to the other ranks first, then raised
+                error, mine = exc, None
+            lengths = _gather(strategy, n, start, mine)
+            if error is not None:
+                raise error
+            if lengths is None:
+                raise RuntimeError("another rank failed while measuring the exact lengths (its log has the error)")
         if path is not None:
             try:  # every rank that computed: each rename is whole, the bytes equal
                 write_cache(path, key, lengths)

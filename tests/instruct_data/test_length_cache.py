@@ -155,8 +155,32 @@ def test_ranks_split_the_work(records, bpe_tokenizer, tmp_path):
         exact_lengths(make(records, bpe_tokenizer), None, strategy=ranks, workers=1)
         blocks.append(ranks.parts[-1].numpy())
     n = len(ds)
-    assert not blocks[0][n // 2:].any() and not blocks[1][: n // 2].any()  # each rank tokenized its half only
-    assert np.array_equal(blocks[0] + blocks[1], serial(ds))
+    assert not blocks[0][n // 2:n].any() and not blocks[1][: n // 2].any()  # each rank tokenized its half only
+    assert np.array_equal((blocks[0] + blocks[1])[:n], serial(ds))
+
+
+def test_a_rank_that_fails_tells_the_others(records, bpe_tokenizer, monkeypatch):
+    """The failing rank still joins the all-reduce (with its failure flag), so the others raise instead of hanging."""
+    ranks = FakeRanks(2)
+    ds = make(records, bpe_tokenizer)
+
+    def broken(i):
+        raise ValueError("tokenizer exploded")
+
+    monkeypatch.setattr(ds, "exact_length", broken)
+    with pytest.raises(ValueError, match="exploded"):
+        exact_lengths(ds, None, strategy=ranks, workers=1)
+    assert ranks.parts[-1][-1].item() == 1  # the failure went into the collective
+
+    class OtherFailed(FakeRanks):
+        def all_reduce_sum(self, tensor):
+            super().all_reduce_sum(tensor)
+            if tensor.numel() > 1:
+                tensor[-1] += 1
+            return tensor
+
+    with pytest.raises(RuntimeError, match="another rank failed"):
+        exact_lengths(make(records, bpe_tokenizer), None, strategy=OtherFailed(2), workers=1)
 
 
 def test_uncacheable_counter_still_computes(records, bpe_tokenizer, tmp_path):
