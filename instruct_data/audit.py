@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from vlm.inputs import ImageTokenCounter, Size
 DEFAULT_SAMPLE = 2000  # records drawn evenly for the audit at the start of `vlm train`
 TRUNCATION_WARN = 0.05  # a larger truncated share is worth a warning
 EXAMPLES = 3  # record ids kept per skip kind, to name in messages
+AUDIT_CHUNK = 512  # records per task of a worker process
 
 
 class AuditError(ValueError):
@@ -59,6 +61,9 @@ class AuditReport:
     anyres: bool = False  # image tokens counted per image size (then num_image_tokens is 0)
     image_tokens: list[int] = field(default_factory=list)  # anyres: tokens of each audited image
     lengths: list[int] = field(default_factory=list)  # untruncated token length per audited, tokenizable record
+    # per audited record, its length as training makes it (truncated; 0 if skipped): what packing's length cache
+    # holds; None once a record failed beyond the record checks (training would not give it a length)
+    exact: list[int] | None = field(default_factory=list, repr=False)
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # skip kind -> first (id, reason)
     packing: dict[str, Any] | None = None  # with data.packing: what packing makes of the audited records
     errors: list[str] = field(default_factory=list)
@@ -204,25 +209,77 @@ def audit_records(
     sample: int | None = None,
     max_skip_ratio: float = 0.01,
     where: str = "the data files",
+    workers: int = 1,
+    progress: bool = False,
 ) -> AuditReport:
     """Tokenize every record (or `sample` evenly drawn ones) as the dataset will, without loading images.
 
     `num_image_tokens`: the model's `ImageTokenCounter` (K, or a function of an image's (height, width), is
     wrapped into one). When it counts per size (anyres), sizes are read from the image files' headers, as the
-    dataset does, and an unreadable one is a skip as there.
+    dataset does, and an unreadable one is a skip as there. With `workers` > 1 the records are split in chunks
+    over worker processes and the parts merged in record order: the report is the one a single process makes.
     """
+    from tqdm import tqdm
+
+    from instruct_data.parallel import ordered_map
+
     template = get_template(template)
     n = len(records)
     indices = _sample_indices(n, sample)
     count = ImageTokenCounter.of(num_image_tokens)
-    anyres = count.needs_size
-    report = AuditReport(template.name, count.k, max_length, n, len(indices), len(indices) < n, anyres=anyres)
+    report = AuditReport(template.name, count.k, max_length, n, len(indices), len(indices) < n, anyres=count.needs_size)
     for i in range(n):  # per-source counts after the mixture: every record, no parsing
         report.sources.setdefault(records.source_name(i), SourceStats()).selected += 1
+    chunks = [indices[a:a + AUDIT_CHUNK] for a in range(0, len(indices), AUDIT_CHUNK)]
+    payload = (records, template, tokenizer, image_token_id, count, max_length)
+    bar = tqdm(total=len(indices), unit="rec", desc="audit", disable=None if progress else True, file=sys.stderr)
+    min_image_tokens = None
+    for part in ordered_map(_audit_part, chunks, payload, workers if len(chunks) > 1 else 1):
+        min_image_tokens = _merge(report, part, min_image_tokens)
+        bar.update(part.audited)
+    bar.close()
+    report.min_image_tokens = min_image_tokens or 0
+    _judge(report, max_skip_ratio, where)
+    return report
+
+
+def _merge(report: AuditReport, part: AuditReport, min_image_tokens: int | None) -> int | None:
+    """Add a chunk's counts to `report` (chunks come in record order: lists and first examples stay in order)."""
+    for name, stats in part.sources.items():
+        into = report.sources.setdefault(name, SourceStats())
+        for f in ("audited", "trained", "truncated", "unsupervised", "supervised_tokens", "tokens"):
+            setattr(into, f, getattr(into, f) + getattr(stats, f))
+        into.skipped.update(stats.skipped)
+    for f in ("image_records", "image_records_fitting", "image_records_unfit"):
+        setattr(report, f, getattr(report, f) + getattr(part, f))
+    report.image_tokens.extend(part.image_tokens)
+    report.lengths.extend(part.lengths)
+    if part.exact is None:
+        report.exact = None
+    elif report.exact is not None:
+        report.exact.extend(part.exact)
+    for kind, examples in part.examples.items():
+        kept = report.examples.setdefault(kind, [])
+        kept.extend(examples[: EXAMPLES - len(kept)])
+    if part.min_image_record_length:
+        shortest = report.min_image_record_length
+        report.min_image_record_length = min(shortest, part.min_image_record_length) if shortest else \
+            part.min_image_record_length
+    if part.image_records:
+        min_image_tokens = part.min_image_tokens if min_image_tokens is None else min(min_image_tokens,
+                                                                                      part.min_image_tokens)
+    return min_image_tokens
+
+
+def _audit_part(payload: tuple, indices: np.ndarray) -> AuditReport:
+    """The audit of some records (`min_image_tokens` their fewest image tokens; unjudged), for `_merge`."""
+    records, template, tokenizer, image_token_id, count, max_length = payload
+    anyres = count.needs_size
+    report = AuditReport(template.name, count.k, max_length, len(records), len(indices), False, anyres=anyres)
     min_image_tokens = None
     for i in indices:
         i = int(i)
-        stats = report.sources[records.source_name(i)]
+        stats = report.sources.setdefault(records.source_name(i), SourceStats())
         stats.audited += 1
         rid, conv = f"#{i}", None
         try:
@@ -252,10 +309,15 @@ def audit_records(
             reason = skip_reason(exc)
             _skip(report, stats, exc.record_id if isinstance(exc, RecordError) else rid, reason)
             report.image_records_unfit += bool(conv and conv.images and "images do not fit" in reason)
+            if report.exact is not None:
+                report.exact.append(0)
             continue
         except (ValueError, TypeError, RecursionError) as exc:  # unreadable beyond the record checks
             _skip(report, stats, rid, f"record: unreadable: {type(exc).__name__}: {exc}")
+            report.exact = None
             continue
+        if report.exact is not None:
+            report.exact.append(len(sample_.input_ids))
         if conv.images:
             report.image_records_fitting += 1
         stats.trained += 1
@@ -264,7 +326,6 @@ def audit_records(
         stats.supervised_tokens += supervised
         stats.unsupervised += supervised == 0
     report.min_image_tokens = min_image_tokens or 0
-    _judge(report, max_skip_ratio, where)
     return report
 
 

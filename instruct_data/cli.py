@@ -9,6 +9,7 @@ from typing import Any
 
 from instruct_data.converters.common import ConversionError, write_records
 from instruct_data.converters.registry import CONVERTERS, get_converter
+from instruct_data.parallel import default_workers
 from conversation.errors import RecordFileError
 from conversation.images import DEFAULT_MAX_PIXELS
 
@@ -29,7 +30,9 @@ def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
                      help="the training image processor's aspect_ratio (default pad): images whose pad-to-square "
                           "canvas or resize would be too large are flagged")
     val.add_argument("--image-size", type=int, default=336, help="the encoder's image side (default 336)")
-    val.add_argument("--workers", type=int, default=1, help="processes decoding images (default 1)")
+    val.add_argument("--workers", type=int, default=None,
+                     help="processes checking records (decoding images, tokenizing; default: every core); the "
+                          "output is the same as one process's")
     tok = val.add_argument_group("token lengths (all of --tokenizer, --template, --num-image-tokens)")
     tok.add_argument("--tokenizer", help="tokenizer directory (AutoTokenizer; trust_remote_code stays off)")
     tok.add_argument("--template", help="conversation template name, e.g. vicuna_v1")
@@ -125,7 +128,8 @@ def _validate(args: argparse.Namespace) -> int:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             report = stack.enter_context(args.report.open("w", encoding="utf-8"))
         try:
-            summary = validate_file(args.file, config, report, workers=args.workers)
+            workers = args.workers if args.workers is not None else default_workers()
+            summary = validate_file(args.file, config, report, workers=workers, progress=True)
         except RecordFileError as exc:  # not a record file at all (e.g. an unsupported suffix)
             print(f"vlm data validate: {exc}", file=sys.stderr)
             return 2

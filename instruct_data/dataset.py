@@ -232,21 +232,34 @@ class InstructDataset(Dataset):
                 exact = min(exact, self.max_length)
         return exact, n_images
 
+    def exact_length(self, i: int) -> int:
+        """Record i's length as `__getitem__` makes it (truncated to max_length), no image decoded (anyres reads
+        each image's header for its token count); 0 for a record that cannot be tokenized (it is skipped when read)."""
+        try:
+            sample, _, _ = self._tokenize(int(i), self.records.conversation(int(i)), self.max_length)
+        except (RecordError, ImageLoadError):
+            return 0
+        return len(sample.input_ids)
+
     def tokenize_all(self) -> int:
-        """Exact lengths for every record not yet measured: each is tokenized once, truncated as `__getitem__`
-        would, no image decoded (anyres reads each image's header for its token count). A record that cannot be
-        tokenized gets length 0 (it is skipped when read). Returns how many records were tokenized."""
+        """Exact lengths (`exact_length`) for every record not yet measured; returns how many were tokenized.
+        `instruct_data.length_cache.exact_lengths` does the same in parallel and caches the result."""
         todo = np.flatnonzero(self._exact < 0)
         for i in todo:
-            try:
-                sample, _, _ = self._tokenize(int(i), self.records.conversation(int(i)), self.max_length)
-                self._exact[i] = len(sample.input_ids)
-            except (RecordError, ImageLoadError):
-                self._exact[i] = 0
+            self._exact[i] = self.exact_length(int(i))
         return len(todo)
+
+    def set_exact_lengths(self, lengths: Sequence[int] | np.ndarray) -> None:
+        """Take every record's exact length from elsewhere (the length cache, other ranks)."""
+        lengths = np.asarray(lengths, dtype=np.int32)
+        if lengths.shape != self._exact.shape:
+            raise ValueError(f"{lengths.shape[0]} lengths for {len(self)} records")
+        self._exact[:] = lengths
 
     def lengths(self) -> list[int]:
         """Token length per record: exact once tokenized in this process, else a calibrated word-count estimate."""
+        if len(self._exact) and self._exact.min() >= 0:  # all exact (tokenize_all, the length cache): no loop
+            return self._exact.tolist()
         return [self._estimate(i)[0] for i in range(len(self))]
 
     def modality_lengths(self) -> list[int]:

@@ -57,7 +57,7 @@ class RecordSource:
 
 
 class FileRecords(RecordSource):
-    """One .json (list) or .jsonl file, indexed by byte offsets: memory is ~16 bytes per record.
+    """One .json (list) or .jsonl file, indexed by byte offsets: memory is ~20 bytes per record.
 
     A malformed JSONL line (or a bad element of a list that still parses as a list) stays an entry that raises
     RecordError naming its line when read, so it is skipped and counted like any bad record. A .json list that
@@ -68,10 +68,10 @@ class FileRecords(RecordSource):
         self.path = Path(path)
         self.name = name or self.path.stem
         self.roots = [Path(r) for r in image_roots]
-        self.offsets = array("q")
-        self.sizes = array("l")
-        self.words = array("l")
-        self.n_images = array("l")
+        self.offsets = array("q")  # 8 + 3 x 4 = 20 bytes a record, in flat arrays (no Python object per record)
+        self.sizes = array("i")
+        self.words = array("i")
+        self.n_images = array("i")
         self.bad: dict[int, tuple[int | None, str]] = {}  # entry -> (line, why it cannot be read)
         self._fh = None
         self._pid = -1
@@ -145,7 +145,9 @@ class ParquetRecords(RecordSource):
             raise RecordFileError(str(self.path), f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
         if not len(self.table):
             raise RecordFileError(str(self.path), "no records in the file")
-        self._stats = [_stats(r) for r in self.table]
+        stats = [_stats(r) for r in self.table]
+        self._words = array("i", (w for w, _ in stats))  # flat arrays: no tuple per record kept
+        self._images = array("i", (n for _, n in stats))
 
     def __len__(self) -> int:
         return len(self.table)
@@ -161,7 +163,7 @@ class ParquetRecords(RecordSource):
         return self.roots
 
     def stats(self, i: int) -> tuple[int, int]:
-        return self._stats[i]
+        return self._words[i], self._images[i]
 
 
 class ConcatRecords(RecordSource):
@@ -171,7 +173,7 @@ class ConcatRecords(RecordSource):
         self.sources = list(sources)
         if items is None:
             items = [(s, j) for s, src in enumerate(self.sources) for j in range(len(src))]
-        self.which = array("l", (s for s, _ in items))
+        self.which = array("i", (s for s, _ in items))
         self.local = array("q", (j for _, j in items))
 
     def __len__(self) -> int:

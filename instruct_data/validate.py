@@ -360,11 +360,19 @@ def _batches(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
 
 
 def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | None = None,
-                  workers: int = 1, chunk_size: int = 64) -> ValidationSummary:
-    """Check every record of `path`; problems go to `report` as JSONL as they are found; returns the counts."""
+                  workers: int = 1, chunk_size: int = 64, progress: bool = False) -> ValidationSummary:
+    """Check every record of `path`; problems go to `report` as JSONL as they are found; returns the counts.
+    `progress`: a bar on stderr (a terminal only) counting the file's bytes."""
+    import sys
+
+    from tqdm import tqdm
+
     summary = ValidationSummary()
     first_seen: dict[str, tuple[int, int | None]] = {}  # record id -> (index, line) where it first appeared
+    bar = tqdm(total=Path(path).stat().st_size, unit="B", unit_scale=True, desc="validate", file=sys.stderr,
+               disable=None if progress else True)
     for item, (problems, image_tokens) in _checked(iter_raw_records(path), config, workers, chunk_size):
+        bar.update(item.size)
         if item.fatal:
             summary.notes.append(f"{path}: {item.error}: the records after line {item.line} cannot be read, "
                                  f"and training refuses the whole file")
@@ -384,6 +392,7 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
                 line = json.dumps(asdict(p), ensure_ascii=False)
                 # a detail may quote a lone surrogate from the file: escape it rather than fail to write UTF-8
                 report.write((line if is_valid_unicode(line) else json.dumps(asdict(p))) + "\n")
+    bar.close()
     if summary.records == 0:
         summary.notes.append(f"no records in {path}" + (" (zero bytes)" if not Path(path).stat().st_size else ""))
     return summary

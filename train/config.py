@@ -78,6 +78,9 @@ class DataConfig:
     # against the same samples unpacked.
     packing: bool = False
     pack_length: int | None = None
+    # Packing's exact lengths are cached here (a folder shared by runs over the same data); default
+    # `<output_dir>/lengths`. The file is keyed by the record files' sha256, tokenizer, template, K and max_length.
+    length_cache_dir: str | None = None
     guards: DataGuardsConfig = field(default_factory=DataGuardsConfig)
     audit: DataAuditConfig = field(default_factory=DataAuditConfig)
 

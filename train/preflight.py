@@ -64,11 +64,12 @@ def audit_inputs(cfg: TrainConfig, model: Any = None) -> tuple[Any, str, int, Im
 
 
 def audit_config(cfg: TrainConfig, records: RecordSource, model: Any = None,
-                 sample: int | None = None) -> AuditReport:
+                 sample: int | None = None, workers: int = 1, progress: bool = False) -> AuditReport:
     tokenizer, template, image_token_id, k = audit_inputs(cfg, model)
     report = audit_records(records, template, tokenizer, image_token_id=image_token_id, num_image_tokens=k,
                            max_length=cfg.data.max_length, sample=sample, max_skip_ratio=cfg.data.guards.max_skip_ratio,
-                           where=cfg.data.mixture or ", ".join(cfg.data.data_path))
+                           where=cfg.data.mixture or ", ".join(cfg.data.data_path), workers=workers,
+                           progress=progress)
     if cfg.data.packing:  # samples per pack and the padding left, from the audited lengths
         add_packing_preview(report, cfg.data.resolved_pack_length(), cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size)
     return report

@@ -149,7 +149,7 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
                           seed=cfg.schedule.seed)
     size = cfg.schedule.micro_batch_size
     if d.packing:
-        return _packed_data(cfg, model, dataset, sampler, per_rank_step)
+        return _packed_data(cfg, model, dataset, sampler, per_rank_step, strategy)
     cache: dict[int, list[list[int]]] = {}
 
     def epoch_batches(epoch: int) -> list[list[int]]:
@@ -165,15 +165,20 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
                      num_workers=d.num_workers)
 
 
-def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any, per_rank_step: int) -> TrainData:
+def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any, per_rank_step: int,
+                 strategy: Strategy | None = None) -> TrainData:
     """Each step's samples packed into rows (`instruct_data.packing`); micro-batches of `micro_batch_size` rows."""
     from instruct_data.collate import Collator
     from instruct_data.packed_collate import PackedCollator, PackedRows
     from instruct_data.packing import PackedBatchSampler
 
     # The sampler grouped by the lengths an unpacked run groups by (read before this), so a packed run trains the
-    # very steps of the unpacked one; packing itself needs exact lengths: every record tokenized once, no image.
-    dataset.tokenize_all()
+    # very steps of the unpacked one; packing itself needs exact lengths: every record tokenized once, no image,
+    # split over the ranks and worker processes, and cached for later runs and resumes.
+    from instruct_data.length_cache import exact_lengths
+
+    cache_dir = cfg.data.length_cache_dir or Path(cfg.checkpoint.output_dir) / "lengths"
+    exact_lengths(dataset, cache_dir, strategy=strategy)
     lengths = dataset.lengths()
     packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
                                 rows_per_micro_batch=cfg.schedule.micro_batch_size,

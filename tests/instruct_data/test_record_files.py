@@ -91,3 +91,19 @@ def test_lone_surrogates_are_a_record_error_not_a_tokenizer_crash() -> None:
         parse_record({"id": "s\udc80", "conversations": turns}, 0)
     except RecordError as exc:
         assert exc.record_id == "s\\udc80"  # printable and writable as UTF-8
+
+
+def test_the_index_is_flat_arrays_of_20_bytes_a_record(tmp_path) -> None:
+    """Every rank holds the index of every record: offsets (8 bytes) and size, words, images (4 each), no Python
+    object per record."""
+    import json as _json
+
+    from instruct_data.sources import load_records
+
+    path = tmp_path / "r.json"
+    path.write_text(_json.dumps([{"id": str(i), "conversations": [{"from": "human", "value": "a b"},
+                                                                 {"from": "gpt", "value": "c"}]} for i in range(50)]))
+    records = load_records(path)
+    arrays = (records.offsets, records.sizes, records.words, records.n_images)
+    assert sum(a.itemsize for a in arrays) == 20 and all(len(a) == 50 for a in arrays)
+    assert records.stats(3) == (3, 0)

@@ -206,3 +206,16 @@ def test_audit_reports_samples_per_pack_and_padding_left(make_cfg, tmp_path, cap
     assert packing["pack_length"] == 1024 and packing["samples"] == 24 and packing["rows"] == 6
     assert packing["samples_per_row"] == 4.0 and packing["padding_ratio"] == 0.0
     assert "packing into rows of 1024 tokens: 4.0 samples per row, padding left 0.0%" in capsys.readouterr().out
+
+
+def test_audit_command_with_workers_writes_the_same_report(make_cfg, tmp_path, capsys, monkeypatch) -> None:
+    from instruct_data import audit
+
+    monkeypatch.setattr(audit, "AUDIT_CHUNK", 5)  # 24 records: 5 chunks over 2 processes
+    path = _write(make_cfg(), tmp_path / "c.yaml")
+    outs = []
+    for workers in (1, 2):
+        assert main(["data", "audit", path, "--workers", str(workers), "--out", str(tmp_path / f"w{workers}")]) == 0
+        out = capsys.readouterr().out.replace(f"w{workers}", "w")
+        outs.append((out, (tmp_path / f"w{workers}" / "audit.json").read_text()))
+    assert outs[0] == outs[1]

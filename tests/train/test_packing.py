@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,38 @@ def test_resume_with_packing_is_exact_and_refuses_other_packs(make_cfg, tmp_path
         run(make_cfg(output_dir=str(tmp_path / "e"), resume=str(step3), **common))
 
 
+def test_length_cache_is_shared_read_on_resume_and_rebuilt_when_corrupt(make_cfg, tmp_path, monkeypatch,
+                                                                        caplog) -> None:
+    """Exact lengths are computed once into data.length_cache_dir; a resume reads them (tokenizing nothing) and
+    trains the straight run's steps; a corrupt cache file is recomputed with a warning, the losses unchanged."""
+    import logging
+
+    from instruct_data import length_cache
+    from train.recipes import run
+
+    shared = tmp_path / "lengths"
+    common = dict(global_batch_size=4, micro_batch_size=1, max_steps=6, save_every=3, keep_last=5,
+                  data={"length_cache_dir": str(shared)})
+    straight = run(packed(make_cfg, output_dir=str(tmp_path / "a"), **common))
+    (cache,) = shared.glob("lengths-*.npz")
+    assert not (tmp_path / "a" / "lengths").exists()  # the shared folder, not the run's
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a warm length cache tokenizes nothing")
+
+    with monkeypatch.context() as m:
+        m.setattr(length_cache, "compute_lengths", boom)
+        step3 = list_checkpoints(tmp_path / "a")[0]
+        resumed = run(packed(make_cfg, output_dir=str(tmp_path / "b"), resume=str(step3), **common))
+    assert resumed.losses == straight.losses[3:]
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="instruct_data.length_cache"):
+        again = run(packed(make_cfg, output_dir=str(tmp_path / "c"), **common))
+    assert again.losses == straight.losses
+    assert any("recomputing" in r.getMessage() for r in caplog.records)
+    assert length_cache.read_cache(cache, json.loads(bytes(np.load(cache)["key"]).decode())) is not None
+
+
 def test_packing_with_the_feature_cache_and_a_corrupt_image(make_cfg, tiny_world, tmp_path) -> None:
     """Phase 1 with the feature cache: packed = unpacked losses; a record whose image cannot be decoded is dropped
     from its packed row (its row-mates train) and counted, as unpacked."""
@@ -128,3 +161,57 @@ def test_packing_with_lora(make_cfg, tmp_path) -> None:
     plain = run(make_cfg(output_dir=str(tmp_path / "off"), **common))
     result = run(packed(make_cfg, output_dir=str(tmp_path / "on"), data={"group_by": "none"}, **common))
     assert result.losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
+
+
+def test_two_ranks_split_the_lengths_and_read_them_back(make_cfg, tmp_path) -> None:
+    """Under torchrun each rank tokenizes half the records and one all-reduce gives every rank all lengths: the
+    cache file is the one a single process writes (same name, same lengths); a second 2-rank run reads it."""
+    from tests.train.harness import run_ranks
+    from train.recipes import run
+
+    def cfg(name, cache):
+        return packed(make_cfg, output_dir=str(tmp_path / name), global_batch_size=4, micro_batch_size=1,
+                      max_steps=2, data={"length_cache_dir": str(tmp_path / cache)})
+
+    run(cfg("one", "single"))
+    (single,) = (tmp_path / "single").glob("lengths-*.npz")
+    cold, _ = run_ranks(cfg("cold", "shared"), tmp_path, "cold")
+    (shared,) = (tmp_path / "shared").glob("lengths-*.npz")
+    assert shared.name == single.name
+    assert np.array_equal(np.load(shared)["lengths"], np.load(single)["lengths"])
+    stamp = shared.stat().st_mtime_ns
+    warm, _ = run_ranks(cfg("warm", "shared"), tmp_path, "warm")
+    assert shared.stat().st_mtime_ns == stamp  # read, not rewritten
+    assert [r["losses"] for r in warm] == [r["losses"] for r in cold]
+
+
+def test_a_full_audit_fills_the_length_cache_the_packed_run_reads(make_cfg, tmp_path, monkeypatch, capsys) -> None:
+    """`vlm data audit` of a packed config stores the lengths it measured (spot-checked against training's own
+    measure) under training's key: the run after it tokenizes nothing and trains what a cold run trains."""
+    import yaml
+
+    from app.cli import main
+    from instruct_data import length_cache
+    from train.recipes import run
+
+    def cfg(name, cache):
+        return packed(make_cfg, output_dir=str(tmp_path / name), global_batch_size=4, micro_batch_size=1,
+                      max_steps=2, data={"length_cache_dir": str(tmp_path / cache)})
+
+    cold = run(cfg("cold", "cold_cache"))
+    (reference,) = (tmp_path / "cold_cache").glob("lengths-*.npz")
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(cfg("warm", "audited").to_dict()))
+    assert main(["data", "audit", str(path), "--workers", "1", "--out", str(tmp_path / "a")]) == 0
+    assert "packing's exact lengths written to" in capsys.readouterr().out
+    (stored,) = (tmp_path / "audited").glob("lengths-*.npz")
+    assert stored.name == reference.name
+    assert np.array_equal(np.load(stored)["lengths"], np.load(reference)["lengths"])
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the audit filled the cache: nothing to tokenize")
+
+    monkeypatch.setattr(length_cache, "compute_lengths", boom)
+    assert run(cfg("warm", "audited")).losses == cold.losses
+    assert main(["data", "audit", str(path), "--workers", "1", "--out", str(tmp_path / "b")]) == 0
+    assert "packing's exact lengths already in" in capsys.readouterr().out

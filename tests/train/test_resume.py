@@ -70,6 +70,8 @@ def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path, packing: b
     done = subprocess.run(_cmd(tmp_path / "b.yaml"), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from" in done.stderr
+    if packing:  # the exact lengths were cached by the first start and read back by the resume
+        assert len(list((killed / "lengths").glob("lengths-*.npz"))) == 1
     after = {r["step"]: r["loss"] for r in read_metrics(killed)}
     assert sorted(after) == list(range(1, STEPS + 1))  # the lost steps' lines were dropped, then redone
     for step in range(resumed_at + 1, STEPS + 1):
