@@ -163,6 +163,8 @@ def test_packing_with_lora(make_cfg, tmp_path) -> None:
     assert result.losses == pytest.approx(plain.losses, rel=1e-5, abs=0)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_ranks_split_the_lengths_and_read_them_back(make_cfg, tmp_path) -> None:
     """Under torchrun each rank tokenizes half the records and one all-reduce gives every rank all lengths: the
     cache file is the one a single process writes (same name, same lengths); a second 2-rank run reads it."""
