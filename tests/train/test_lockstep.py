@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 from instruct_data.item import Item
@@ -70,10 +70,27 @@ def _rank_plans(cfg) -> list[list[list[tuple[bool, ...]]]]:  # noqa: ANN001
     will pack them; built here from the same recipe code)."""
     from train.recipes import build_data, build_model
 
+    from train.strategies.single import SingleProcessStrategy
+
+    class AsRank(SingleProcessStrategy):
+        """This process planning as one of 2 ranks that read the same warm length cache (its all-reduce answers
+        as two agreeing ranks would)."""
+
+        def __init__(self, rank: int) -> None:
+            super().__init__()
+            self._as_rank = rank
+
+        rank = property(lambda self: self._as_rank)
+        world_size = property(lambda self: 2)
+
+        def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.mul_(2)
+
     model = build_model(cfg)
+    build_data(cfg, model, SingleProcessStrategy())  # the exact lengths, measured once and cached
     plans = []
     for rank in range(2):
-        data = build_data(cfg, model, SimpleNamespace(rank=rank, world_size=2))
+        data = build_data(cfg, model, AsRank(rank))
         items = data.dataset.dataset
         plans.append([[any(isinstance(items[i], Item) and bool(items[i].image_keys) for i in row)
                        for row in micro_batch]
