@@ -122,7 +122,8 @@ class InstructDataset(Dataset):
         return len(self.records)
 
     def _roots(self, i: int) -> list[Path]:
-        return list(self.records.image_roots(i)) + self.extra_roots
+        # the record file's folder and `data.image_folder` are often the same: each root is searched (and named) once
+        return list(dict.fromkeys([*self.records.image_roots(i), *self.extra_roots]))
 
     def _paths(self, refs: list[str], roots: list[Path]) -> list[Path]:
         if not refs:
