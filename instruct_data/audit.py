@@ -15,7 +15,7 @@ from conversation.templates import Template, get_template
 from conversation.tokenize import IGNORE_INDEX, tokenize_conversation
 from instruct_data.dataset import skip_reason
 from instruct_data.packing import pack_preview
-from instruct_data.preference import record_conversation
+from instruct_data.preference_records import record_conversation
 from instruct_data.sources import RecordSource
 from vlm.inputs import ImageTokenCounter, Size
 
