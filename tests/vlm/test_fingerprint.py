@@ -75,7 +75,7 @@ def test_checkpoint_carries_it_and_load_reports_drift(tiny_vlm_dir: Path, tmp_pa
     assert stored is not None and stored["format"] == fingerprint.FORMAT
     model = load_model_dir(tiny_vlm_dir)
     assert model.preprocessing_fingerprint == stored | {"versions": fingerprint.library_versions()}
-    assert "drift" not in capsys.readouterr().err
+    assert "fingerprint drift" not in capsys.readouterr().err
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_vlm_dir, ckpt)
@@ -100,7 +100,7 @@ def test_export_carries_it_and_the_other_hf_backend_is_named(tiny_vlm_dir: Path,
     assert all("sha256" in entry for entry in hf["probes"].values()), hf
 
     load_model_dir(out)  # the imported model and the exported processor: as exported
-    assert "drift" not in capsys.readouterr().err
+    assert "fingerprint drift" not in capsys.readouterr().err
 
     backends = {name: fingerprint.hf_image_processor_component(out, backend=name) for name in ("pil", "torchvision")}
     assert backends["pil"]["implementation"] != backends["torchvision"]["implementation"]
