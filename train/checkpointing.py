@@ -28,8 +28,8 @@ from torch import nn
 
 from train.errors import ConfigError
 from train.strategies.base import Strategy
-from vlm.fingerprint import save as save_fingerprint
 from vlm.atomic import replace_directory
+from vlm.fingerprint import save as save_fingerprint
 
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"

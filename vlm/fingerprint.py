@@ -11,10 +11,11 @@ import hashlib
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ def assemble(components: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "components": components, "versions": library_versions()}
 
 
-def compute(model: "VisionLanguageModel") -> dict[str, Any]:
+def compute(model: VisionLanguageModel) -> dict[str, Any]:
     """The fingerprint of a model's preprocessing: its image processor and its tokenizer under every template
     (image blocks expanded to the model's image-token count; anyres: the count of the probe's size)."""
     config = model.config
@@ -168,7 +169,7 @@ def compute(model: "VisionLanguageModel") -> dict[str, Any]:
     })
 
 
-def for_export(model: "VisionLanguageModel", export_dir: str | Path) -> dict[str, Any]:
+def for_export(model: VisionLanguageModel, export_dir: str | Path) -> dict[str, Any]:
     """What an HF export holds: the model's image processor, the exported tokenizer (it carries the chat template
     the export adds) and the exported HF image processor as `AutoImageProcessor` loads it by default."""
     from transformers import AutoTokenizer
@@ -284,7 +285,7 @@ def report(stored: dict[str, Any] | None, current: dict[str, Any], where: str, s
     return drift
 
 
-def check_directory(model: "VisionLanguageModel", directory: str | Path, strict: bool = False) -> dict[str, Any]:
+def check_directory(model: VisionLanguageModel, directory: str | Path, strict: bool = False) -> dict[str, Any]:
     """Recompute `model`'s fingerprint, report its drift against the one stored in `directory`, return it."""
     current = compute(model)
     report(load(directory), current, str(directory), strict=strict)
