@@ -109,3 +109,14 @@ def test_export_carries_it_and_the_other_hf_backend_is_named(tiny_vlm_dir: Path,
     drift = fingerprint.diff(stored, fingerprint.assemble({**stored["components"], "hf_image_processor": backends[other]}))
     assert drift.changes and all(line.startswith("exported HF image processor: pixels of probe ") for line in drift.changes)
     assert f"exported HF image processor: implementation {default} -> {backends[other]['implementation']}" in drift.notes
+
+
+def test_anyres_model_counts_the_probe_tokens_from_its_size(tiny) -> None:
+    from vlm.inputs import image_token_counter
+
+    model = tiny.vlm("llama", image_aspect_ratio="anyres", image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]])
+    found = fingerprint.compute(model)
+    tokenizer = found["components"]["tokenizer"]
+    assert tokenizer["k"] == image_token_counter(model)((48, 64)) > model.config.num_image_tokens
+    shapes = {name: entry["shape"][0] for name, entry in found["components"]["image_processor"]["probes"].items()}
+    assert shapes["rgb_64x48"] > 1 and all(n >= 2 for n in shapes.values())  # the whole image plus its tiles
