@@ -43,3 +43,12 @@ def test_lmms_eval_scores_equal_vlm_eval_run(tiny_vlm_dir: Path, tmp_path: Path)
     assert len(their_answers) == ours["n"] == 16
     assert their_answers == our_answers  # same prompts, pixels and greedy tokens through lmms-eval's requests
     assert theirs["pope_f1,none"] == ours["scores"]["f1"] and theirs["pope_accuracy,none"] == ours["scores"]["accuracy"]
+
+
+def test_register_adds_the_model_name_to_lmms_eval() -> None:
+    from lmms_eval.models import get_model
+
+    from eval.lmms_eval_adapter import MODEL_ID, VLMTrainerLMM, register
+
+    register()
+    assert get_model(MODEL_ID) is VLMTrainerLMM  # `--model vlm_trainer` on lmms-eval's command line
