@@ -25,9 +25,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="with --question: print one JSON object")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="auto (bfloat16 on a GPU, float32 on a CPU), bfloat16, float16 or float32")
+    parser.add_argument("--strict-fingerprint", "--strict", action="store_true",
+                        help="stop (exit 2) when the model's preprocessing (pixels, token ids) drifted from its checkpoint's")
 
 
-def load_model(path: str, device: str | None, dtype: str | None = "auto"):
+def load_model(path: str, device: str | None, dtype: str | None = "auto", strict_fingerprint: bool = False):
     """Load our checkpoint or a HF Llava directory, or raise ChatError naming what is wrong."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -36,7 +38,8 @@ def load_model(path: str, device: str | None, dtype: str | None = "auto"):
     hf_logging.set_verbosity_error()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return load_model_dir(path, device=device, torch_dtype=inference_dtype(dtype, device))
+        return load_model_dir(path, device=device, torch_dtype=inference_dtype(dtype, device),
+                              strict_fingerprint=strict_fingerprint)
     except NotAModelError as err:
         raise ChatError(str(err)) from None
     except (FileNotFoundError, ValueError, OSError) as err:
@@ -96,7 +99,7 @@ def run_interactive(session: ChatSession, inp: TextIO, out: TextIO) -> int:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        model = load_model(args.model, args.device, args.dtype)
+        model = load_model(args.model, args.device, args.dtype, args.strict_fingerprint)
         session = ChatSession(model, args.max_new_tokens, args.temperature, args.top_p)
         for image in args.image:
             session.add_image(image)

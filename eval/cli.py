@@ -39,6 +39,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--hf-template", default="vicuna_v1", help="template for a HF Llava directory's prompts")
     run.add_argument("--model-name", default=None, help="name in tables (default: the model folder's name)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--strict-fingerprint", "--strict", action="store_true",
+                     help="stop (exit 2) when the model's preprocessing (pixels, token ids) drifted from its checkpoint's")
     run.add_argument("--no-finalize", action="store_true",
                      help="answer this chunk only; a later call without it merges the chunks and scores")
     score = sub.add_parser("score", help="score a predictions file of any system, no model loaded")
@@ -72,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
                        not args.no_finalize)
     generate = LazyGenerator(lambda: load_generator(args.model, args.max_new_tokens or bench.max_new_tokens,
                                                     args.blank_images, args.device, args.hf_template,
-                                                    args.dtype))
+                                                    args.dtype, args.strict_fingerprint))
     result = run(config, generate)
     if result.total and len(result.failed) == result.total:
         print(f"vlm eval run: every one of the {result.total} questions failed (first: "

@@ -53,6 +53,15 @@ class ModelGenerator:
         self.blank_images = blank_images
         self.stops = set(stop_token_ids(model.config.template, model.tokenizer))
 
+    @property
+    def preprocessing_fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the preprocessing the answers are generated under (computed at load, else here)."""
+        if getattr(self.model, "preprocessing_fingerprint", None) is None:
+            from vlm import fingerprint
+
+            self.model.preprocessing_fingerprint = fingerprint.compute(self.model)
+        return self.model.preprocessing_fingerprint
+
     def encode(self, item: EvalItem, image: Pixels | None = None) -> list[int]:
         """The item's prompt rendered by the checkpoint's template, ending with the assistant prefix."""
         if (image is None) != (item.image is None):
@@ -98,22 +107,26 @@ class ModelGenerator:
 
 
 def load_model(model_dir: str | Path, device: str | None = None, hf_template: str = "vicuna_v1",
-               torch_dtype: str | None = None) -> Any:
-    """Our checkpoint, or a HF Llava directory imported (weights mapped by name, strict) into a temp checkpoint."""
+               torch_dtype: str | None = None, strict_fingerprint: bool = False) -> Any:
+    """Our checkpoint, or a HF Llava directory imported (weights mapped by name, strict) into a temp checkpoint;
+    preprocessing drift against the directory's fingerprint is printed (raised with `strict_fingerprint`)."""
     from vlm.loading import load_model_dir
 
-    return load_model_dir(model_dir, device=device, torch_dtype=torch_dtype, hf_template=hf_template)
+    return load_model_dir(model_dir, device=device, torch_dtype=torch_dtype, hf_template=hf_template,
+                          strict_fingerprint=strict_fingerprint)
 
 
 def load_generator(model_dir: str, max_new_tokens: int, blank_images: bool = False, device: str | None = None,
-                   hf_template: str = "vicuna_v1", torch_dtype: str | None = None) -> ModelGenerator:
+                   hf_template: str = "vicuna_v1", torch_dtype: str | None = None,
+                   strict_fingerprint: bool = False) -> ModelGenerator:
     """A batched generator over our checkpoint or a HF Llava directory."""
     from vlm.dtypes import inference_dtype
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = inference_dtype(torch_dtype, device)  # bf16 on a GPU unless asked otherwise
-    return ModelGenerator(load_model(model_dir, device, hf_template, dtype), max_new_tokens, blank_images)
+    model = load_model(model_dir, device, hf_template, dtype, strict_fingerprint)
+    return ModelGenerator(model, max_new_tokens, blank_images)
 
 
 class LazyGenerator:
@@ -127,3 +140,8 @@ class LazyGenerator:
         if self._generate is None:
             self._generate = self._factory()
         return self._generate(items)
+
+    @property
+    def preprocessing_fingerprint(self) -> dict[str, Any] | None:
+        """The loaded generator's fingerprint (None while nothing was loaded)."""
+        return getattr(self._generate, "preprocessing_fingerprint", None)

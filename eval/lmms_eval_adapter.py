@@ -1,6 +1,7 @@
 """lmms-eval model adapter: `lmms-eval` runs its tasks on our checkpoints (or HF Llava dirs) through our generator.
 
-Use (lmms-eval installed; it is not a dependency of this project):
+Use (the optional `lmms` extra: `pip install --no-deps -r requirements-lmms.txt`, tested with lmms-eval 0.7.3;
+tests/eval/test_lmms_eval.py runs its evaluator on a local task, eval/lmms_tasks/pope_world.yaml):
     from eval.lmms_eval_adapter import VLMTrainerLMM, register
     register()   # adds "vlm_trainer" to lmms-eval's model registry for its CLI / simple_evaluate(model="vlm_trainer")
     # or: lmms_eval.evaluator.simple_evaluate(model=VLMTrainerLMM(pretrained=CKPT), tasks=["pope"], ...)

@@ -29,6 +29,7 @@ from torch import nn
 from train.errors import ConfigError
 from train.strategies.base import Strategy
 from vlm.atomic import replace_directory
+from vlm.fingerprint import save as save_fingerprint
 
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -131,8 +132,10 @@ def trainable_state(strategy: Strategy, model: nn.Module) -> dict[str, torch.Ten
 
 
 def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strategy, model: nn.Module,
-                    scheduler: Any, keep_last: int, data_state: dict[str, Any] | None = None) -> Path:
-    """Write checkpoint `state.step` atomically on all ranks, then prune to the last `keep_last`."""
+                    scheduler: Any, keep_last: int, data_state: dict[str, Any] | None = None,
+                    fingerprint: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint `state.step` atomically on all ranks, then prune to the last `keep_last`; `fingerprint`:
+    the model's preprocessing fingerprint, which resume compares with its own."""
     final = checkpoint_dir(output_dir, state.step)
     tmp = final.with_name(f".{final.name}.tmp")
     weights = trainable_state(strategy, model)  # collective under ZeRO-3: every rank calls it
@@ -148,6 +151,8 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strat
         save_file(weights, str(tmp / WEIGHTS_FILE))
         (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict()))
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        if fingerprint is not None:
+            save_fingerprint(fingerprint, tmp)
         _fsync_dir(tmp)
     strategy.barrier()
     if strategy.is_main:

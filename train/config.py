@@ -151,6 +151,7 @@ class CheckpointConfig:
     save_every: int = 0  # optimizer steps between checkpoints; 0: only at the end
     keep_last: int = 2
     resume: str = "auto"  # auto | none | PATH
+    strict_fingerprint: bool = False  # True: resume stops (exit 2) when the preprocessing drifted since the checkpoint
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from conversation.errors import ImageLoadError, RecordError, RecordFileError
 from instruct_data.audit import AuditError
+from vlm.fingerprint import FingerprintDrift
 
 
 class TrainError(Exception):
@@ -36,6 +37,7 @@ LOWER_EXIT_CODES: dict[type[BaseException], int] = {
     AuditError: 4,  # the pre-flight audit found data that cannot train
     RecordError: 4,  # a bad record under data.guards.strict
     ImageLoadError: 4,  # a bad image under data.guards.strict
+    FingerprintDrift: 2,  # the preprocessing changed since the checkpoint, under checkpoint.strict_fingerprint
 }
 
 

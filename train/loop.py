@@ -1,7 +1,9 @@
 """The training loop: epochs of optimizer steps (`train.step`), resume, logging and checkpoints."""
 from __future__ import annotations
 
+import io
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from train.step import SkipTally, StepInputs, StepOutcome, summed_token_loss, tr
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from train.trainability import TrainabilityCheck
+from vlm import fingerprint
 from vlm.batch import Batch
 
 CHECK_ATTEMPTS = 8  # packed micro-batches the self-check tries before giving up on comparing (logged)
@@ -127,11 +130,25 @@ class Trainer:
                               f"{saved is not None}, this run has data.packing={self.data.packer is not None}")
         if self.data.packer is not None:  # the packs must be the ones the checkpoint was trained on
             self.data.packer.load_state_dict(saved)
+        self._check_fingerprint(path)
         self.state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
         self.skips.counts = self.state.skipped
         self.resumed_from = path
         if self.strategy.is_main:
             truncate_metrics(self.output_dir, self.state.step)
+
+    @property
+    def preprocessing_fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the model's image processor and tokenizer (unchanged by training: computed once)."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = fingerprint.compute(self.strategy.unwrap(self.model))
+        return self._fingerprint
+
+    def _check_fingerprint(self, path: Path) -> None:
+        """Name the preprocessing drift since the checkpoint; every rank raises under checkpoint.strict_fingerprint."""
+        stream = sys.stderr if self.strategy.is_main else io.StringIO()
+        fingerprint.report(fingerprint.load(path), self.preprocessing_fingerprint, str(path),
+                           strict=self.cfg.checkpoint.strict_fingerprint, stream=stream)
 
     def _loader(self, epoch: int, skip: int) -> Iterator[Batch | None]:
         # One DataLoader for the run (its workers persist across epochs); see train/feeding.py.
@@ -265,7 +282,8 @@ class Trainer:
         packer = self.data.packer
         data_state = None if packer is None else packer.state_dict(self.state.epoch, self.state.micro_batches_in_epoch)
         save_checkpoint(self.output_dir, self.state, self.strategy, self.model, self.scheduler,
-                        self.cfg.checkpoint.keep_last, data_state=data_state)
+                        self.cfg.checkpoint.keep_last, data_state=data_state,
+                        fingerprint=self.preprocessing_fingerprint)
 
     # ------------------------------------------------------------------ packing
     def _check_packing(self, logger: RunLogger) -> None:

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vision_encoders.registry import parse_spec, resolve_path
+from vlm import fingerprint
 from vlm.config import CONFIG_NAME, VLMConfig
 from vlm.atomic import atomic_directory
 from vlm.tokens import EMBEDDING_ROW_MULTIPLE, embedding_rows, fill_rows, gathered
@@ -72,6 +73,7 @@ def save(model: "VisionLanguageModel", directory: str | Path, projector_only: bo
         save_file(_state_for_saving(model.projector), str(tmp / PROJECTOR_FILE))
         model.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         model.image_processor.save(tmp / IMAGE_PROCESSOR_FILE)
+        fingerprint.save(fingerprint.compute(model), tmp)  # what the model saw, for drift checks at load
         config.save(tmp)
     return Path(directory)
 

@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from vlm import fingerprint
 from vlm.config import CONFIG_NAME, VLMConfig
 from vlm.model import VisionLanguageModel
 
@@ -36,9 +37,13 @@ def check_model_dir(directory: str | Path) -> None:
 
 
 def load_model_dir(
-    directory: str | Path, device: str | None = None, torch_dtype: str | None = None, hf_template: str = "vicuna_v1"
+    directory: str | Path, device: str | None = None, torch_dtype: str | None = None, hf_template: str = "vicuna_v1",
+    strict_fingerprint: bool = False,
 ) -> VisionLanguageModel:
-    """Our checkpoint (`CONFIG_NAME`), or a HF Llava directory imported into a temporary checkpoint."""
+    """Our checkpoint (`CONFIG_NAME`), or a HF Llava directory imported into a temporary checkpoint.
+
+    The model's preprocessing fingerprint is recomputed and its drift against the one the directory stores is
+    printed (`FingerprintDrift` with `strict_fingerprint`); it is kept as `model.preprocessing_fingerprint`."""
     directory = Path(directory)
     check_model_dir(directory)
     if (directory / CONFIG_NAME).is_file():
@@ -55,4 +60,18 @@ def load_model_dir(
         staging = Path(tempfile.mkdtemp(prefix="vlm-hf-import-"))
         model = import_hf(directory, staging / "ckpt", template=hf_template, torch_dtype=torch_dtype)
         model = model.to(device) if device else model
+    model.preprocessing_fingerprint = check_fingerprint(model, directory, strict_fingerprint)
     return model.eval()
+
+
+def check_fingerprint(model: VisionLanguageModel, directory: Path, strict: bool = False) -> dict:
+    """The loaded model's fingerprint, its drift against `directory`'s reported; a HF directory's own image
+    processor (as `AutoImageProcessor` loads it here) is recomputed too when the directory stores one."""
+    stored = fingerprint.load(directory)
+    current = fingerprint.compute(model)
+    if stored is not None and "hf_image_processor" in stored.get("components", {}):
+        components = dict(current["components"])
+        components["hf_image_processor"] = fingerprint.hf_image_processor_component(directory)
+        current = fingerprint.assemble(components)
+    fingerprint.report(stored, current, str(directory), strict=strict)
+    return current

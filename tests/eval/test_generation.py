@@ -46,6 +46,9 @@ def test_cli_run_with_real_model(tiny_vlm_dir: Path, vqav2_root: Path, tmp_path:
     assert main(base + ["--out", str(out)]) == 0
     record = json.loads((out / "scores.json").read_text())
     assert record["benchmark"] == "vqav2" and record["n"] == 3 and record["model"] == "ckpt"
+    from vlm import fingerprint  # scored under the checkpoint's preprocessing: its probes, this run's versions
+
+    assert record["preprocessing_fingerprint"] == fingerprint.load(tiny_vlm_dir) | {"versions": fingerprint.library_versions()}
     assert (out / "vqav2_results.json").is_file()
     assert (out / "results.md").read_text().startswith("| ckpt | vqav2 | val2014 | accuracy |")
     whole = (out / "predictions.jsonl").read_text()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vlm.checkpoint import ADDED_EMBEDDINGS_FILE, PROJECTOR_FILE
+from vlm.fingerprint import FINGERPRINT_FILE
 from vlm.model import VisionLanguageModel
 from vlm.testing import pad_batch, sample_ids
 
@@ -37,7 +38,8 @@ def test_save_load_gives_identical_logits(tiny, tmp_path: Path, arch: str, proje
     files = sorted(p.name for p in out.iterdir())
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
     if projector_only:
-        assert files == sorted([ADDED_EMBEDDINGS_FILE, "image_processor.json", PROJECTOR_FILE, "tokenizer", "vlm_config.json"])
+        assert files == sorted([ADDED_EMBEDDINGS_FILE, "image_processor.json", PROJECTOR_FILE, "tokenizer", "vlm_config.json",
+                                FINGERPRINT_FILE])
         assert json.loads((out / "vlm_config.json").read_text())["llm"] == tiny.llm(arch)
     else:
         assert {"llm", "vision"} <= set(files)
@@ -83,7 +85,8 @@ def test_missing_files_are_listed(tiny, tmp_path: Path) -> None:
     out = model.save(tmp_path / "ckpt", projector_only=True)
     (out / ADDED_EMBEDDINGS_FILE).unlink()
     (out / PROJECTOR_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing \['projector.safetensors', 'added_embeddings.safetensors'\]; it holds \['image_processor.json', 'tokenizer', 'vlm_config.json'\]"):
+    with pytest.raises(FileNotFoundError, match=r"missing \['projector.safetensors', 'added_embeddings.safetensors'\]; it holds \['image_processor.json', "
+                                                 r"'preprocessing_fingerprint.json', 'tokenizer', 'vlm_config.json'\]"):
         VisionLanguageModel.load(out)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         VisionLanguageModel.load(tmp_path / "nowhere")

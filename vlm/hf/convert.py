@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlm import fingerprint
 from vlm.hf.common import ExportError, model_type
 from vlm.hf.llava import export_llava, import_llava
 from vlm.hf.llava_next import export_hf_next, import_hf_next
@@ -13,10 +14,11 @@ __all__ = ["ExportError", "export_hf", "import_hf"]
 
 def export_hf(model: VisionLanguageModel, out_dir: str | Path) -> Path:
     """Write a directory that HF `AutoProcessor` and `LlavaForConditionalGeneration` (anyres:
-    `LlavaNextForConditionalGeneration`) `.from_pretrained` load."""
-    if model.config.vision.anyres:
-        return export_hf_next(model, out_dir)
-    return export_llava(model, out_dir)
+    `LlavaNextForConditionalGeneration`) `.from_pretrained` load, plus the preprocessing fingerprint (the model's,
+    and the exported image processor's as `AutoImageProcessor` loads it) in `fingerprint.FINGERPRINT_FILE`."""
+    out = export_hf_next(model, out_dir) if model.config.vision.anyres else export_llava(model, out_dir)
+    fingerprint.save(fingerprint.for_export(model, out), out)
+    return out
 
 
 def import_hf(
