@@ -18,6 +18,7 @@ from train.freezing import set_trainable, trainable_summary
 from train.loop import RunResult, TrainData, Trainer
 from train.preflight import load_train_records, run_preflight, training_template
 from train.recipe_registry import get_recipe
+from train.replay import ReplayResult, replay
 from train.runtime import resolve_precision, seed_everything
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
@@ -255,14 +256,15 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool,
 
 
 # ---------------------------------------------------------------------------- entry point
-def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
-    """Everything `vlm train CONFIG` does."""
+def run(cfg: TrainConfig, strategy: Strategy | None = None, replay_step: int | None = None) -> RunResult | ReplayResult:
+    """Everything `vlm train CONFIG` does: a `RunResult`; with `replay_step`, `vlm train CONFIG --replay-step N`
+    (`train.replay`): the run's step N recomputed and checked, nothing trained or saved, a `ReplayResult`."""
     if lockstep.enabled():
         lockstep.count_collectives()  # before the strategy starts DeepSpeed, which keeps its own references
     strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
     try:
         rules.check(cfg, strategy.world_size, strategy.device)  # every config rule, before any weight loads
-        result = _train(cfg, strategy)
+        result = _train(cfg, strategy, replay_step)
     except BaseException:
         strategy.abort()
         raise
@@ -270,7 +272,7 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     return result
 
 
-def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
+def _train(cfg: TrainConfig, strategy: Strategy, replay_step: int | None = None) -> RunResult | ReplayResult:
     features: FeatureSource | None = None
     try:
         seed_everything(cfg.schedule.seed)
@@ -303,6 +305,8 @@ def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
             parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
             print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
                   f"feature cache {'on' if features else 'off'}", flush=True)
+        if replay_step is not None:
+            return replay(trainer, replay_step)
         result = trainer.fit()
         save_final_model(cfg, trainer.model, strategy)
     finally:

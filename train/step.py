@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from conversation.errors import ImageLoadError
 from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.guards import DataGuard
+from train.per_sample import RecordLoss, collect, record_losses
 from train.strategies.base import Strategy
 from vlm.batch import Batch
 
@@ -42,6 +44,12 @@ class StepInputs:
     max_grad_norm: float
     strict: bool = False  # data.guards.strict: an image that cannot be decoded stops the run instead of skipping
     features: FeatureSource | None = None  # feature cache on: vision features instead of pixels
+    quarantine: frozenset[str] = frozenset()  # data.quarantine: record ids dropped from their batches
+    # spike reports: per-group gradient norms, read after backward and before the optimizer step (None: unavailable)
+    group_norms: Callable[[], dict[str, float] | None] | None = None
+
+
+QUARANTINE = "quarantine"  # the skip kind of a quarantined record; the data guard does not count it as a failure
 
 
 @dataclass
@@ -57,6 +65,8 @@ class StepOutcome:
     batches: list[Batch]  # this process's micro-batches that reached the model
     encoder_ran: list[bool]  # per batch: whether the vision tower ran (False: features from the cache)
     passes: int  # forward + backward passes this process ran (the same on every rank: `train.lockstep`)
+    samples: list[RecordLoss] = field(default_factory=list)  # this process's records: supervised tokens, loss sum
+    group_grad_norms: dict[str, float] | None = None  # pre-clip, per part (`StepInputs.group_norms`)
 
 
 def summed_token_loss(vlm: nn.Module, batch: Batch, device: torch.device,
@@ -77,9 +87,10 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
     rank) before any forward; a non-finite loss or gradient norm stops before the optimizer steps."""
     strategy, device = inputs.strategy, inputs.strategy.device
     skips_before = len(inputs.skips.log)
-    for batch in window:
+    for index, batch in enumerate(window):
         for record_id, reason in batch.skipped if batch is not None else []:
             inputs.skips.add(record_id, reason)
+        window[index] = _quarantined(inputs, batch)
     features: list[torch.Tensor | None] = []
     with strategy.autocast(inputs.precision):
         for index, batch in enumerate(window):
@@ -93,32 +104,36 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
                            float(sum(b.num_rows for b in kept))], dtype=torch.float64, device=device)
     strategy.all_reduce_sum(counts)
     supervised, tokens, records, rows = (float(x) for x in counts.tolist())
-    inputs.guard.after_step(strategy, len(window), records, supervised, len(inputs.skips.log) - skips_before,
-                            inputs.skips.log)
-    loss_sum, passes = _accumulate_gradients(inputs, window, features, supervised)
+    failed = sum(1 for _, reason in inputs.skips.log[skips_before:] if not reason.startswith(QUARANTINE))
+    inputs.guard.after_step(strategy, len(window), records, supervised, failed, inputs.skips.log)
+    loss_sum, passes, parts = _accumulate_gradients(inputs, window, features, supervised)
     strategy.all_reduce_sum(loss_sum)
     loss = float(loss_sum) / supervised if supervised > 0 else float("nan")
-    grad_norm = float("nan")
+    grad_norm, group_norms = float("nan"), None
     if supervised > 0:
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss}); the run stopped before the optimizer step.")
+        group_norms = inputs.group_norms() if inputs.group_norms is not None else None
         grad_norm = strategy.clip_and_step(inputs.max_grad_norm)
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}); the run stopped.")
     strategy.zero_grad()
     encoder_ran = [f is None and b.pixel_values is not None for b, f in zip(window, features) if b is not None]
-    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes)
+    samples = collect(parts)
+    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes, samples,
+                       group_norms)
 
 
 def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], features: list[torch.Tensor | None],
-                          supervised: float) -> tuple[torch.Tensor, int]:
+                          supervised: float) -> tuple[torch.Tensor, int, list[tuple[Batch, list[int], torch.Tensor]]]:
     """Forward and backward of every micro-batch (none at all when no process has a supervised token); returns
-    this process's summed token loss and the passes run. x world_size: DDP / DeepSpeed average gradients over
-    ranks."""
+    this process's summed token loss, the passes run and each batch's per-record (tokens, loss sums).
+    x world_size: DDP / DeepSpeed average gradients over ranks."""
     strategy, device = inputs.strategy, inputs.strategy.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    parts: list[tuple[Batch, list[int], torch.Tensor]] = []
     if supervised == 0:
-        return loss_sum, 0
+        return loss_sum, 0, parts
     scale = strategy.world_size / supervised
     autocast = strategy.autocast(inputs.precision)
     last = len(window) - 1
@@ -131,12 +146,26 @@ def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], featur
                 continue
             with autocast:
                 # the host batch: `VisionLanguageModel.loss` reads its bookkeeping there, then moves it
-                token_loss = inputs.model(batch, vision_features=features[index]).loss
+                result = inputs.model(batch, vision_features=features[index])
+            token_loss = result.loss
             if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
                 token_loss = token_loss + _zero_link(inputs.model, device)
             strategy.backward(token_loss * scale)
         loss_sum += token_loss.detach().double()
-    return loss_sum, 2 * len(window)
+        per_token = getattr(result, "per_token", None)
+        if per_token is not None:
+            parts.append((batch, *record_losses(batch, per_token)))
+    return loss_sum, 2 * len(window), parts
+
+
+def _quarantined(inputs: StepInputs, batch: Batch | None) -> Batch | None:
+    """`batch` less its records listed in `data.quarantine` (skipped and counted; the data order is unchanged)."""
+    if batch is None or not inputs.quarantine:
+        return batch
+    bad = [i for i, rid in enumerate(batch.ids) if rid in inputs.quarantine]
+    for i in bad:
+        inputs.skips.add(batch.ids[i], f"{QUARANTINE}: listed in data.quarantine")
+    return batch.without_records(bad, inputs.pad_token_id) if bad else batch
 
 
 def _cached_features(inputs: StepInputs, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:

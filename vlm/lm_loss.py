@@ -26,6 +26,9 @@ class TokenLoss(NamedTuple):
 
     loss: torch.Tensor
     tokens: int
+    # detached fp32 CE of each supervised position, in row-major order of the shifted labels (`loss` is their sum):
+    # per-record losses for free (`train.per_sample`)
+    per_token: torch.Tensor | None = None
 
 
 def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
@@ -137,13 +140,16 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
         logits = head(h)
         if transform is not None:
             logits = transform(logits)
-        return F.cross_entropy(logits.float(), y, reduction="sum")
+        return F.cross_entropy(logits.float(), y, reduction="none")  # per position: kept (detached) for per-record
 
     total = hidden.new_zeros((), dtype=torch.float32)
+    per_token = []
     for index in range(chunks):  # at least one call, on no rows if need be: the head always gets its (zero) grads
         h, y = picked[index * chunk_rows:(index + 1) * chunk_rows], targets[index * chunk_rows:(index + 1) * chunk_rows]
         if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
+            losses = checkpoint(chunk_loss, h, y, use_reentrant=False)
         else:
-            total = total + chunk_loss(h, y)
-    return TokenLoss(total, int(targets.shape[0]))
+            losses = chunk_loss(h, y)
+        total = total + losses.sum()
+        per_token.append(losses.detach())
+    return TokenLoss(total, int(targets.shape[0]), torch.cat(per_token))

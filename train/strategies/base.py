@@ -85,6 +85,10 @@ class Strategy(ABC):
         """Rank 0's `value` on every rank (a picklable object; every rank calls it)."""
         return value
 
+    def all_gather_object(self, value: object) -> list[object]:
+        """Every rank's `value`, in rank order, on every rank (a picklable object; every rank calls it)."""
+        return [value]
+
     @abstractmethod
     def save_optimizer(self, directory: str) -> None:
         """Write this strategy's optimizer state into `directory` (every rank calls it)."""
@@ -183,6 +187,9 @@ class ProcessGroupStrategy(Strategy):
 
     def broadcast_object(self, value: object) -> object:
         return distributed.broadcast_object(value)
+
+    def all_gather_object(self, value: object) -> list[object]:
+        return distributed.all_gather_object(value)
 
 
 def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:

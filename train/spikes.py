@@ -1,0 +1,134 @@
+"""Spike reports: a step whose loss or gradient norm jumps past a robust threshold, written down with its records."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from train.optim import PART_OF_PREFIX
+from train.per_sample import RecordLoss
+
+SPIKES_DIR = "spikes"
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution x this = its standard deviation
+WATCHED = ("loss", "grad_norm")
+
+
+class SpikeDetector:
+    """Judges each step's loss and gradient norm against the last `window` steps: `zscore` flags a value whose
+    median/MAD z-score exceeds `threshold`, `ratio` one above `threshold` x the window's mean. Only jumps up count;
+    nothing is judged before `min_history` steps. Every process holds the same values, so all reach one verdict."""
+
+    def __init__(self, method: str, threshold: float, window: int, min_history: int) -> None:
+        self.method, self.threshold, self.min_history = method, threshold, min_history
+        self.history: dict[str, deque[float]] = {name: deque(maxlen=window) for name in WATCHED}
+
+    def observe(self, values: dict[str, float]) -> dict[str, float]:
+        """The watched values of this step that spiked, each with its score (z or ratio); then remembered."""
+        spiked = {}
+        for name in WATCHED:
+            value, past = values.get(name, float("nan")), self.history[name]
+            if not math.isfinite(value):
+                continue
+            if len(past) >= self.min_history:
+                score = self.score(value, list(past))
+                if score > self.threshold:
+                    spiked[name] = score
+            past.append(value)
+        return spiked
+
+    def score(self, value: float, past: list[float]) -> float:
+        if self.method == "ratio":
+            mean = sum(past) / len(past)
+            return value / mean if mean > 0 else math.inf if value > 0 else 0.0
+        median = statistics.median(past)
+        mad = statistics.median(abs(x - median) for x in past)
+        # a flat history (MAD 0) still has a scale: 1% of its level, so float noise is not a spike
+        scale = max(MAD_TO_SIGMA * mad, 0.01 * abs(median), 1e-12)
+        return (value - median) / scale
+
+
+def part_name(param_name: str) -> str:
+    """The report's group of a parameter: `lora` for adapters, else its part (`vision`, `projector`, `llm`)."""
+    if "lora_" in param_name:
+        return "lora"
+    return PART_OF_PREFIX.get(param_name.split(".", 1)[0], "other")
+
+
+def group_norms_reader(model: nn.Module) -> Callable[[], dict[str, float] | None]:
+    """A function returning the L2 norm of the current gradients per group (vision, projector, llm, lora), read
+    before the optimizer steps. None where the engine holds the gradients itself (DeepSpeed ZeRO: `.grad` is
+    unset on the module's parameters), which the report then says."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(part_name(name), []).append(param)
+
+    def read() -> dict[str, float] | None:
+        names, norms = [], []
+        for group, params in groups.items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                names.append(group)
+                norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+        if not names:
+            return None
+        return dict(zip(names, torch.stack(norms).tolist()))  # one host transfer
+
+    return read
+
+
+def write_report(output_dir: str | Path, step: int, spiked: dict[str, float], metrics: dict[str, float],
+                 records: Sequence[RecordLoss], group_norms: dict[str, float] | None, thumbnail_px: int) -> Path:
+    """`<output_dir>/spikes/step_N.json` with thumbnails `step_N_<k>.png` beside it; returns the JSON's path."""
+    folder = Path(output_dir) / SPIKES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    count = 0
+    for record in sorted(records, key=lambda r: -r.loss if r.tokens else math.inf):
+        thumbs = []
+        for path in record.images:
+            name = f"step_{step}_{count}.png"
+            count += 1
+            error = _thumbnail(path, folder / name, thumbnail_px)
+            thumbs.append({"image": path, "thumbnail": name} if error is None else {"image": path, "error": error})
+        rows.append({**record.row(), "images": thumbs})
+    report = {
+        "step": step,
+        "spiked": spiked,  # what jumped, and its score
+        "loss": metrics.get("loss"),
+        "grad_norm": metrics.get("grad_norm"),
+        "group_grad_norms": group_norms if group_norms is not None else
+        "unavailable: the engine holds the gradients (DeepSpeed ZeRO), not the module's parameters",
+        "records": rows,  # highest mean loss first
+    }
+    path = folder / f"step_{step}.json"
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def _thumbnail(source: str, target: Path, px: int) -> str | None:
+    """A PNG of `source` no larger than px x px at `target`; the error text when the image cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+            image.thumbnail((px, px))
+            image.save(target, format="PNG")
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def summary(step: int, spiked: dict[str, float], path: Path, records: Sequence[RecordLoss]) -> str:
+    """The one line a spike prints."""
+    what = ", ".join(f"{name} (score {score:.1f})" for name, score in spiked.items())
+    worst = max((r for r in records if r.tokens), key=lambda r: r.loss, default=None)
+    top = f"; highest record loss {worst.loss:.3f}: {worst.id!r}" if worst is not None else ""
+    return f"spike at step {step}: {what}; report {path}{top}"
