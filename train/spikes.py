@@ -16,13 +16,18 @@ from train.per_sample import RecordLoss
 
 SPIKES_DIR = "spikes"
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution x this = its standard deviation
+LEVEL_STEPS = 5  # the level a value is compared with: the median of this many latest steps
 WATCHED = ("loss", "grad_norm")
 
 
 class SpikeDetector:
     """Judges each step's loss and gradient norm against the last `window` steps: `zscore` flags a value whose
-    median/MAD z-score exceeds `threshold`, `ratio` one above `threshold` x the window's mean. Only jumps up count;
-    nothing is judged before `min_history` steps. Every process holds the same values, so all reach one verdict."""
+    robust z-score exceeds `threshold`, `ratio` one above `threshold` x the window's mean. Only jumps up count;
+    nothing is judged before `min_history` steps. Every process holds the same values, so all reach one verdict.
+
+    The z-score is trend-proof: its level is the median of the latest `LEVEL_STEPS` steps and its scale the MAD of
+    step-to-step differences (/ sqrt 2, x 1.4826: a standard deviation for Gaussian noise). A plain median/MAD over
+    the window takes a falling loss's trend for noise (early in training a 5x jump scored under 6)."""
 
     def __init__(self, method: str, threshold: float, window: int, min_history: int) -> None:
         self.method, self.threshold, self.min_history = method, threshold, min_history
@@ -46,11 +51,11 @@ class SpikeDetector:
         if self.method == "ratio":
             mean = sum(past) / len(past)
             return value / mean if mean > 0 else math.inf if value > 0 else 0.0
-        median = statistics.median(past)
-        mad = statistics.median(abs(x - median) for x in past)
+        level = statistics.median(past[-LEVEL_STEPS:])
+        mad = statistics.median(abs(b - a) for a, b in zip(past, past[1:]))
         # a flat history (MAD 0) still has a scale: 1% of its level, so float noise is not a spike
-        scale = max(MAD_TO_SIGMA * mad, 0.01 * abs(median), 1e-12)
-        return (value - median) / scale
+        scale = max(MAD_TO_SIGMA * mad / math.sqrt(2), 0.01 * abs(level), 1e-12)
+        return (value - level) / scale
 
 
 def part_name(param_name: str) -> str:
