@@ -83,12 +83,12 @@ class DataConfig:
     # Packing's exact lengths are cached here (a folder shared by runs over the same data); default
     # `<output_dir>/lengths`. The file is keyed by the record files' sha256, tokenizer, template, K and max_length.
     length_cache_dir: str | None = None
-    guards: DataGuardsConfig = field(default_factory=DataGuardsConfig)
-    audit: DataAuditConfig = field(default_factory=DataAuditConfig)
     # Records left out of training (e.g. named by a spike report): dropped from their batches while the data order
     # stays the same, so a resume keeps its exact position. Ids here, and/or a file of ids (one a line, or a JSON list).
     quarantine: list[str] = field(default_factory=list)
     quarantine_file: str | None = None
+    guards: DataGuardsConfig = field(default_factory=DataGuardsConfig)
+    audit: DataAuditConfig = field(default_factory=DataAuditConfig)
 
     def resolved_pack_length(self) -> int:
         return self.pack_length if self.pack_length is not None else self.max_length

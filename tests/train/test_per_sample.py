@@ -103,3 +103,25 @@ def test_config_rules(make_cfg, tmp_path) -> None:
         check_config(make_cfg(data={"quarantine_file": str(tmp_path / "missing.txt")}))
     with pytest.raises(ConfigError, match="per_sample"):
         make_cfg(log={"per_sample": "sometimes"})
+
+
+@pytest.mark.distributed
+def test_two_ranks_gather_every_record_to_rank_0(make_cfg, tmp_path) -> None:
+    """DDP, 2 processes: each step's rows in per_sample.jsonl hold the records of both ranks (8 a step), and they
+    make up the step's logged loss and supervised tokens."""
+    import json
+
+    from tests.train.harness import run_distributed
+    from train.run_logger import read_metrics
+
+    out = tmp_path / "ddp"
+    cfg = make_cfg(global_batch_size=8, micro_batch_size=2, max_steps=2, strategy="ddp", output_dir=str(out),
+                   log={"per_sample": "every_step"})
+    run_distributed(cfg, tmp_path, "ddp")
+    rows = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
+    for record in read_metrics(out):
+        mine = [r for r in rows if r["step"] == record["step"]]
+        assert len(mine) == 8 and len({r["id"] for r in mine}) == 8
+        assert sum(r["supervised_tokens"] for r in mine) == record["supervised_tokens"]
+        weighted = sum(r["loss_sum"] for r in mine) / record["supervised_tokens"]
+        assert weighted == pytest.approx(record["loss"], rel=1e-6)
