@@ -67,8 +67,7 @@ def part_name(param_name: str) -> str:
 
 def group_norms_reader(model: nn.Module) -> Callable[[], dict[str, float] | None]:
     """A function returning the L2 norm of the current gradients per group (vision, projector, llm, lora), read
-    before the optimizer steps. None where the engine holds the gradients itself (DeepSpeed ZeRO: `.grad` is
-    unset on the module's parameters), which the report then says."""
+    before the optimizer steps; for strategies with `full_grads_on_parameters` (one process, DDP)."""
     groups: dict[str, list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -80,7 +79,7 @@ def group_norms_reader(model: nn.Module) -> Callable[[], dict[str, float] | None
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 names.append(group)
-                norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+                norms.append(torch.nn.utils.get_total_norm(grads).float())
         if not names:
             return None
         return dict(zip(names, torch.stack(norms).tolist()))  # one host transfer
@@ -109,7 +108,7 @@ def write_report(output_dir: str | Path, step: int, spiked: dict[str, float], me
         "loss": metrics.get("loss"),
         "grad_norm": metrics.get("grad_norm"),
         "group_grad_norms": group_norms if group_norms is not None else
-        "unavailable: the engine holds the gradients (DeepSpeed ZeRO), not the module's parameters",
+        "unavailable: this strategy does not keep full gradients on the parameters (DeepSpeed ZeRO, FSDP2)",
         "records": rows,  # highest mean loss first
     }
     path = folder / f"step_{step}.json"

@@ -23,8 +23,11 @@ class StepWatch:
         self.reports = 0
 
     def group_norms(self, model: nn.Module) -> Callable[[], dict[str, float] | None] | None:
-        """The per-group gradient-norm reader for `StepInputs.group_norms` (None when spike reports are off)."""
-        return spikes.group_norms_reader(model) if self.detector is not None else None
+        """The per-group gradient-norm reader for `StepInputs.group_norms`; None when spike reports are off or the
+        strategy does not keep full gradients on the parameters (the reports then say the norms are unavailable)."""
+        if self.detector is None or not self.strategy.full_grads_on_parameters:
+            return None
+        return spikes.group_norms_reader(model)
 
     def after_step(self, step: int, outcome: StepOutcome, metrics: dict[str, float]) -> list[str]:
         """Lines to print (on the main process) about step `step`."""

@@ -106,18 +106,23 @@ def test_config_rules(make_cfg, tmp_path) -> None:
 
 
 @pytest.mark.distributed
-def test_two_ranks_gather_every_record_to_rank_0(make_cfg, tmp_path) -> None:
-    """DDP, 2 processes: each step's rows in per_sample.jsonl hold the records of both ranks (8 a step), and they
-    make up the step's logged loss and supervised tokens."""
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_two_ranks_gather_every_record_to_rank_0(make_cfg, tmp_path, strategy: str) -> None:
+    """2 processes (DDP; ZeRO-3, whose padded head calls give no per-position loss): each step's rows in
+    per_sample.jsonl hold the records of both ranks (8 a step), and they make up the step's logged loss and
+    supervised tokens."""
     import json
+    from pathlib import Path
 
     from tests.train.harness import run_distributed
     from train.run_logger import read_metrics
 
-    out = tmp_path / "ddp"
-    cfg = make_cfg(global_batch_size=8, micro_batch_size=2, max_steps=2, strategy="ddp", output_dir=str(out),
+    out = tmp_path / strategy
+    engine = {"strategy": "ddp"} if strategy == "ddp" else {
+        "strategy": "deepspeed", "deepspeed_config": str(Path(__file__).parents[2] / "configs/deepspeed/zero3.json")}
+    cfg = make_cfg(global_batch_size=8, micro_batch_size=2, max_steps=2, engine=engine, output_dir=str(out),
                    log={"per_sample": "every_step"})
-    run_distributed(cfg, tmp_path, "ddp")
+    run_distributed(cfg, tmp_path, strategy)
     rows = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
     for record in read_metrics(out):
         mine = [r for r in rows if r["step"] == record["step"]]

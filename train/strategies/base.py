@@ -131,6 +131,13 @@ class Strategy(ABC):
         keep text-only micro-batches in step with the others."""
 
     @property
+    def full_grads_on_parameters(self) -> bool:
+        """Whether, after the last backward of a step and before `clip_and_step`, every trainable parameter's `.grad`
+        holds its full, reduced gradient (one process, DDP), so that per-group norms can be read there (spike
+        reports). False by default: ZeRO keeps partitioned gradients in its own buffers, FSDP2 holds shards."""
+        return False
+
+    @property
     def keeps_master_weights(self) -> bool:
         """Whether the strategy keeps fp32 master weights of bf16 parameters itself (DeepSpeed's bf16 optimizer)."""
         return False
