@@ -61,7 +61,8 @@ def record_losses(batch: Batch, per_token: torch.Tensor) -> tuple[list[int], tor
         raise ValueError(f"{per_token.numel()} per-position losses for {owners.numel()} supervised positions")
     n = batch.num_records
     sums = torch.zeros(n, dtype=torch.float64, device=per_token.device)
-    sums.index_add_(0, owners.to(per_token.device), per_token.double())
+    # queued behind the step's work, never waited for (as `vlm.lm_loss` moves its positions); host-side counts
+    sums.index_add_(0, owners.to(per_token.device, non_blocking=True), per_token.double())
     return torch.bincount(owners, minlength=n).tolist(), sums
 
 

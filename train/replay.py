@@ -3,7 +3,9 @@
 The weights before step N come from the run's latest checkpoint at a step below N (or from the run's start when
 there is none); the steps between that checkpoint and N are re-run as the run ran them (same data, same updates),
 so any checkpoint before N serves, at the cost of re-running the steps after it. Nothing is written into the run's
-checkpoints or logs. The recomputed loss must equal the one logged in metrics.jsonl exactly (`ReplayMismatch`)."""
+checkpoints or logs. The recomputed loss must equal the one logged in metrics.jsonl exactly (`ReplayMismatch`): it does
+on CPUs; on GPUs atomics in some backward kernels make re-run steps differ in the last bits unless the run used
+deterministic algorithms, so a checkpoint at N - 1 (`checkpoint.save_every: 1` around a spike) is the sure way."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,7 +59,9 @@ def replay(trainer: Trainer, step: int) -> ReplayResult:
     if result.loss != result.logged_loss:
         raise ReplayMismatch(f"step {step} replayed to loss {result.loss!r}, the run logged {result.logged_loss!r} "
                              f"(difference {result.loss - result.logged_loss:+.3e}); grad norm {result.grad_norm!r} "
-                             f"vs logged {logged[step].get('grad_norm')!r}")
+                             f"vs logged {logged[step].get('grad_norm')!r}. Changed data, config or code, or (GPU) "
+                             "non-deterministic kernels: re-run steps need deterministic backward kernels, a checkpoint "
+                             "at step N - 1 only a deterministic forward")
     return result
 
 
