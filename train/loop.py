@@ -219,6 +219,8 @@ class Trainer:
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
         quarantined = [rid for rid, reason in self.skips.log if reason.startswith(QUARANTINE)]
+        if self.step_inputs.quarantine:  # every rank's, for the final line (all ranks have the same config)
+            quarantined = [rid for part in self.strategy.all_gather_object(quarantined) for rid in part]
         return RunResult(self.output_dir, self.state.step, losses, dict(self.state.skipped), self.resumed_from,
                          self.state.samples_seen, quarantined)
 

@@ -105,28 +105,33 @@ def test_config_rules(make_cfg, tmp_path) -> None:
         make_cfg(log={"per_sample": "sometimes"})
 
 
+QUARANTINED = ["r0", "r1", "r2", "r3", "r5", "r6", "r7"]
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("zero3", marks=pytest.mark.slow)])
 def test_two_ranks_gather_every_record_to_rank_0(make_cfg, tmp_path, strategy: str) -> None:
     """2 processes (DDP; ZeRO-3, whose padded head calls give no per-position loss): each step's rows in
     per_sample.jsonl hold the records of both ranks (8 a step), and they make up the step's logged loss and
-    supervised tokens."""
+    supervised tokens. Quarantined records leave the rows of whichever rank drew them."""
     import json
     from pathlib import Path
 
-    from tests.train.harness import run_distributed
+    from tests.train.harness import run_ranks
     from train.run_logger import read_metrics
 
     out = tmp_path / strategy
     engine = {"strategy": "ddp"} if strategy == "ddp" else {
         "strategy": "deepspeed", "deepspeed_config": str(Path(__file__).parents[2] / "configs/deepspeed/zero3.json")}
     cfg = make_cfg(global_batch_size=8, micro_batch_size=2, max_steps=2, engine=engine, output_dir=str(out),
-                   log={"per_sample": "every_step"})
-    run_distributed(cfg, tmp_path, strategy)
+                   log={"per_sample": "every_step"}, data={"quarantine": QUARANTINED})
+    ranks, _ = run_ranks(cfg, tmp_path, strategy)
+    dropped = sum(rank["skipped"].get("quarantine", 0) for rank in ranks)
     rows = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
+    assert dropped > 0 and len(rows) + dropped == 16 and not {r["id"] for r in rows} & set(QUARANTINED)
     for record in read_metrics(out):
         mine = [r for r in rows if r["step"] == record["step"]]
-        assert len(mine) == 8 and len({r["id"] for r in mine}) == 8
+        assert len(mine) == record["samples"] and len({r["id"] for r in mine}) == len(mine)
         assert sum(r["supervised_tokens"] for r in mine) == record["supervised_tokens"]
         weighted = sum(r["loss_sum"] for r in mine) / record["supervised_tokens"]
         assert weighted == pytest.approx(record["loss"], rel=1e-6)
