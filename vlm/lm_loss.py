@@ -110,7 +110,8 @@ def head_calls(head: nn.Module, rows: int, chunk_rows: int, device: torch.device
 def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                     position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
                     packed: dict[str, Any] | None = None, host_labels: torch.Tensor | None = None) -> TokenLoss:
-    """Sum of fp32 next-token CE over the positions whose shifted label is supervised; the head sees only those rows.
+    """Sum of fp32 next-token CE over the positions whose shifted label is supervised (and, detached, each position's
+    CE); the head sees only those rows.
 
     `labels` are unshifted [B, T] (as the collator makes them). Under autograd each chunk is recomputed in the
     backward pass, so at most one chunk of logits is alive at a time. `packed` (packed rows): the decoder's

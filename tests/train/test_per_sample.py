@@ -10,7 +10,7 @@ import torch
 from tests.train.test_step import _batch, _setup
 from train.per_sample import gather, record_losses, table, wanted
 from train.quarantine import quarantined_ids
-from train.spikes import SpikeDetector, group_norms_reader
+from train.spikes import SpikeDetector, group_norms_reader, part_name
 from train.step import train_step
 
 
@@ -82,8 +82,18 @@ def test_the_detector_flags_jumps_up_only_after_its_history() -> None:
     assert detector.observe({"loss": 0.5, "grad_norm": 1.0}) == {}  # a drop is no spike
     ratio = SpikeDetector("ratio", threshold=3.0, window=4, min_history=3)
     assert [bool(ratio.observe({"grad_norm": x})) for x in (1.0, 1.0, 1.0, 2.9, 9.0)] == [False] * 4 + [True]
+    falling = SpikeDetector("zscore", threshold=6.0, window=50, min_history=10)  # a trend is not noise
+    assert not any(falling.observe({"loss": 6.0 * 0.85 ** k + 0.02 * (-1) ** k}) for k in range(30))
+    assert list(falling.observe({"loss": 1.0})) == ["loss"]  # far above the ~0.06 the loss had fallen to
     early = SpikeDetector("zscore", threshold=6.0, window=20, min_history=5)
     assert early.observe({"loss": 1.0}) == {} and early.observe({"loss": 100.0}) == {}  # too little history
+
+
+def test_group_names() -> None:
+    assert [part_name(n) for n in ("vision_encoder.encoder.layers.1.mlp.fc1.weight", "projector.linear_1.bias",
+                                   "llm.model.embed_tokens.weight",
+                                   "llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight")] == \
+        ["vision", "projector", "llm", "lora"]
 
 
 def test_per_sample_modes() -> None:
