@@ -58,10 +58,10 @@ def _train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     from train.guards import summary_line
-    from train.recipes import run
+    from train.recipes import replay_run, run
 
     if args.replay_step is not None:
-        replayed = run(cfg, replay_step=args.replay_step)
+        replayed = replay_run(cfg, args.replay_step)
         print(f"replayed step {replayed.step}: loss {replayed.loss!r} equals the logged loss bit for bit")
         return 0
     result = run(cfg)

@@ -256,9 +256,22 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool,
 
 
 # ---------------------------------------------------------------------------- entry point
-def run(cfg: TrainConfig, strategy: Strategy | None = None, replay_step: int | None = None) -> RunResult | ReplayResult:
-    """Everything `vlm train CONFIG` does: a `RunResult`; with `replay_step`, `vlm train CONFIG --replay-step N`
-    (`train.replay`): the run's step N recomputed and checked, nothing trained or saved, a `ReplayResult`."""
+def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
+    """Everything `vlm train CONFIG` does."""
+    result = _run(cfg, strategy, None)
+    assert isinstance(result, RunResult)
+    return result
+
+
+def replay_run(cfg: TrainConfig, step: int, strategy: Strategy | None = None) -> ReplayResult:
+    """`vlm train CONFIG --replay-step N` (`train.replay`): the run built as `run` builds it, its step N recomputed
+    from the checkpoint before it and checked against the logged loss; nothing trained for good, nothing saved."""
+    result = _run(cfg, strategy, step)
+    assert isinstance(result, ReplayResult)
+    return result
+
+
+def _run(cfg: TrainConfig, strategy: Strategy | None, replay_step: int | None) -> RunResult | ReplayResult:
     if lockstep.enabled():
         lockstep.count_collectives()  # before the strategy starts DeepSpeed, which keeps its own references
     strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
