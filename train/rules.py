@@ -80,6 +80,10 @@ def logging_rules(cfg: TrainConfig) -> None:
         raise ConfigError("log.spikes.thumbnail_px must be >= 8 and log.spikes.max_reports >= 0")
     if cfg.data.quarantine_file and not Path(cfg.data.quarantine_file).is_file():
         raise ConfigError(f"data.quarantine_file={cfg.data.quarantine_file} is not a file")
+    files = [q for q in cfg.data.quarantine if ("/" in q or q.endswith((".txt", ".json"))) and Path(q).is_file()]
+    if files:
+        raise ConfigError(f"data.quarantine lists record ids, and {files[0]} is a file: give it as "
+                          "data.quarantine_file")
 
 
 def check_model(cfg: TrainConfig, model_config: Any) -> None:

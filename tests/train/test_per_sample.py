@@ -111,6 +111,9 @@ def test_config_rules(make_cfg, tmp_path) -> None:
         check_config(make_cfg(log={"spikes": {"method": "ratio", "threshold": 1.0}}))
     with pytest.raises(ConfigError, match="quarantine_file"):
         check_config(make_cfg(data={"quarantine_file": str(tmp_path / "missing.txt")}))
+    (tmp_path / "ids.txt").write_text("r1\n")
+    with pytest.raises(ConfigError, match="give it as data.quarantine_file"):
+        check_config(make_cfg(data={"quarantine": str(tmp_path / "ids.txt")}))  # a path where ids belong
     with pytest.raises(ConfigError, match="per_sample"):
         make_cfg(log={"per_sample": "sometimes"})
 
