@@ -195,3 +195,19 @@ def test_replay_of_a_packed_run_restores_the_packs(make_cfg, tmp_path) -> None:
         rows = {r["id"]: r for r in _per_sample(tmp_path / "packed") if r["step"] == step}
         assert {r.id: r.tokens for r in result.records} == {i: r["supervised_tokens"] for i, r in rows.items()}
         assert all(r.loss_sum == rows[r.id]["loss_sum"] for r in result.records)
+
+
+@pytest.mark.slow
+def test_replay_with_lora_dropout_from_the_start_and_from_a_checkpoint(make_cfg, tmp_path) -> None:
+    """Dropout draws from the RNG every step: replaying step 2 from the run's start (step 1 re-run) is exact only if
+    nothing else drew from it between the steps (the efficiency log's matmul probe once did); step 3 from step 2's
+    checkpoint gets the RNG state saved there."""
+    from train.recipes import replay_run, run
+
+    cfg = make_cfg(output_dir=str(tmp_path / "lora"), max_steps=3, checkpoint={"save_every": 2},
+                   trainable={"llm_mode": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.3}})
+    run(cfg)
+    logged = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "lora")}
+    for step, start in ((2, None), (3, "step-00000002")):
+        result = replay_run(cfg, step)
+        assert result.loss == logged[step] and (result.start.name if result.start else None) == start
