@@ -1,8 +1,9 @@
 """What the loop does with each step's per-record losses: the per-sample log and the spike reports."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
