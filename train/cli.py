@@ -1,7 +1,7 @@
-"""`vlm train CONFIG [key.sub=value ...] [--resume auto|none|PATH]`: run a recipe from a YAML config.
+"""`vlm train CONFIG [key.sub=value ...] [--resume auto|none|PATH] [--replay-step N]`: run a recipe from a YAML config.
 
 Exit codes (`train.errors`): 0 done, 2 configuration, 3 non-finite loss, 4 data (pre-flight audit or run-time
-data guard)."""
+data guard), 5 a replayed step that differs from the logged one."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None,
                         help="auto (latest checkpoint of checkpoint.output_dir), none, or a checkpoint dir")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--replay-step", type=int, default=None, metavar="N",
+                        help="recompute step N of the run in checkpoint.output_dir from its latest checkpoint before N "
+                             "(re-running the steps in between), check the loss equals the logged one bit for bit "
+                             "(exit 5 if not) and print each record's loss; writes no checkpoint")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,9 +58,14 @@ def _train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     from train.guards import summary_line
-    from train.recipes import run
+    from train.recipes import replay_run, run
 
+    if args.replay_step is not None:
+        replayed = replay_run(cfg, args.replay_step)
+        print(f"replayed step {replayed.step}: loss {replayed.loss!r} equals the logged loss bit for bit")
+        return 0
     result = run(cfg)
+    quarantined = f", quarantined {sorted(set(result.quarantined))}" if result.quarantined else ""
     print(f"done: {result.steps} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
-          f"{summary_line(result.trained, result.skipped)}, model in {result.output_dir}")
+          f"{summary_line(result.trained, result.skipped)}{quarantined}, model in {result.output_dir}")
     return 0

@@ -23,6 +23,8 @@ LLMMode = Literal[LLM_MODES]  # type: ignore[valid-type]
 Precision = Literal["auto", "fp32", "bf16"]
 StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 GroupBy = Literal["none", "length", "modality_length"]
+PerSampleMode = Literal["off", "sampled", "every_step"]
+SpikeMethod = Literal["zscore", "ratio"]
 
 
 @dataclass
@@ -81,6 +83,10 @@ class DataConfig:
     # Packing's exact lengths are cached here (a folder shared by runs over the same data); default
     # `<output_dir>/lengths`. The file is keyed by the record files' sha256, tokenizer, template, K and max_length.
     length_cache_dir: str | None = None
+    # Records left out of training (e.g. named by a spike report): dropped from their batches while the data order
+    # stays the same, so a resume keeps its exact position. Ids here, and/or a file of ids (one a line, or a JSON list).
+    quarantine: list[str] = field(default_factory=list)
+    quarantine_file: str | None = None
     guards: DataGuardsConfig = field(default_factory=DataGuardsConfig)
     audit: DataAuditConfig = field(default_factory=DataAuditConfig)
 
@@ -155,10 +161,29 @@ class CheckpointConfig:
 
 
 @dataclass
+class SpikeConfig:
+    """Spike reports (`train.spikes`): a step whose loss or gradient norm jumps past the threshold writes
+    `<output_dir>/spikes/step_N.json` (its records, their losses, image thumbnails, per-group gradient norms)."""
+
+    enabled: bool = True
+    method: SpikeMethod = "zscore"  # zscore: median/MAD z-score over the window; ratio: value > threshold x its mean
+    threshold: float = 6.0  # z (zscore) or k (ratio)
+    window: int = 50  # recent steps the value is judged against
+    min_history: int = 10  # steps seen before any judgement
+    thumbnail_px: int = 64  # longest side of a thumbnail
+    max_reports: int = 20  # reports written by one process at most (then one line per spike only)
+
+
+@dataclass
 class LogConfig:
     log_every: int = 1
     tensorboard: bool = True
     progress_bar: bool = True
+    # Each record's id, supervised tokens and mean loss in <output_dir>/per_sample.jsonl: off, sampled (every
+    # `per_sample_every` steps) or every_step; from the chunked loss (no extra forward).
+    per_sample: PerSampleMode = "off"
+    per_sample_every: int = 100
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
 
 
 @dataclass

@@ -112,6 +112,15 @@ def broadcast_object(value: object) -> object:
     return box[0]
 
 
+def all_gather_object(value: object) -> list[object]:
+    """Every rank's `value`, in rank order ([value] when not distributed)."""
+    if not is_initialized():
+        return [value]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def destroy() -> None:
     """Leave the process group, if any."""
     if is_initialized():

@@ -66,8 +66,11 @@ def measured_peak_flops(device_type: str = "cpu", size: int = 768, repeats: int 
     """Best fp32 matmul FLOP/s of this process on `device_type`, measured once per process (the best of several
     runs: on a shared machine the others are slowed by other jobs)."""
     device = torch.device(device_type)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    # its own generator: drawing from the global one, at the first step of a process, shifted every later dropout
+    # mask, so a resumed or replayed run with dropout (LoRA's) differed from the run it continues
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator)
+    b = torch.randn(size, size, device=device, generator=generator)
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         if device.type == "cuda":

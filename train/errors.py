@@ -1,4 +1,5 @@
-"""The errors `vlm train` stops on, each carrying its exit code: 2 configuration, 3 non-finite loss, 4 data."""
+"""The errors `vlm train` stops on, each carrying its exit code: 2 configuration, 3 non-finite loss, 4 data,
+5 replay mismatch."""
 from __future__ import annotations
 
 from conversation.errors import ImageLoadError, RecordError, RecordFileError
@@ -28,6 +29,12 @@ class DataFailure(TrainError, RuntimeError):
     """The data fed to the model cannot train the run (nothing supervised, too many skips); the message says why."""
 
     exit_code = 4
+
+
+class ReplayMismatch(TrainError, RuntimeError):
+    """`--replay-step N` recomputed a loss that differs from the logged one: the step is not reproducible."""
+
+    exit_code = 5
 
 
 # Errors of the lower layers (which cannot derive from TrainError) and what `vlm train` exits with on them.

@@ -24,10 +24,13 @@ from train.feeding import Feeder, WaitWarner, enable_tf32
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
 from train.preference import preference_objective
+from train.per_sample import PER_SAMPLE_FILE
+from train.quarantine import quarantined_ids
 from train.recipe_registry import get_recipe
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, reset_peak_memory, resolve_precision
-from train.step import SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
+from train.step import QUARANTINE, SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
+from train.step_watch import StepWatch
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
 from train.trainability import TrainabilityCheck
@@ -61,6 +64,7 @@ class RunResult:
     skipped: dict[str, int] = field(default_factory=dict)
     resumed_from: Path | None = None
     trained: int = 0  # records that reached the model (all processes, whole run)
+    quarantined: list[str] = field(default_factory=list)  # ids dropped by data.quarantine in this process's run
 
 
 class Trainer:
@@ -99,7 +103,10 @@ class Trainer:
         self.step_inputs = StepInputs(self.model, self.strategy, self.precision, self.guard, self.skips,
                                       pad_token_id=int(config.pad_token_id), max_grad_norm=cfg.optim.max_grad_norm,
                                       strict=cfg.data.guards.strict, features=features,
-                                      preference=preference_objective(cfg))
+                                      preference=preference_objective(cfg), quarantine=quarantined_ids(cfg.data))
+        self.watch = StepWatch(cfg.log, self.strategy, self.output_dir)  # per-sample log, spike reports
+        self.step_inputs.group_norms = self.watch.group_norms(self.strategy.unwrap(self.model))
+        self.last_outcome: StepOutcome | None = None
         self.efficiency = EfficiencyLog(model, self.strategy.device, self.precision)
         self.wait_warner = WaitWarner()
         self.lockstep = lockstep.LockstepCheck(self.strategy) if lockstep.enabled() else None
@@ -115,6 +122,13 @@ class Trainer:
         path = resolve_resume(self.cfg.checkpoint.resume, self.output_dir)
         if path is None:
             return
+        self.restore(path)
+        if self.strategy.is_main:
+            truncate_metrics(self.output_dir, self.state.step)
+            truncate_metrics(self.output_dir, self.state.step, PER_SAMPLE_FILE)
+
+    def restore(self, path: Path) -> None:
+        """Load checkpoint `path` (weights, optimizer, schedule, RNG, data position), checked against this run."""
         state = read_trainer_state(path)  # check compatibility before touching the model
         if (state.global_batch_size, state.total_steps) != (self.cfg.schedule.global_batch_size, self.total_steps):
             raise ConfigError(f"cannot resume from {path}: it was saved with global_batch_size="
@@ -134,8 +148,6 @@ class Trainer:
         self.state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
         self.skips.counts = self.state.skipped
         self.resumed_from = path
-        if self.strategy.is_main:
-            truncate_metrics(self.output_dir, self.state.step)
 
     @property
     def preprocessing_fingerprint(self) -> dict[str, Any]:
@@ -163,7 +175,7 @@ class Trainer:
         reset_peak_memory(self.strategy.device)  # `peak_mem_mb` is this step's peak (on GPUs)
         t0 = time.perf_counter()
         try:
-            outcome = train_step(self.step_inputs, window)
+            outcome = self.last_outcome = train_step(self.step_inputs, window)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"step {self.state.step + 1}: {err} Last good checkpoint: "
                                      f"{self._last_ckpt_text()}. Lower the learning rate or check the data.") from None
@@ -225,8 +237,11 @@ class Trainer:
             logger.close()
         if self.strategy.is_main:
             plot_loss_curve(self.output_dir)
+        quarantined = [rid for rid, reason in self.skips.log if reason.startswith(QUARANTINE)]
+        if self.step_inputs.quarantine:  # every rank's, for the final line (all ranks have the same config)
+            quarantined = [rid for part in self.strategy.all_gather_object(quarantined) for rid in part]
         return RunResult(self.output_dir, self.state.step, losses, dict(self.state.skipped), self.resumed_from,
-                         self.state.samples_seen)
+                         self.state.samples_seen, quarantined)
 
     def _train_epoch(self, logger: RunLogger, losses: list[float]) -> None:
         """The steps of the current epoch from its saved position, until the epoch or the run ends."""
@@ -254,6 +269,9 @@ class Trainer:
             losses.append(metrics["loss"])
             if self.state.step % self.cfg.log.log_every == 0 or self.state.step == self.total_steps:
                 logger.log_step(self.state.step, metrics)
+            assert self.last_outcome is not None
+            for line in self.watch.after_step(self.state.step, self.last_outcome, metrics):
+                logger.message(line)
             if self.cfg.checkpoint.save_every > 0 and self.state.step % self.cfg.checkpoint.save_every == 0 and \
                     self.state.step < self.total_steps:
                 self._save()

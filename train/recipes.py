@@ -18,6 +18,7 @@ from train.freezing import set_trainable, trainable_summary
 from train.loop import RunResult, TrainData, Trainer
 from train.preflight import load_train_records, run_preflight, training_template
 from train.recipe_registry import get_recipe
+from train.replay import ReplayResult, replay
 from train.runtime import resolve_precision, seed_everything
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
@@ -261,12 +262,26 @@ def _save_into(out: Path, model: nn.Module, lora: bool, projector_only: bool,
 # ---------------------------------------------------------------------------- entry point
 def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     """Everything `vlm train CONFIG` does."""
+    result = _run(cfg, strategy, None)
+    assert isinstance(result, RunResult)
+    return result
+
+
+def replay_run(cfg: TrainConfig, step: int, strategy: Strategy | None = None) -> ReplayResult:
+    """`vlm train CONFIG --replay-step N` (`train.replay`): the run built as `run` builds it, its step N recomputed
+    from the checkpoint before it and checked against the logged loss; nothing trained for good, nothing saved."""
+    result = _run(cfg, strategy, step)
+    assert isinstance(result, ReplayResult)
+    return result
+
+
+def _run(cfg: TrainConfig, strategy: Strategy | None, replay_step: int | None) -> RunResult | ReplayResult:
     if lockstep.enabled():
         lockstep.count_collectives()  # before the strategy starts DeepSpeed, which keeps its own references
     strategy = strategy or build_strategy(cfg.engine.strategy, cfg)
     try:
         rules.check(cfg, strategy.world_size, strategy.device)  # every config rule, before any weight loads
-        result = _train(cfg, strategy)
+        result = _train(cfg, strategy, replay_step)
     except BaseException:
         strategy.abort()
         raise
@@ -274,7 +289,7 @@ def run(cfg: TrainConfig, strategy: Strategy | None = None) -> RunResult:
     return result
 
 
-def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
+def _train(cfg: TrainConfig, strategy: Strategy, replay_step: int | None = None) -> RunResult | ReplayResult:
     features: FeatureSource | None = None
     try:
         seed_everything(cfg.schedule.seed)
@@ -311,6 +326,8 @@ def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
             parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
             print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "
                   f"feature cache {'on' if features else 'off'}", flush=True)
+        if replay_step is not None:
+            return replay(trainer, replay_step)
         result = trainer.fit()
         save_final_model(cfg, trainer.model, strategy)
     finally:

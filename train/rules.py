@@ -64,6 +64,7 @@ def check_config(cfg: TrainConfig) -> None:
         qlora_strategy(cfg)
     if recipe.name == "prefer":
         prefer_rules(cfg)
+    logging_rules(cfg)
 
 
 def prefer_rules(cfg: TrainConfig) -> None:
@@ -81,6 +82,27 @@ def prefer_rules(cfg: TrainConfig) -> None:
     if cfg.data.packing:
         raise ConfigError("recipe=prefer does not pack: a pair's chosen and rejected sequences are batched row by "
                           "row; set data.packing=false")
+
+
+def logging_rules(cfg: TrainConfig) -> None:
+    """Per-sample logging, spike reports and the quarantine file."""
+    log, spikes = cfg.log, cfg.log.spikes
+    if log.log_every < 1 or log.per_sample_every < 1:
+        raise ConfigError("log.log_every and log.per_sample_every must be >= 1")
+    if spikes.window < 3 or not 3 <= spikes.min_history <= spikes.window:
+        raise ConfigError(f"log.spikes needs 3 <= min_history <= window, got min_history={spikes.min_history}, "
+                          f"window={spikes.window}")
+    if spikes.threshold <= (1.0 if spikes.method == "ratio" else 0.0):
+        raise ConfigError(f"log.spikes.threshold={spikes.threshold:g} cannot flag anything with method="
+                          f"{spikes.method} (needs > {'1' if spikes.method == 'ratio' else '0'})")
+    if spikes.thumbnail_px < 8 or spikes.max_reports < 0:
+        raise ConfigError("log.spikes.thumbnail_px must be >= 8 and log.spikes.max_reports >= 0")
+    if cfg.data.quarantine_file and not Path(cfg.data.quarantine_file).is_file():
+        raise ConfigError(f"data.quarantine_file={cfg.data.quarantine_file} is not a file")
+    files = [q for q in cfg.data.quarantine if ("/" in q or q.endswith((".txt", ".json"))) and Path(q).is_file()]
+    if files:
+        raise ConfigError(f"data.quarantine lists record ids, and {files[0]} is a file: give it as "
+                          "data.quarantine_file")
 
 
 def check_model(cfg: TrainConfig, model_config: Any) -> None:

@@ -16,9 +16,10 @@ TB_DIR = "tensorboard"
 NON_TTY_INTERVAL_S = 10.0  # progress-bar refresh interval when stderr is a file or pipe
 
 
-def truncate_metrics(output_dir: str | Path, last_step: int) -> None:
-    """Drop records after `last_step` (written by a run killed after its last checkpoint) before resuming."""
-    path = Path(output_dir) / METRICS_FILE
+def truncate_metrics(output_dir: str | Path, last_step: int, name: str = METRICS_FILE) -> None:
+    """Drop records after `last_step` (written by a run killed after its last checkpoint) before resuming; `name`:
+    another JSONL file of the run with a `step` in each line."""
+    path = Path(output_dir) / name
     if not path.is_file():
         return
     kept = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,7 @@ from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.guards import DataGuard
 from train.preference import STAT_NAMES, PreferenceObjective, preference_loss
+from train.per_sample import RecordLoss, collect, record_losses
 from train.strategies.base import Strategy
 from vlm.batch import Batch
 
@@ -44,6 +46,12 @@ class StepInputs:
     strict: bool = False  # data.guards.strict: an image that cannot be decoded stops the run instead of skipping
     features: FeatureSource | None = None  # feature cache on: vision features instead of pixels
     preference: PreferenceObjective | None = None  # recipe `prefer`: the loss is over the batches' pairs
+    quarantine: frozenset[str] = frozenset()  # data.quarantine: record ids dropped from their batches
+    # spike reports: per-group gradient norms, read after backward and before the optimizer step (None: unavailable)
+    group_norms: Callable[[], dict[str, float] | None] | None = None
+
+
+QUARANTINE = "quarantine"  # the skip kind of a quarantined record; the data guard does not count it as a failure
 
 
 @dataclass
@@ -60,6 +68,8 @@ class StepOutcome:
     encoder_ran: list[bool]  # per batch: whether the vision tower ran (False: features from the cache)
     passes: int  # forward + backward passes this process ran (the same on every rank: `train.lockstep`)
     extra: dict[str, float] = field(default_factory=dict)  # prefer: reward accuracy and margins (per pair)
+    samples: list[RecordLoss] = field(default_factory=list)  # this process's records: supervised tokens, loss sum
+    group_grad_norms: dict[str, float] | None = None  # pre-clip, per part (`StepInputs.group_norms`)
 
 
 def summed_token_loss(vlm: nn.Module, batch: Batch, device: torch.device,
@@ -80,9 +90,10 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
     rank) before any forward; a non-finite loss or gradient norm stops before the optimizer steps."""
     strategy, device = inputs.strategy, inputs.strategy.device
     skips_before = len(inputs.skips.log)
-    for batch in window:
+    for index, batch in enumerate(window):
         for record_id, reason in batch.skipped if batch is not None else []:
             inputs.skips.add(record_id, reason)
+        window[index] = _quarantined(inputs, batch)
     features: list[torch.Tensor | None] = []
     with strategy.autocast(inputs.precision):
         for index, batch in enumerate(window):
@@ -96,38 +107,41 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
                            float(sum(b.num_rows for b in kept))], dtype=torch.float64, device=device)
     strategy.all_reduce_sum(counts)
     supervised, tokens, records, rows = (float(x) for x in counts.tolist())
-    inputs.guard.after_step(strategy, len(window), records, supervised, len(inputs.skips.log) - skips_before,
-                            inputs.skips.log)
+    failed = sum(1 for _, reason in inputs.skips.log[skips_before:] if not reason.startswith(QUARANTINE))
+    inputs.guard.after_step(strategy, len(window), records, supervised, failed, inputs.skips.log)
     # what the loss is a mean over: supervised tokens, or (prefer) pairs, which have supervised tokens on both sides
     units = (records if supervised > 0 else 0.0) if inputs.preference is not None else supervised
-    loss_sum, passes = _accumulate_gradients(inputs, window, features, units)
+    loss_sum, passes, parts = _accumulate_gradients(inputs, window, features, units)
     strategy.all_reduce_sum(loss_sum)
     loss = float(loss_sum[0]) / units if units > 0 else float("nan")
     extra = {name: float(value) / units for name, value in zip(STAT_NAMES, loss_sum[1:].tolist())} \
         if inputs.preference is not None and units > 0 else {}
-    grad_norm = float("nan")
+    grad_norm, group_norms = float("nan"), None
     if supervised > 0:
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss}); the run stopped before the optimizer step.")
+        group_norms = inputs.group_norms() if inputs.group_norms is not None else None
         grad_norm = strategy.clip_and_step(inputs.max_grad_norm)
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}); the run stopped.")
     strategy.zero_grad()
     encoder_ran = [f is None and b.pixel_values is not None for b, f in zip(window, features) if b is not None]
-    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes, extra)
+    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes, extra,
+                       collect(parts), group_norms)
 
 
 def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], features: list[torch.Tensor | None],
-                          units: float) -> tuple[torch.Tensor, int]:
+                          units: float) -> tuple[torch.Tensor, int, list[tuple[Batch, list[int], torch.Tensor]]]:
     """Forward and backward of every micro-batch (none at all when no process has a supervised token); returns
-    this process's summed loss (prefer: then the sums of `STAT_NAMES`) and the passes run. The loss is divided by
-    `units` (all processes' supervised tokens, or pairs), x world_size: DDP / DeepSpeed average gradients over
-    ranks."""
+    this process's summed loss (prefer: then the sums of `STAT_NAMES`), the passes run and each batch's per-record
+    (tokens, loss sums; not for prefer). The loss is divided by `units` (all processes' supervised tokens, or
+    pairs), x world_size: DDP / DeepSpeed average gradients over ranks."""
     strategy, device = inputs.strategy, inputs.strategy.device
     loss_sum = torch.zeros(1 + (len(STAT_NAMES) if inputs.preference is not None else 0), dtype=torch.float64,
                            device=device)
+    parts: list[tuple[Batch, list[int], torch.Tensor]] = []
     if units == 0:
-        return loss_sum, 0
+        return loss_sum, 0, parts
     scale = strategy.world_size / units
     autocast = strategy.autocast(inputs.precision)
     last = len(window) - 1
@@ -140,16 +154,30 @@ def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], featur
                 continue
             with autocast:
                 # the host batch: `VisionLanguageModel.loss` reads its bookkeeping there, then moves it
+                per_token = None
                 if inputs.preference is not None:
                     token_loss, stats = preference_loss(inputs.preference, inputs.model, batch, features[index])
                     loss_sum[1:] += stats.to(device)
                 else:
-                    token_loss = inputs.model(batch, vision_features=features[index]).loss
+                    result = inputs.model(batch, vision_features=features[index])
+                    token_loss, per_token = result.loss, result.per_token
             if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
                 token_loss = token_loss + _zero_link(inputs.model, device)
             strategy.backward(token_loss * scale)
         loss_sum[0] += token_loss.detach().double()
-    return loss_sum, 2 * len(window)
+        if per_token is not None:
+            parts.append((batch, *record_losses(batch, per_token)))
+    return loss_sum, 2 * len(window), parts
+
+
+def _quarantined(inputs: StepInputs, batch: Batch | None) -> Batch | None:
+    """`batch` less its records listed in `data.quarantine` (skipped and counted; the data order is unchanged)."""
+    if batch is None or not inputs.quarantine:
+        return batch
+    bad = [i for i, rid in enumerate(batch.ids) if rid in inputs.quarantine]
+    for i in bad:
+        inputs.skips.add(batch.ids[i], f"{QUARANTINE}: listed in data.quarantine")
+    return batch.without_records(bad, inputs.pad_token_id) if bad else batch
 
 
 def _cached_features(inputs: StepInputs, batch: Batch | None) -> tuple[Batch | None, torch.Tensor | None]:

@@ -28,6 +28,9 @@ class TokenLoss(NamedTuple):
     loss: torch.Tensor
     tokens: int
     per_row: torch.Tensor | None = None
+    # detached fp32 CE of each supervised position, in row-major order of the shifted labels (`loss` is their sum):
+    # per-record losses for free (`train.per_sample`)
+    per_token: torch.Tensor | None = None
 
 
 def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
@@ -110,7 +113,8 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
                     position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
                     packed: dict[str, Any] | None = None, host_labels: torch.Tensor | None = None,
                     per_row: bool = False) -> TokenLoss:
-    """Sum of fp32 next-token CE over the positions whose shifted label is supervised; the head sees only those rows.
+    """Sum of fp32 next-token CE over the positions whose shifted label is supervised (and, detached, each position's
+    CE); the head sees only those rows.
 
     `labels` are unshifted [B, T] (as the collator makes them). Under autograd each chunk is recomputed in the
     backward pass, so at most one chunk of logits is alive at a time. `packed` (packed rows): the decoder's
@@ -137,26 +141,25 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
     hidden = decoder(inputs_embeds=embeds, use_cache=False, **extra)[0]
     picked = hidden.reshape(batch * length, hidden.shape[-1]).index_select(0, flat)
 
-    reduction = "none" if per_row else "sum"
-
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = head(h)
         if transform is not None:
             logits = transform(logits)
-        return F.cross_entropy(logits.float(), y, reduction=reduction)
+        return F.cross_entropy(logits.float(), y, reduction="none")  # per position: kept (detached) for per-record
 
     total = hidden.new_zeros((), dtype=torch.float32)
+    per_token = []
     row_sums = hidden.new_zeros((batch,), dtype=torch.float32) if per_row else None
     owners = rows.to(embeds.device, non_blocking=True) if per_row else None
     for index in range(chunks):  # at least one call, on no rows if need be: the head always gets its (zero) grads
         h, y = picked[index * chunk_rows:(index + 1) * chunk_rows], targets[index * chunk_rows:(index + 1) * chunk_rows]
         if torch.is_grad_enabled() and h.requires_grad:
-            part = checkpoint(chunk_loss, h, y, use_reentrant=False)
+            losses = checkpoint(chunk_loss, h, y, use_reentrant=False)
         else:
-            part = chunk_loss(h, y)
+            losses = chunk_loss(h, y)
         if row_sums is not None:
             assert owners is not None
-            row_sums = row_sums.index_add(0, owners[index * chunk_rows:(index + 1) * chunk_rows], part)
-            part = part.sum()
-        total = total + part
-    return TokenLoss(total, int(targets.shape[0]), row_sums)
+            row_sums = row_sums.index_add(0, owners[index * chunk_rows:(index + 1) * chunk_rows], losses)
+        total = total + losses.sum()
+        per_token.append(losses.detach())
+    return TokenLoss(total, int(targets.shape[0]), row_sums, torch.cat(per_token))

@@ -85,6 +85,10 @@ class Strategy(ABC):
         """Rank 0's `value` on every rank (a picklable object; every rank calls it)."""
         return value
 
+    def all_gather_object(self, value: object) -> list[object]:
+        """Every rank's `value`, in rank order, on every rank (a picklable object; every rank calls it)."""
+        return [value]
+
     @abstractmethod
     def save_optimizer(self, directory: str) -> None:
         """Write this strategy's optimizer state into `directory` (every rank calls it)."""
@@ -125,6 +129,13 @@ class Strategy(ABC):
         """Told before `setup` when the vision features come from a cache filled before training, so that no
         forward pass runs the vision encoder. A no-op here; ZeRO-3 then leaves the encoder out of the passes that
         keep text-only micro-batches in step with the others."""
+
+    @property
+    def full_grads_on_parameters(self) -> bool:
+        """Whether, after the last backward of a step and before `clip_and_step`, every trainable parameter's `.grad`
+        holds its full, reduced gradient (one process, DDP), so that per-group norms can be read there (spike
+        reports). False by default: ZeRO keeps partitioned gradients in its own buffers, FSDP2 holds shards."""
+        return False
 
     @property
     def keeps_master_weights(self) -> bool:
@@ -183,6 +194,9 @@ class ProcessGroupStrategy(Strategy):
 
     def broadcast_object(self, value: object) -> object:
         return distributed.broadcast_object(value)
+
+    def all_gather_object(self, value: object) -> list[object]:
+        return distributed.all_gather_object(value)
 
 
 def clip_and_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, max_norm: float) -> float:

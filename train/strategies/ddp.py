@@ -32,6 +32,10 @@ class DDPStrategy(ProcessGroupStrategy):
     def from_train_config(cls, config: Any) -> "DDPStrategy":
         return cls()
 
+    @property
+    def full_grads_on_parameters(self) -> bool:
+        return True
+
     def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
         model.to(self.device)
         if not any(p.requires_grad for p in model.parameters()):

@@ -35,6 +35,10 @@ class SingleProcessStrategy(Strategy):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def full_grads_on_parameters(self) -> bool:
+        return True
+
     def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
         model.to(self._device)
         self.model = LossView(model)
