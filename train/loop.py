@@ -15,7 +15,7 @@ from train import lockstep
 from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoint, read_data_state,
     read_trainer_state, resolve_resume, save_checkpoint)
 from train.config import TrainConfig, save_config
-from train.efficiency import EfficiencyLog
+from train.efficiency import EfficiencyLog, rank_imbalance
 from train.errors import ConfigError, NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32
@@ -165,6 +165,7 @@ class Trainer:
                    "samples_per_row": outcome.records / outcome.rows if outcome.rows > 0 else 0.0}  # packed: > 1
         metrics["peak_mem_mb"] = peak_memory_mb(self.strategy.device)
         metrics.update(self.efficiency.step_metrics(outcome.batches, outcome.encoder_ran, elapsed))
+        metrics.update(rank_imbalance(outcome.rank_tokens, outcome.rank_tiles))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         return metrics
 

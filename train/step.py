@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
+from train.efficiency import tiles_in
 from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.guards import DataGuard
@@ -57,6 +58,8 @@ class StepOutcome:
     batches: list[Batch]  # this process's micro-batches that reached the model
     encoder_ran: list[bool]  # per batch: whether the vision tower ran (False: features from the cache)
     passes: int  # forward + backward passes this process ran (the same on every rank: `train.lockstep`)
+    rank_tokens: list[float] = field(default_factory=list)  # each rank's real LLM tokens this step
+    rank_tiles: list[float] = field(default_factory=list)  # each rank's image tiles (anyres: every tile)
 
 
 def summed_token_loss(vlm: nn.Module, batch: Batch, device: torch.device,
@@ -87,12 +90,19 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
             features.append(batch_features)
     window = [b if b is not None and b.num_rows > 0 else None for b in window]
     kept = [b for b in window if b is not None]
-    counts = torch.tensor([float(sum(b.supervised_tokens() for b in kept)),
-                           float(sum(int(b.attention_mask.sum()) for b in kept)),
-                           float(sum(b.num_records for b in kept)),
-                           float(sum(b.num_rows for b in kept))], dtype=torch.float64, device=device)
+    # The four sums, then each rank's LLM tokens and image tiles in its own slot (the imbalance across ranks).
+    world = strategy.world_size
+    local_tokens = float(sum(int(b.attention_mask.sum()) for b in kept))
+    counts = torch.zeros(4 + 2 * world, dtype=torch.float64)
+    counts[:4] = torch.tensor([float(sum(b.supervised_tokens() for b in kept)), local_tokens,
+                               float(sum(b.num_records for b in kept)), float(sum(b.num_rows for b in kept))],
+                              dtype=torch.float64)
+    counts[4 + strategy.rank] = local_tokens
+    counts[4 + world + strategy.rank] = float(sum(tiles_in(b) for b in kept))
+    counts = counts.to(device)
     strategy.all_reduce_sum(counts)
-    supervised, tokens, records, rows = (float(x) for x in counts.tolist())
+    supervised, tokens, records, rows = (float(x) for x in counts[:4].tolist())
+    per_rank = counts[4:].tolist()
     inputs.guard.after_step(strategy, len(window), records, supervised, len(inputs.skips.log) - skips_before,
                             inputs.skips.log)
     loss_sum, passes = _accumulate_gradients(inputs, window, features, supervised)
@@ -107,7 +117,8 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
             raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}); the run stopped.")
     strategy.zero_grad()
     encoder_ran = [f is None and b.pixel_values is not None for b, f in zip(window, features) if b is not None]
-    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes)
+    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes,
+                       rank_tokens=per_rank[:world], rank_tiles=per_rank[world:])
 
 
 def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], features: list[torch.Tensor | None],
