@@ -1,5 +1,6 @@
-"""LLaVA-scale data bench: validate / audit (1 vs N workers) and time to the first step (unpacked, packed cold and
-warm length cache, 1 and 2 processes) on a generated llava_v1_5_mix665k-shaped record file; JSON lines on stdout."""
+"""LLaVA-scale data bench: validate / audit (1 vs N workers), time to the first step (unpacked, packed cold and
+warm length cache, 1 and 2 processes) and the ranks' load balance of packed steps (by count vs by cost) on a
+generated llava_v1_5_mix665k-shaped record file; JSON lines on stdout."""
 from __future__ import annotations
 
 import argparse
@@ -175,8 +176,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--vocab", type=int, default=8000, help="BPE vocabulary size of the generated tokenizer")
     parser.add_argument("--workers", type=int, default=None, help="N of the 1-vs-N runs (default: every core)")
-    parser.add_argument("--only", default="index,validate,audit,train",
-                        help="comma-separated parts: index, validate, audit, train")
+    parser.add_argument("--only", default="index,validate,audit,train,balance",
+                        help="comma-separated parts: index, validate, audit, train, balance (ranks' load per step, "
+                             "rows shared by count vs by cost, pad and anyres data: bench/rank_balance.py)")
     parser.add_argument("--procs", default="1,2", help="process counts of the training runs")
     parser.add_argument("--dir", type=Path, help="work folder (kept; default a temp folder, removed)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measured command")
@@ -235,6 +237,12 @@ def main() -> int:
                                        cache=cache)
                     r = measured(launcher + ["train", str(cfg)], env, args.timeout)
                     emit(what="time_to_first_step", run=kind, procs=procs, **r)
+        if "balance" in parts:
+            from bench.rank_balance import run as rank_balance
+
+            # plans only (every rank's, computed here as each rank computes it): 8 ranks as on one node too
+            for ranks in sorted({int(p) for p in args.procs.split(",") if int(p) > 1} | {8}):
+                rank_balance(data, images, base, work / "lengths_balance", world=ranks, emit=emit)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
