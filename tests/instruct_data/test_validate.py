@@ -329,8 +329,14 @@ def test_workers_parse_their_records_from_the_file_and_match_one_process(tmp_pat
     """With workers the parent sends each well-formed entry as its byte span only and the worker parses it; the
     reports over the hostile corpus (bad bytes, NaN, bad entries, a BOM; list and lines) and over files that
     cannot be read whole equal one process's, problem for problem."""
-    from conversation.testing import (RAW_BAD_ENTRIES, broken_record_files, hostile_images, hostile_records,
-                                      record_lines_bytes, record_list_bytes)
+    from conversation.testing import (
+        RAW_BAD_ENTRIES,
+        broken_record_files,
+        hostile_images,
+        hostile_records,
+        record_lines_bytes,
+        record_list_bytes,
+    )
     from instruct_data import validate
 
     images = hostile_images(tmp_path / "images", tmp_path / "outside")
