@@ -150,6 +150,15 @@ def index_bytes_per_record(path: Path, env: dict[str, str]) -> dict:
         return {"error": done.stderr[-800:]}
 
 
+def step_balance(out: Path) -> dict:
+    """The first logged step's max/mean across ranks of LLM tokens and image tiles (several processes only)."""
+    from train.run_logger import read_metrics
+
+    rows = read_metrics(out)
+    keys = ("token_imbalance", "tile_imbalance")
+    return {k: round(rows[0][k], 4) for k in keys if rows and k in rows[0]}
+
+
 def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *, packing: bool, cache: Path) -> Path:
     import yaml
 
@@ -236,7 +245,7 @@ def main() -> int:
                     cfg = train_config(work / f"{kind}_{procs}.yaml", base, data, images, out, packing=packing,
                                        cache=cache)
                     r = measured(launcher + ["train", str(cfg)], env, args.timeout)
-                    emit(what="time_to_first_step", run=kind, procs=procs, **r)
+                    emit(what="time_to_first_step", run=kind, procs=procs, **r, **step_balance(out))
         if "balance" in parts:
             from bench.rank_balance import run as rank_balance
 
