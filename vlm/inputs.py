@@ -55,7 +55,9 @@ class ImageTokenCounter:
             return tokens
         if isinstance(tokens, int):
             return cls(k=tokens)
-        return cls(per_size=tokens)
+        # a geometry's bound `num_tokens` (anyres) brings its `num_tiles` with it
+        tiles = getattr(getattr(tokens, "__self__", None), "num_tiles", None)
+        return cls(per_size=tokens, tiles_per_size=tiles if callable(tiles) else None)
 
     @property
     def needs_size(self) -> bool:
