@@ -159,7 +159,8 @@ def step_balance(out: Path) -> dict:
     return {k: round(rows[0][k], 4) for k in keys if rows and k in rows[0]}
 
 
-def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *, packing: bool, cache: Path) -> Path:
+def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *, packing: bool, cache: Path,
+                 procs: int = 1) -> Path:
     import yaml
 
     cfg = {
@@ -170,7 +171,8 @@ def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *,
                  **({"length_cache_dir": str(cache)} if packing else {})},
         "optim": {"lr": 1e-4, "warmup_ratio": 0.0},
         "schedule": {"global_batch_size": 8, "micro_batch_size": 2, "max_steps": 1, "seed": 0},
-        "engine": {"precision": "fp32"},
+        # several processes: DDP (the default strategy, single, would make each process a whole run of its own)
+        "engine": {"precision": "fp32", **({"strategy": "ddp"} if procs > 1 else {})},
         "checkpoint": {"output_dir": str(out), "resume": "none", "save_every": 100000},
         "feature_cache": {"enabled": False},
         "log": {"tensorboard": False, "progress_bar": False},
@@ -243,7 +245,7 @@ def main() -> int:
                     out = work / f"run_{procs}_{kind}"
                     shutil.rmtree(out, ignore_errors=True)
                     cfg = train_config(work / f"{kind}_{procs}.yaml", base, data, images, out, packing=packing,
-                                       cache=cache)
+                                       cache=cache, procs=procs)
                     r = measured(launcher + ["train", str(cfg)], env, args.timeout)
                     emit(what="time_to_first_step", run=kind, procs=procs, **r, **step_balance(out))
         if "balance" in parts:
