@@ -1,5 +1,6 @@
-"""LLaVA-scale data bench: validate / audit (1 vs N workers) and time to the first step (unpacked, packed cold and
-warm length cache, 1 and 2 processes) on a generated llava_v1_5_mix665k-shaped record file; JSON lines on stdout."""
+"""LLaVA-scale data bench: validate / audit (1 vs N workers), time to the first step (unpacked, packed cold and
+warm length cache, 1 and 2 processes) and the ranks' load balance of packed steps (by count vs by cost) on a
+generated llava_v1_5_mix665k-shaped record file; JSON lines on stdout."""
 from __future__ import annotations
 
 import argparse
@@ -149,7 +150,17 @@ def index_bytes_per_record(path: Path, env: dict[str, str]) -> dict:
         return {"error": done.stderr[-800:]}
 
 
-def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *, packing: bool, cache: Path) -> Path:
+def step_balance(out: Path) -> dict:
+    """The first logged step's max/mean across ranks of LLM tokens and image tiles (several processes only)."""
+    from train.run_logger import read_metrics
+
+    rows = read_metrics(out)
+    keys = ("token_imbalance", "tile_imbalance")
+    return {k: round(rows[0][k], 4) for k in keys if rows and k in rows[0]}
+
+
+def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *, packing: bool, cache: Path,
+                 procs: int = 1) -> Path:
     import yaml
 
     cfg = {
@@ -160,7 +171,8 @@ def train_config(path: Path, base: Path, data: Path, images: Path, out: Path, *,
                  **({"length_cache_dir": str(cache)} if packing else {})},
         "optim": {"lr": 1e-4, "warmup_ratio": 0.0},
         "schedule": {"global_batch_size": 8, "micro_batch_size": 2, "max_steps": 1, "seed": 0},
-        "engine": {"precision": "fp32"},
+        # several processes: DDP (the default strategy, single, would make each process a whole run of its own)
+        "engine": {"precision": "fp32", **({"strategy": "ddp"} if procs > 1 else {})},
         "checkpoint": {"output_dir": str(out), "resume": "none", "save_every": 100000},
         "feature_cache": {"enabled": False},
         "log": {"tensorboard": False, "progress_bar": False},
@@ -175,8 +187,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--vocab", type=int, default=8000, help="BPE vocabulary size of the generated tokenizer")
     parser.add_argument("--workers", type=int, default=None, help="N of the 1-vs-N runs (default: every core)")
-    parser.add_argument("--only", default="index,validate,audit,train",
-                        help="comma-separated parts: index, validate, audit, train")
+    parser.add_argument("--only", default="index,validate,audit,train,balance",
+                        help="comma-separated parts: index, validate, audit, train, balance (ranks' load per step, "
+                             "rows shared by count vs by cost, pad and anyres data: bench/rank_balance.py)")
     parser.add_argument("--procs", default="1,2", help="process counts of the training runs")
     parser.add_argument("--dir", type=Path, help="work folder (kept; default a temp folder, removed)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per measured command")
@@ -232,9 +245,15 @@ def main() -> int:
                     out = work / f"run_{procs}_{kind}"
                     shutil.rmtree(out, ignore_errors=True)
                     cfg = train_config(work / f"{kind}_{procs}.yaml", base, data, images, out, packing=packing,
-                                       cache=cache)
+                                       cache=cache, procs=procs)
                     r = measured(launcher + ["train", str(cfg)], env, args.timeout)
-                    emit(what="time_to_first_step", run=kind, procs=procs, **r)
+                    emit(what="time_to_first_step", run=kind, procs=procs, **r, **step_balance(out))
+        if "balance" in parts:
+            from bench.rank_balance import run as rank_balance
+
+            # plans only (every rank's, computed here as each rank computes it): 8 ranks as on one node too
+            for ranks in sorted({int(p) for p in args.procs.split(",") if int(p) > 1} | {8}):
+                rank_balance(data, images, base, work / "lengths_balance", world=ranks, emit=emit)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -116,6 +116,7 @@ class InstructDataset(Dataset):
         self._per_image: float | None = None  # anyres: mean image tokens per image, from calibration
         self.skip_log = SkipLog()  # this process only; the batch's `skipped` carries workers' skips
         self._exact = np.full(len(records), -1, dtype=np.int32)  # fixed size: memory flat in records seen
+        self._tiles: np.ndarray | None = None  # vision tiles per record, once measured with the exact lengths
         self._fit: tuple[float, float] | None = None  # (tokens per word, tokens per record) for estimates
 
     def __len__(self) -> int:
@@ -236,11 +237,16 @@ class InstructDataset(Dataset):
     def exact_length(self, i: int) -> int:
         """Record i's length as `__getitem__` makes it (truncated to max_length), no image decoded (anyres reads
         each image's header for its token count); 0 for a record that cannot be tokenized (it is skipped when read)."""
+        return self.exact_cost(i)[0]
+
+    def exact_cost(self, i: int) -> tuple[int, int]:
+        """(`exact_length`, the vision tower's tiles for the record's images): (0, 0) for a skipped record."""
         try:
-            sample, _, _ = self._tokenize(int(i), self.records.conversation(int(i)), self.max_length)
+            conv = self.records.conversation(int(i))
+            sample, _, sizes = self._tokenize(int(i), conv, self.max_length)
         except (RecordError, ImageLoadError):
-            return 0
-        return len(sample.input_ids)
+            return 0, 0
+        return len(sample.input_ids), self.count.tiles(sizes, len(conv.images))
 
     def tokenize_all(self) -> int:
         """Exact lengths (`exact_length`) for every record not yet measured; returns how many were tokenized.
@@ -250,12 +256,21 @@ class InstructDataset(Dataset):
             self._exact[i] = self.exact_length(int(i))
         return len(todo)
 
-    def set_exact_lengths(self, lengths: Sequence[int] | np.ndarray) -> None:
-        """Take every record's exact length from elsewhere (the length cache, other ranks)."""
+    def set_exact_lengths(self, lengths: Sequence[int] | np.ndarray, tiles: Sequence[int] | None = None) -> None:
+        """Take every record's exact length (and vision tiles) from elsewhere (the length cache, other ranks)."""
         lengths = np.asarray(lengths, dtype=np.int32)
         if lengths.shape != self._exact.shape:
             raise ValueError(f"{lengths.shape[0]} lengths for {len(self)} records")
         self._exact[:] = lengths
+        if tiles is not None:
+            self._tiles = np.asarray(tiles, dtype=np.int32).copy()
+
+    def tiles(self) -> list[int]:
+        """Vision-tower tiles per record (what balancing ranks by cost weighs): exact once measured (the length
+        cache), else one an image as indexed (anyres images count their tiles only once measured)."""
+        if self._tiles is not None:
+            return self._tiles.tolist()
+        return [self.records.stats(i)[1] if self._exact[i] != 0 else 0 for i in range(len(self))]
 
     def lengths(self) -> list[int]:
         """Token length per record: exact once tokenized in this process, else a calibrated word-count estimate."""

@@ -14,7 +14,7 @@ from instruct_data.manifest import sha256_file
 from instruct_data.parallel import default_workers, ordered_map
 from instruct_data.sources import ConcatRecords, RecordSource
 
-FORMAT = 1
+FORMAT = 2  # 2: the vision tiles per record beside the lengths
 SERIAL_BELOW = 2000  # fewer records than this: one process (starting workers costs more than it saves)
 CHUNK = 256  # records per task handed to a worker
 log = logging.getLogger(__name__)
@@ -107,113 +107,115 @@ def cache_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
 
 # ------------------------------------------------------------------------------------------------- file
 def read_cache(path: Path, key: dict[str, Any]) -> np.ndarray | None:
-    """The cached lengths, or None when absent; a file that does not read back whole (or not for this key) is
-    reported with a warning and None (the caller rebuilds it)."""
+    """The cached [records, 2] (length, vision tiles), or None when absent; a file that does not read back whole
+    (or not for this key) is reported with a warning and None (the caller rebuilds it)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             stored_key = json.loads(bytes(data["key"]).decode())
-            lengths = np.asarray(data["lengths"])
+            costs = np.stack([np.asarray(data["lengths"]), np.asarray(data["tiles"])], axis=1)
             digest = str(data["sha256"])
         if stored_key != key:
             raise ValueError("it was written for other inputs")
-        if lengths.dtype != np.int32 or lengths.shape != (key["records"],):
-            raise ValueError(f"it holds {lengths.dtype} {lengths.shape}, not int32 ({key['records']},)")
-        if hashlib.sha256(lengths.tobytes()).hexdigest() != digest:
+        if costs.dtype != np.int32 or costs.shape != (key["records"], 2):
+            raise ValueError(f"it holds {costs.dtype} {costs.shape}, not int32 ({key['records']}, 2)")
+        if hashlib.sha256(costs.tobytes()).hexdigest() != digest:
             raise ValueError("its checksum does not match")
         cap = key["max_length"]
-        if lengths.min(initial=0) < 0 or (cap is not None and lengths.max(initial=0) > cap):
+        if costs.min(initial=0) < 0 or (cap is not None and costs[:, 0].max(initial=0) > cap):
             raise ValueError("it holds lengths out of range")
     except Exception as exc:  # a truncated zip, bad JSON, a missing array: all mean the same, rebuild
         log.warning("length cache %s is unreadable (%s: %s): recomputing it", path, type(exc).__name__, exc)
         return None
-    return lengths
+    return costs
 
 
-def write_cache(path: Path, key: dict[str, Any], lengths: np.ndarray) -> None:
-    """Atomically (a reader sees the old file or the new one, whole)."""
+def write_cache(path: Path, key: dict[str, Any], costs: np.ndarray) -> None:
+    """[records, 2] (length, vision tiles), atomically (a reader sees the old file or the new one, whole)."""
     from vlm.atomic import atomic_file
 
-    lengths = np.ascontiguousarray(lengths, dtype=np.int32)
+    costs = np.ascontiguousarray(costs, dtype=np.int32)
     with atomic_file(path, binary=True) as fh:
-        np.savez(fh, lengths=lengths, sha256=np.array(hashlib.sha256(lengths.tobytes()).hexdigest()),
+        np.savez(fh, lengths=costs[:, 0], tiles=costs[:, 1], sha256=np.array(hashlib.sha256(costs.tobytes()).hexdigest()),
                  key=np.frombuffer(json.dumps(key, sort_keys=True).encode(), dtype=np.uint8))
 
 
 # ------------------------------------------------------------------------------------------------- compute
-def _lengths(dataset: Any, bounds: tuple[int, int]) -> np.ndarray:
-    return np.array([dataset.exact_length(i) for i in range(*bounds)], dtype=np.int32)
+def _costs(dataset: Any, bounds: tuple[int, int]) -> np.ndarray:
+    return np.array([dataset.exact_cost(i) for i in range(*bounds)], dtype=np.int32).reshape(-1, 2)
 
 
 def compute_lengths(dataset: Any, start: int = 0, stop: int | None = None, workers: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Exact lengths of records [start, stop) (`dataset.exact_length`), in `workers` processes; `progress(n)` is
-    called as records are done."""
+                    progress: Callable[[int], None] | None = None, tiles: bool = False) -> np.ndarray:
+    """Exact lengths of records [start, stop) (`dataset.exact_cost`), in `workers` processes; `progress(n)` is
+    called as records are done. `tiles`: [n, 2] (length, vision tiles) instead."""
     stop = len(dataset) if stop is None else stop
     workers = default_workers() if workers is None else workers
     if stop - start < SERIAL_BELOW:
         workers = 1
     bounds = [(a, min(a + CHUNK, stop)) for a in range(start, stop, CHUNK)]
     out = []
-    for b, part in zip(bounds, ordered_map(_lengths, bounds, dataset, workers)):
+    for b, part in zip(bounds, ordered_map(_costs, bounds, dataset, workers)):
         out.append(part)
         if progress:
             progress(b[1] - b[0])
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+    costs = np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int32)
+    return costs if tiles else costs[:, 0].copy()
 
 
 def _gather(strategy: Any, n: int, start: int, mine: np.ndarray | None) -> np.ndarray | None:
-    """Every rank's block of lengths on every rank: one all-reduce of a vector zero outside each rank's block,
-    plus one slot counting the ranks that failed (`mine` None): then None on every rank, so none waits forever."""
+    """Every rank's block of [n, 2] costs on every rank: one all-reduce of a vector zero outside each rank's
+    block, plus one slot counting the ranks that failed (`mine` None): then None on every rank, so none waits
+    forever."""
     import torch
 
-    full = torch.zeros(n + 1, dtype=torch.int64, device=strategy.device)
+    full = torch.zeros(2 * n + 1, dtype=torch.int64, device=strategy.device)
     if mine is None:
-        full[n] = 1
+        full[2 * n] = 1
     else:
-        full[start:start + len(mine)] = torch.from_numpy(mine.astype(np.int64)).to(strategy.device)
+        full[2 * start:2 * (start + len(mine))] = torch.from_numpy(mine.astype(np.int64).ravel()).to(strategy.device)
     strategy.all_reduce_sum(full)
-    if int(full[n].item()):
+    if int(full[2 * n].item()):
         return None
-    return full[:n].cpu().numpy().astype(np.int32)
+    return full[:2 * n].cpu().numpy().astype(np.int32).reshape(n, 2)
 
 
 def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = None,
                   workers: int | None = None) -> np.ndarray:
     """Every record's exact length (as `InstructDataset.tokenize_all` measures it), from the cache in `cache_dir`
     when it was written for these very inputs, else computed (split over the ranks, then over worker processes)
-    and written there. Every rank returns all lengths; the dataset holds them too."""
+    and written there. Every rank returns all lengths; the dataset holds them (and each record's vision tiles) too."""
     world = strategy.world_size if strategy is not None else 1
     key = cache_key(dataset) if cache_dir is not None else None
     path = cache_path(cache_dir, key) if key is not None else None
     t0 = time.perf_counter()
-    lengths = read_cache(path, key) if path is not None else None
+    costs = read_cache(path, key) if path is not None else None
     if world > 1:  # all ranks agree on hit or miss, or their collectives would not pair up
         import torch
 
-        hit = torch.tensor([int(lengths is not None)], dtype=torch.int64, device=strategy.device)
+        hit = torch.tensor([int(costs is not None)], dtype=torch.int64, device=strategy.device)
         if int(strategy.all_reduce_sum(hit).item()) != world:
-            lengths = None
-    if lengths is None:
+            costs = None
+    if costs is None:
         n, rank = len(dataset), (strategy.rank if strategy is not None else 0)
         start, stop = n * rank // world, n * (rank + 1) // world
         if world == 1:
-            lengths = compute_lengths(dataset, start, stop, workers=workers)
+            costs = compute_lengths(dataset, start, stop, workers=workers, tiles=True)
         else:
             error: BaseException | None = None
             try:
-                mine = compute_lengths(dataset, start, stop, workers=workers)
+                mine = compute_lengths(dataset, start, stop, workers=workers, tiles=True)
             except Exception as exc:  # told to the other ranks first, then raised
                 error, mine = exc, None
-            lengths = _gather(strategy, n, start, mine)
+            costs = _gather(strategy, n, start, mine)
             if error is not None:
                 raise error
-            if lengths is None:
+            if costs is None:
                 raise RuntimeError("another rank failed while measuring the exact lengths (its log has the error)")
         if path is not None:
             try:  # every rank that computed: each rename is whole, the bytes equal
-                write_cache(path, key, lengths)
+                write_cache(path, key, costs)
             except OSError as exc:  # a read-only shared folder: train on, uncached
                 log.warning("could not write the length cache %s (%s): the next run computes the lengths again",
                             path, exc)
@@ -222,8 +224,8 @@ def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = No
         how = f"read from {path}"
     if strategy is None or strategy.is_main:
         log.info("exact lengths of %d records %s in %.1fs", len(dataset), how, time.perf_counter() - t0)
-    dataset.set_exact_lengths(lengths)
-    return lengths
+    dataset.set_exact_lengths(costs[:, 0], costs[:, 1])
+    return costs[:, 0].copy()
 
 
 def store_audited(dataset: Any, cache_dir: str | Path, audited: list[int] | None, check: int = 64,
@@ -238,11 +240,16 @@ def store_audited(dataset: Any, cache_dir: str | Path, audited: list[int] | None
     if read_cache(path, key) is not None:
         return f"already in {path}"
     lengths = np.asarray(audited if audited is not None else [], dtype=np.int32)
+    if dataset.count.tiles_per_size is not None:  # anyres tiles need every image's header: measured with the lengths
+        lengths = np.zeros(0, dtype=np.int32)
     if len(lengths) == len(dataset):
         probe = np.unique(np.linspace(0, len(dataset) - 1, num=min(check, len(dataset))).round().astype(int))
         if any(dataset.exact_length(int(i)) != lengths[i] for i in probe):
             lengths = np.zeros(0, dtype=np.int32)
-    if len(lengths) != len(dataset):
-        lengths = compute_lengths(dataset, workers=workers)
-    write_cache(path, key, lengths)
+    if len(lengths) == len(dataset):  # one tile an image, of every record that is not skipped
+        images = np.array([dataset.records.stats(i)[1] for i in range(len(dataset))], dtype=np.int32)
+        costs = np.stack([lengths, np.where(lengths > 0, images, 0)], axis=1)
+    else:
+        costs = compute_lengths(dataset, workers=workers, tiles=True)
+    write_cache(path, key, costs)
     return f"written to {path}"

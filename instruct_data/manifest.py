@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,21 @@ class ManifestError(ValueError):
     """A manifest that cannot be rebuilt (file changed or missing); names the file."""
 
 
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # (path, device, inode, size, mtime ns) -> sha256
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, read once per process while the file is unchanged (the run's manifest and the length
+    cache's key both need it: a 1.2 GB file is read once, not twice)."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def _parts(records: RecordSource) -> tuple[list[RecordSource], list[tuple[int, int]]]:

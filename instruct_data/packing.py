@@ -3,11 +3,15 @@ grouped sampler's windows), rows into micro-batches, and the packer's resumable 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from instruct_data.rank_balance import assign_rows
+
 Row = tuple[int, ...]  # dataset indices of the samples packed in one row, in row order
 MicroBatch = list[Row]
+BALANCES = ("count", "cost")  # rows to ranks: each packs its equal share of samples, or shared out by cost
 
 
 def first_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacity: int) -> list[Row]:
@@ -34,22 +38,25 @@ def first_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacit
     return [tuple(row) for row in rows]
 
 
-def balanced_rows(indices: Sequence[int], lengths: Sequence[int], capacity: int) -> list[Row]:
-    """As many rows as first-fit decreasing needs, but filled evenly: longest first, each sample into the emptiest
-    row, so that rows of one micro-batch are of similar length (little padding to the longest). When that does
-    not fit the capacity, the first-fit decreasing rows themselves."""
+def balanced_rows(indices: Sequence[int], lengths: Sequence[int], capacity: int, multiple: int = 1) -> list[Row]:
+    """As many rows as first-fit decreasing needs (rounded up to a `multiple` of rows, at most one row a sample),
+    but filled evenly: longest first, each sample into the emptiest row, so that rows of one micro-batch are of
+    similar length (little padding to the longest). When that does not fit the capacity, the first-fit
+    decreasing rows themselves."""
     ffd = first_fit_decreasing(indices, lengths, capacity)
     order = sorted(range(len(indices)), key=lambda k: (-abs(int(lengths[indices[k]])), k))
-    rows: list[list[int]] = [[] for _ in ffd]
-    fill = [0] * len(ffd)
+    count = min(-(-len(ffd) // multiple) * multiple, len(indices))
+    rows: list[list[int]] = [[] for _ in range(count)]
+    emptiest = [(0, j) for j in range(count)]  # a heap of (fill, row): its top is the emptiest row, lowest index
     for k in order:
         index = int(indices[k])
-        r = min(range(len(rows)), key=lambda j: (fill[j], j))
-        fill[r] += abs(int(lengths[index]))
-        if fill[r] > capacity:
+        fill, r = heapq.heappop(emptiest)
+        fill += abs(int(lengths[index]))
+        if fill > capacity:
             return ffd
         rows[r].append(index)
-    return [tuple(row) for row in rows]
+        heapq.heappush(emptiest, (fill, r))
+    return [tuple(row) for row in rows if row]
 
 
 def row_tokens(row: Row, lengths: Sequence[int]) -> int:
@@ -127,13 +134,19 @@ class PackedBatchSampler:
     `pack_length` tokens as first-fit decreasing needs (filled evenly, `balanced_rows`) and cut into
     `micro_batches_per_step` micro-batches of at most `rows_per_micro_batch` rows (empty ones first). So a step
     trains exactly the samples it trains unpacked, and the count of micro-batches per step is the same on every
-    rank. Everything is a function of (seed, epoch,
-    lengths), so the state to resume is the number of micro-batches done; `state_dict` adds a digest of the
-    epoch's packing so a resume with other data or sizes is refused instead of silently training other packs.
+    rank. With `balance="cost"` the step is packed whole (every rank's samples) and its rows shared out so that
+    each rank gets about the same LLM tokens and image tiles (`tiles`: per sample; `global_plan`): the step still
+    trains the same samples, only their ranks differ (the loss is normalised over every rank's tokens). Everything
+    is a function of (seed, epoch, lengths, tiles), so the state to resume is the number of micro-batches done;
+    `state_dict` adds a digest of the epoch's packing so a resume with other data or sizes is refused instead of
+    silently training other packs.
     """
 
     def __init__(self, sampler: Any, lengths: Sequence[int], *, step_size: int, pack_length: int,
-                 rows_per_micro_batch: int, micro_batches_per_step: int) -> None:
+                 rows_per_micro_batch: int, micro_batches_per_step: int, balance: str = "count",
+                 tiles: Sequence[int] | None = None) -> None:
+        if balance not in BALANCES:
+            raise ValueError(f"unknown rank balance {balance!r}; one of {', '.join(BALANCES)}")
         if rows_per_micro_batch * micro_batches_per_step < step_size:
             raise ValueError(f"{micro_batches_per_step} micro-batches of {rows_per_micro_batch} rows cannot hold a "
                              f"step of {step_size} one-sample rows")
@@ -143,6 +156,8 @@ class PackedBatchSampler:
         self.pack_length = pack_length
         self.rows_per_micro_batch = rows_per_micro_batch
         self.micro_batches_per_step = micro_batches_per_step
+        self.balance = balance
+        self.tiles = None if tiles is None else [int(x) for x in tiles]
         self.epoch = 0
         self.position = 0  # micro-batches of `epoch` consumed (the trainer passes its own count to state_dict)
         self._cache: dict[int, list[MicroBatch]] = {}
@@ -150,15 +165,34 @@ class PackedBatchSampler:
     def epoch_batches(self, epoch: int) -> list[MicroBatch]:
         if epoch not in self._cache:
             self.sampler.set_epoch(epoch)
-            indices = self.sampler.rank_indices()
-            indices = indices[: len(indices) - len(indices) % self.step_size]  # whole steps only
             out: list[MicroBatch] = []
-            for start in range(0, len(indices), self.step_size):
-                rows = balanced_rows(indices[start:start + self.step_size], self.lengths, self.pack_length)
+            for rows in self._step_rows():
                 out.extend(micro_batches(rows, self.lengths, self.rows_per_micro_batch, self.micro_batches_per_step))
             self._cache = {epoch: out}
         self.epoch = epoch
         return self._cache[epoch]
+
+    def _step_rows(self) -> list[list[Row]]:
+        """This rank's packed rows of each whole step of the sampler's current epoch."""
+        if self.balance == "cost":
+            return self.global_plan(self.sampler.rank)
+        indices = self.sampler.rank_indices()
+        indices = indices[: len(indices) - len(indices) % self.step_size]  # whole steps only
+        return [balanced_rows(indices[start:start + self.step_size], self.lengths, self.pack_length)
+                for start in range(0, len(indices), self.step_size)]
+
+    def global_plan(self, rank: int | None = None) -> Any:
+        """balance="cost": each global step's samples (every rank's) packed into rows, as many as a multiple of
+        the world size, and shared out by cost (`instruct_data.rank_balance`). Per step, every rank's rows; or
+        only `rank`'s. A pure function of the sampler's (seed, epoch) and the lengths: identical on every rank."""
+        world = self.sampler.world_size
+        plan = []
+        for step in self.sampler.global_steps():
+            rows = balanced_rows(step, self.lengths, self.pack_length, multiple=world)
+            shares = assign_rows(rows, self.lengths, self.tiles, world,
+                                 self.rows_per_micro_batch * self.micro_batches_per_step)
+            plan.append(shares if rank is None else shares[rank])
+        return plan
 
     def stats(self, epoch: int) -> PackStats:
         """Samples, rows and padding of this rank's packed micro-batches of `epoch`."""
@@ -173,15 +207,20 @@ class PackedBatchSampler:
         epoch = self.epoch if epoch is None else epoch
         return {"epoch": epoch, "position": self.position if consumed is None else consumed,
                 "seed": getattr(self.sampler, "seed", None), "pack_length": self.pack_length,
-                "rows_per_micro_batch": self.rows_per_micro_batch, "digest": self.digest(epoch)}
+                "rows_per_micro_batch": self.rows_per_micro_batch, "balance": self.balance,
+                "digest": self.digest(epoch)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check that this packer reproduces the saved epoch's packs, then continue after `position`."""
         epoch = int(state["epoch"])
         mine = self.state_dict(epoch, int(state["position"]))
-        for key in ("seed", "pack_length", "rows_per_micro_batch", "digest"):
-            if state.get(key) != mine[key]:
+        # The balance is named only when the packs differ: one rank packs alike either way.
+        keys = ["seed", "pack_length", "rows_per_micro_batch", "digest"]
+        if state.get("digest") != mine["digest"] and state.get("balance", "count") != mine["balance"]:
+            keys.insert(3, "balance")
+        for key in keys:
+            saved = state.get(key, "count" if key == "balance" else None)  # older checkpoints: by count
+            if saved != mine[key]:
                 raise ValueError(f"cannot resume the packed data exactly: the checkpoint's packer has {key}="
-                                 f"{state.get(key)!r}, this run's {mine[key]!r} (data, lengths or packing settings "
-                                 "changed)")
+                                 f"{saved!r}, this run's {mine[key]!r} (data, lengths or packing settings changed)")
         self.epoch, self.position = epoch, int(state["position"])

@@ -55,6 +55,17 @@ class _Decoder:
         return raw, end, None
 
 
+def decode_entry(data: bytes) -> Any:
+    """One entry from its byte span as the streaming reader decodes it; ValueError when the bytes are not exactly
+    one JSON value that reader would accept without a problem."""
+    text = data.decode("utf-8", "surrogateescape")
+    decoder = _Decoder()
+    raw, end, problem = decoder.decode(text, 0)
+    if problem is not None or text[end:].strip():
+        raise ValueError(problem or "data after the value")
+    return raw
+
+
 def value_end(text: str, pos: int) -> int | None:
     """End of the array/object starting at `pos`, by bracket matching (no recursion); None if it does not close."""
     depth, i, n, in_string = 0, pos, len(text), False

@@ -75,6 +75,12 @@ class LengthGroupedSampler(Sampler[int]):
         steps = [steps[k] for k in rng.permutation(len(steps))]
         return steps + ([leftover] if leftover else [])
 
+    def global_steps(self) -> list[list[int]]:
+        """Every rank's samples of each whole global step of the current epoch (`world_size * batch_size` each),
+        in order: what a packer that shares rows out by cost starts from (the same on every rank)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return [step for step in self._global_order(rng) if len(step) == self.world_size * self.batch_size]
+
     def rank_indices(self) -> list[int]:
         """This rank's full index list for the current epoch."""
         rng = np.random.default_rng([self.seed, self.epoch])

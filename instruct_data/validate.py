@@ -29,7 +29,7 @@ from conversation.records import (
     record_id,
 )
 from instruct_data.preference_records import is_preference_record, parse_preference
-from instruct_data.record_files import RawItem, iter_raw_records
+from instruct_data.record_files import RawItem, decode_entry, iter_raw_records
 from conversation.tokenize import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -328,6 +328,7 @@ class RecordValidator:
 
 
 _WORKER: RecordValidator | None = None
+_FILE: tuple[Path, Any] | None = None  # the worker's handle on the record file
 
 
 def _worker_init(config: ValidationConfig) -> None:
@@ -335,30 +336,64 @@ def _worker_init(config: ValidationConfig) -> None:
     _WORKER = RecordValidator(config)
 
 
-def _worker_check(items: list[RawItem]) -> list[tuple[list[Problem], list[int]]]:
+def _reread(path: Path, item: RawItem) -> RawItem | None:
+    """The record again from its bytes in the file (as training reads it), or None if it does not decode alone."""
+    global _FILE
+    if _FILE is None or _FILE[0] != path:
+        _FILE = (path, open(path, "rb"))
+    fh = _FILE[1]
+    fh.seek(item.offset)
+    try:
+        raw = decode_entry(fh.read(item.size))
+    except (ValueError, RecursionError):
+        return None
+    return RawItem(item.index, item.line, raw, offset=item.offset, size=item.size)
+
+
+def _worker_check(path: Path | None, items: list[RawItem]) -> list[tuple[list[Problem], list[int]] | None]:
+    """Each item checked; an item without `raw` (sent as its byte span) is read and parsed here first (None when
+    that fails: the parent checks the item it parsed itself)."""
     assert _WORKER is not None
-    return [_WORKER.check_counted(item) for item in items]
+    out: list[tuple[list[Problem], list[int]] | None] = []
+    for item in items:
+        if item.raw is None and item.error is None and path is not None:
+            item = _reread(path, item)
+        out.append(None if item is None else _WORKER.check_counted(item))
+    return out
 
 
-def _checked(items: Iterator[RawItem], config: ValidationConfig, workers: int,
-             chunk: int = 64) -> Iterator[tuple[RawItem, tuple[list[Problem], list[int]]]]:
-    """(item, (problems, image tokens)) in file order; with workers > 1 a bounded window of chunks runs elsewhere."""
+def _span_only(item: RawItem) -> RawItem:
+    """A well-formed JSON / JSONL entry as its byte span only: the worker parses it, the parent pickles no record."""
+    if item.error is not None or item.size <= 0:
+        return item
+    return RawItem(item.index, item.line, offset=item.offset, size=item.size)
+
+
+def _checked(items: Iterator[RawItem], config: ValidationConfig, workers: int, chunk: int = 64,
+             path: Path | None = None) -> Iterator[tuple[RawItem, tuple[list[Problem], list[int]]]]:
+    """(item, (problems, image tokens)) in file order; with workers > 1 a bounded window of chunks runs elsewhere.
+    `path` (a .json or .jsonl file): workers get the entries' byte spans and parse them themselves."""
     if workers <= 1:
         validator = RecordValidator(config)
         for item in items:
             yield item, validator.check_counted(item)
         return
-    RecordValidator(config)  # fail here, not in a worker, on a bad config
+    validator = RecordValidator(config)  # fail here, not in a worker, on a bad config
     with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(config,)) as pool:
         pending: deque[tuple[list[RawItem], Future]] = deque()
-        for batch in _batches(items, chunk):
-            pending.append((batch, pool.submit(_worker_check, batch)))
-            if len(pending) >= 2 * workers:  # bounded, so memory stays flat however large the file
-                done, future = pending.popleft()
-                yield from zip(done, future.result())
-        while pending:
+
+        def ready() -> Iterator[tuple[RawItem, tuple[list[Problem], list[int]]]]:
             done, future = pending.popleft()
-            yield from zip(done, future.result())
+            for item, result in zip(done, future.result()):
+                yield item, result if result is not None else validator.check_counted(item)
+
+        for batch in _batches(items, chunk):
+            sent = [_span_only(item) for item in batch] if path is not None else batch
+            pending.append((batch, pool.submit(_worker_check, path, sent)))
+            if len(pending) >= 2 * workers:  # bounded, so memory stays flat however large the file
+                yield from ready()
+        while pending:
+            yield from ready()
 
 
 def _batches(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
@@ -384,7 +419,8 @@ def validate_file(path: str | Path, config: ValidationConfig, report: TextIO | N
     first_seen: dict[str, tuple[int, int | None]] = {}  # record id -> (index, line) where it first appeared
     bar = tqdm(total=Path(path).stat().st_size, unit="B", unit_scale=True, desc="validate", file=sys.stderr,
                disable=None if progress else True)
-    for item, (problems, image_tokens) in _checked(iter_raw_records(path), config, workers, chunk_size):
+    spans = Path(path) if Path(path).suffix in (".json", ".jsonl") else None
+    for item, (problems, image_tokens) in _checked(iter_raw_records(path), config, workers, chunk_size, spans):
         bar.update(item.size)
         if item.fatal:
             summary.notes.append(f"{path}: {item.error}: the records after line {item.line} cannot be read, "

@@ -25,6 +25,7 @@ StrategyName = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 GroupBy = Literal["none", "length", "modality_length"]
 PerSampleMode = Literal["off", "sampled", "every_step"]
 SpikeMethod = Literal["zscore", "ratio"]
+RankBalance = Literal["cost", "count"]
 
 
 @dataclass
@@ -80,6 +81,10 @@ class DataConfig:
     # against the same samples unpacked.
     packing: bool = False
     pack_length: int | None = None
+    # With packing and several ranks, how a step's rows go to ranks: "cost" packs the whole step and shares its
+    # rows out so that every rank gets about the same LLM tokens and image tiles; "count" packs each rank's equal
+    # share of the samples (`instruct_data.rank_balance`).
+    rank_balance: RankBalance = "cost"
     # Packing's exact lengths are cached here (a folder shared by runs over the same data); default
     # `<output_dir>/lengths`. The file is keyed by the record files' sha256, tokenizer, template, K and max_length.
     length_cache_dir: str | None = None

@@ -1,4 +1,5 @@
-"""FLOP accounting for one training step (model FLOPs, MFU against a per-device peak) and the padding ratio.
+"""FLOP accounting for one training step (model FLOPs, MFU against a per-device peak), the padding ratio and
+the ranks' load imbalance (max / mean of LLM tokens and of image tiles).
 
 Convention (stated once, used by the trainer's log and by bench/vs_hf.py alike):
 - every parameter that acts on a token costs 2 FLOPs per token forward; a trainable one 6 (forward 2,
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from instruct_data.rank_balance import imbalance
 
 # Dense peaks in TFLOP/s (no sparsity) from the vendors' data sheets: (bf16, tf32, fp32). Matched in order, on
 # word boundaries of `torch.cuda.get_device_name()`, so that "A10" does not match an A100.
@@ -193,6 +196,19 @@ def images_in(batch: Any) -> int:
     return 0 if pixels is None else int(pixels.shape[0])
 
 
+def tiles_in(batch: Any) -> int:
+    """Image tiles of one micro-batch: pixel rows (anyres: each image's tiles), else one an image (cached features)."""
+    pixels = batch.pixel_values
+    return int(pixels.shape[0]) if pixels is not None else images_in(batch)
+
+
+def rank_imbalance(rank_tokens: list[float], rank_tiles: list[float]) -> dict[str, float]:
+    """max / mean across ranks of a step's LLM tokens and of its image tiles (none with one rank)."""
+    if len(rank_tokens) < 2:
+        return {}
+    return {"token_imbalance": imbalance(rank_tokens), "tile_imbalance": imbalance(rank_tiles)}
+
+
 def token_slots(batch: Any) -> tuple[int, int]:
     """(real tokens, all token slots) of one micro-batch."""
     mask = batch.attention_mask
@@ -239,7 +255,8 @@ class EfficiencyLog:
 
     def record(self, metrics: dict[str, float]) -> None:
         self.steps.append({k: float(metrics[k]) for k in ("mfu", "padding_ratio", "loader_wait_s", "step_time_s",
-                                                          "tokens", "peak_mem_mb", "samples_per_row") if k in metrics})
+                                                          "tokens", "peak_mem_mb", "samples_per_row",
+                                                          "token_imbalance", "tile_imbalance") if k in metrics})
 
     def summary(self) -> str | None:
         """One line over the steps of this process (None before any step)."""
@@ -257,6 +274,9 @@ class EfficiencyLog:
         parts.append(f"padding {100 * total('padding_ratio') / len(self.steps):.1f}% of token slots")
         if total("samples_per_row") > len(self.steps):  # packed rows
             parts.append(f"{total('samples_per_row') / len(self.steps):.2f} samples per row")
+        if any("token_imbalance" in s for s in self.steps):  # several ranks
+            parts.append(f"ranks' max/mean load {total('token_imbalance') / len(self.steps):.2f} in LLM tokens, "
+                         f"{total('tile_imbalance') / len(self.steps):.2f} in image tiles")
         parts.append(f"waited on data {wait:.1f}s ({100 * wait / (wait + busy) if wait + busy else 0:.1f}%)")
         parts.append(f"peak memory {max(s.get('peak_mem_mb', 0.0) for s in self.steps):,.0f} MB")
         return "; ".join(parts)

@@ -17,7 +17,7 @@ from train import lockstep
 from train.checkpointing import (TrainerState, latest_checkpoint, load_checkpoint, read_data_state,
     read_trainer_state, resolve_resume, save_checkpoint)
 from train.config import TrainConfig, save_config
-from train.efficiency import EfficiencyLog
+from train.efficiency import EfficiencyLog, rank_imbalance
 from train.errors import ConfigError, NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32
@@ -197,6 +197,7 @@ class Trainer:
         metrics.update(outcome.extra)  # prefer: reward accuracy and margins
         metrics["peak_mem_mb"] = peak_memory_mb(self.strategy.device)
         metrics.update(self.efficiency.step_metrics(outcome.batches, outcome.encoder_ran, elapsed))
+        metrics.update(rank_imbalance(outcome.rank_tokens, outcome.rank_tiles))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})
         return metrics
 

@@ -187,7 +187,8 @@ def _packed_data(cfg: TrainConfig, model: nn.Module, dataset: Any, sampler: Any,
     lengths = dataset.lengths()
     packer = PackedBatchSampler(sampler, lengths, step_size=per_rank_step, pack_length=cfg.data.resolved_pack_length(),
                                 rows_per_micro_batch=cfg.schedule.micro_batch_size,
-                                micro_batches_per_step=per_rank_step // cfg.schedule.micro_batch_size)
+                                micro_batches_per_step=per_rank_step // cfg.schedule.micro_batch_size,
+                                balance=cfg.data.rank_balance, tiles=dataset.tiles())
     packed, plain = PackedCollator(model.config.pad_token_id), Collator(model.config.pad_token_id)
 
     def check_pair(rows: list[tuple[int, ...]]) -> tuple[Batch, Batch]:

@@ -1,6 +1,7 @@
 """Every rule between training config values, checked once before any weight loads (`check`): one ConfigError each."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ def check(cfg: TrainConfig, world_size: int, device: torch.device, model_config:
     `model_config`: the `model.init_from` checkpoint's VLMConfig; read here (its JSON only, no weight) when None
     and `init_from` is set, after every rule that does not need it. A new model is described by `cfg.model`."""
     check_config(cfg)
+    one_of_many(cfg.engine.strategy, world_size)
     batch_split(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, world_size)
     precision_on(cfg.engine.precision, device)
     check_model(cfg, model_config if model_config is not None else init_model_config(cfg))
@@ -115,6 +117,16 @@ def check_model(cfg: TrainConfig, model_config: Any) -> None:
         inherited_template(cfg, model_config.template)
         if get_recipe(cfg.recipe).llm_mode(cfg.trainable.llm_mode) == "qlora":
             qlora_init_from(cfg.model.init_from)
+
+
+def one_of_many(strategy: str, world_size: int) -> None:
+    """A process that torchrun started as one of several, whose strategy sees one process, would train the whole
+    run alone and write the same output_dir as the others."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size == 1 and launched > 1:
+        raise ConfigError(f"launched as one of {launched} processes (WORLD_SIZE={launched}) but "
+                          f"engine.strategy={strategy} runs one process: each would train the whole run alone; "
+                          "use engine.strategy=ddp (or a deepspeed one)")
 
 
 def batch_split(global_batch: int, micro_batch: int, world_size: int) -> None:

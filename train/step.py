@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conversation.errors import ImageLoadError
+from train.efficiency import tiles_in
 from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.guards import DataGuard
@@ -70,6 +71,8 @@ class StepOutcome:
     extra: dict[str, float] = field(default_factory=dict)  # prefer: reward accuracy and margins (per pair)
     samples: list[RecordLoss] = field(default_factory=list)  # this process's records: supervised tokens, loss sum
     group_grad_norms: dict[str, float] | None = None  # pre-clip, per part (`StepInputs.group_norms`)
+    rank_tokens: list[float] = field(default_factory=list)  # each rank's real LLM tokens this step
+    rank_tiles: list[float] = field(default_factory=list)  # each rank's image tiles (anyres: every tile)
 
 
 def summed_token_loss(vlm: nn.Module, batch: Batch, device: torch.device,
@@ -101,12 +104,19 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
             features.append(batch_features)
     window = [b if b is not None and b.num_rows > 0 else None for b in window]
     kept = [b for b in window if b is not None]
-    counts = torch.tensor([float(sum(b.supervised_tokens() for b in kept)),
-                           float(sum(int(b.attention_mask.sum()) for b in kept)),
-                           float(sum(b.num_records for b in kept)),
-                           float(sum(b.num_rows for b in kept))], dtype=torch.float64, device=device)
+    # The four sums, then each rank's LLM tokens and image tiles in its own slot (the imbalance across ranks).
+    world = strategy.world_size
+    local_tokens = float(sum(int(b.attention_mask.sum()) for b in kept))
+    counts = torch.zeros(4 + 2 * world, dtype=torch.float64)
+    counts[:4] = torch.tensor([float(sum(b.supervised_tokens() for b in kept)), local_tokens,
+                               float(sum(b.num_records for b in kept)), float(sum(b.num_rows for b in kept))],
+                              dtype=torch.float64)
+    counts[4 + strategy.rank] = local_tokens
+    counts[4 + world + strategy.rank] = float(sum(tiles_in(b) for b in kept))
+    counts = counts.to(device)
     strategy.all_reduce_sum(counts)
-    supervised, tokens, records, rows = (float(x) for x in counts.tolist())
+    supervised, tokens, records, rows = (float(x) for x in counts[:4].tolist())
+    per_rank = counts[4:].tolist()
     failed = sum(1 for _, reason in inputs.skips.log[skips_before:] if not reason.startswith(QUARANTINE))
     inputs.guard.after_step(strategy, len(window), records, supervised, failed, inputs.skips.log)
     # what the loss is a mean over: supervised tokens, or (prefer) pairs, which have supervised tokens on both sides
@@ -127,7 +137,7 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
     strategy.zero_grad()
     encoder_ran = [f is None and b.pixel_values is not None for b, f in zip(window, features) if b is not None]
     return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes, extra,
-                       collect(parts), group_norms)
+                       collect(parts), group_norms, rank_tokens=per_rank[:world], rank_tiles=per_rank[world:])
 
 
 def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], features: list[torch.Tensor | None],

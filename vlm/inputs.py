@@ -40,6 +40,13 @@ class ImageTokenCounter:
 
     k: int = 0
     per_size: Callable[[Size], int] | None = None
+    tiles_per_size: Callable[[Size], int] | None = None  # anyres: the tiles the vision tower sees per image
+
+    def tiles(self, sizes: Sequence[Size] | None, n_images: int) -> int:
+        """Vision-tower tiles of a sample's images: one an image, or (anyres) each image's tiles from its size."""
+        if self.tiles_per_size is None or sizes is None:
+            return n_images
+        return sum(self.tiles_per_size(tuple(size)) for size in sizes)  # type: ignore[arg-type]
 
     @classmethod
     def of(cls, tokens: "int | Callable[[Size], int] | ImageTokenCounter") -> "ImageTokenCounter":
@@ -48,7 +55,9 @@ class ImageTokenCounter:
             return tokens
         if isinstance(tokens, int):
             return cls(k=tokens)
-        return cls(per_size=tokens)
+        # a geometry's bound `num_tokens` (anyres) brings its `num_tiles` with it
+        tiles = getattr(getattr(tokens, "__self__", None), "num_tiles", None)
+        return cls(per_size=tokens, tiles_per_size=tiles if callable(tiles) else None)
 
     @property
     def needs_size(self) -> bool:
@@ -96,7 +105,7 @@ def checkpoint_token_counter(directory: str | Path, config: VLMConfig) -> ImageT
 
 def _anyres_counter(processor: ImageProcessor, config: VLMConfig) -> ImageTokenCounter:
     geometry = processor.anyres_geometry(grid_side=math.isqrt(config.num_image_tokens))
-    return ImageTokenCounter(per_size=geometry.num_tokens)
+    return ImageTokenCounter(per_size=geometry.num_tokens, tiles_per_size=geometry.num_tiles)
 
 
 # ------------------------------------------------------------------------------------------------- pixels

@@ -31,11 +31,17 @@ def test_records_are_shaped_like_llava_mix665k() -> None:
 def test_small_run_prints_the_lines(tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run([sys.executable, str(SCRIPT), "--records", "300", "--images", "10", "--vocab", "600",
-                          "--only", "index,validate,audit", "--workers", "2", "--dir", str(tmp_path)],
+                          "--only", "index,validate,audit,balance", "--workers", "2", "--dir", str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert [(r["what"], r.get("workers")) for r in lines] == [
+    assert [(r["what"], r.get("workers")) for r in lines[:6]] == [
         ("generate", None), ("index", None), ("validate", 1), ("validate", 2), ("audit", 1), ("audit", 2)]
     assert lines[1]["index_bytes_per_record"] > 0
-    assert all(r["rc"] == 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 0 for r in lines[2:])
+    assert all(r["rc"] == 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 0 for r in lines[2:6])
+    balance = {(r["ranks"], r["data"], r["balance"]): r for r in lines[6:]}
+    assert sorted(balance) == [(ranks, data, how) for ranks in (2, 8) for data in ("anyres", "pad")
+                               for how in ("cost", "count")]
+    for ranks, data, _ in balance:  # by cost: every rank's LLM tokens within a few percent, and never worse
+        cost, count = balance[ranks, data, "cost"], balance[ranks, data, "count"]
+        assert cost["steps"] == count["steps"] > 0 and cost["token_imbalance_mean"] <= count["token_imbalance_mean"]

@@ -94,3 +94,19 @@ def test_audit_counts_each_image_from_its_size(data, bpe_tokenizer):
     assert report.lengths == [len(ds[i].input_ids) for i in range(3)]  # the audit's lengths are the dataset's
     assert f"anyres image tokens per image min {min(expected)}" in report.table()
     assert report.to_dict()["image_tokens_per_image"]["images"] == 3
+
+
+def test_exact_costs_count_every_tile_and_reach_the_length_cache(data, bpe_tokenizer, tmp_path):
+    """What balancing ranks by cost weighs: each record's length and its images' tiles (anyres: base + grid)."""
+    from instruct_data.length_cache import exact_lengths
+
+    ds, geo = make(data, bpe_tokenizer)
+    tiles = [geo.num_tiles((10, 40)), 0, geo.num_tiles((30, 10)) + geo.num_tiles((16, 16))]
+    assert tiles[0] > 1 and tiles[2] > 2
+    costs = [ds.exact_cost(i) for i in range(3)]
+    assert costs == [(len(ds[i].input_ids), tiles[i]) for i in range(3)]
+    lengths = exact_lengths(ds, tmp_path / "cache", workers=1)
+    again, _ = make(data, bpe_tokenizer)
+    assert again.tiles() == [1, 0, 2]  # before measuring: one an image, as indexed
+    assert exact_lengths(again, tmp_path / "cache", workers=1).tolist() == lengths.tolist()
+    assert again.tiles() == ds.tiles() == tiles  # read back from the cache

@@ -155,8 +155,9 @@ def test_ranks_split_the_work(records, bpe_tokenizer, tmp_path):
         exact_lengths(make(records, bpe_tokenizer), None, strategy=ranks, workers=1)
         blocks.append(ranks.parts[-1].numpy())
     n = len(ds)
-    assert not blocks[0][n // 2:n].any() and not blocks[1][: n // 2].any()  # each rank tokenized its half only
-    assert np.array_equal((blocks[0] + blocks[1])[:n], serial(ds))
+    costs = [block[:2 * n].reshape(n, 2) for block in blocks]  # (length, tiles) per record
+    assert not costs[0][n // 2:].any() and not costs[1][: n // 2].any()  # each rank tokenized its half only
+    assert np.array_equal((costs[0] + costs[1])[:, 0], serial(ds))
 
 
 def test_a_rank_that_fails_tells_the_others(records, bpe_tokenizer, monkeypatch):
@@ -167,7 +168,7 @@ def test_a_rank_that_fails_tells_the_others(records, bpe_tokenizer, monkeypatch)
     def broken(i):
         raise ValueError("tokenizer exploded")
 
-    monkeypatch.setattr(ds, "exact_length", broken)
+    monkeypatch.setattr(ds, "exact_cost", broken)
     with pytest.raises(ValueError, match="exploded"):
         exact_lengths(ds, None, strategy=ranks, workers=1)
     assert ranks.parts[-1][-1].item() == 1  # the failure went into the collective

@@ -76,3 +76,26 @@ def test_manifest_of_plain_files(tmp_path: Path) -> None:
     assert _ids(rebuild(manifest)) == manifest["ids"]
     with pytest.raises(ManifestError, match="not a readable data manifest"):
         read_manifest(tmp_path / "a.json")
+
+
+def test_a_files_sha256_is_read_once_while_it_is_unchanged(tmp_path: Path, monkeypatch) -> None:
+    """The manifest and the length cache's key both hash the record file: the second asks reads nothing."""
+    import hashlib
+    import os
+
+    from instruct_data import manifest
+
+    path = tmp_path / "data.json"
+    path.write_bytes(b"[1, 2]")
+    first = manifest.sha256_file(path)
+    assert first == hashlib.sha256(b"[1, 2]").hexdigest()
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("read again")
+
+    with monkeypatch.context() as m:
+        m.setattr(manifest, "open", no_read, raising=False)
+        assert manifest.sha256_file(path) == first
+    path.write_bytes(b"[3, 4]")  # same size, new content
+    os.utime(path, ns=(1, 1))
+    assert manifest.sha256_file(path) == hashlib.sha256(b"[3, 4]").hexdigest()

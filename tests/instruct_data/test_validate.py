@@ -1,6 +1,7 @@
 """Tests for instruct_data.validate: every kind of bad input named with its reason, streaming JSON reading."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,46 @@ def test_byte_order_mark_is_not_malformed_json(tmp_path: Path) -> None:
     (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([rec]).encode())
     for name in ("bom.jsonl", "bom.json"):
         assert [it.raw for it in iter_raw_records(tmp_path / name)] == [rec], name
+
+
+def test_workers_parse_their_records_from_the_file_and_match_one_process(tmp_path: Path) -> None:
+    """With workers the parent sends each well-formed entry as its byte span only and the worker parses it; the
+    reports over the hostile corpus (bad bytes, NaN, bad entries, a BOM; list and lines) and over files that
+    cannot be read whole equal one process's, problem for problem."""
+    from conversation.testing import (
+        RAW_BAD_ENTRIES,
+        broken_record_files,
+        hostile_images,
+        hostile_records,
+        record_lines_bytes,
+        record_list_bytes,
+    )
+    from instruct_data import validate
+
+    images = hostile_images(tmp_path / "images", tmp_path / "outside")
+    pairs = hostile_records(images)
+    records = [r for r, _ in pairs]
+    (tmp_path / "c.json").write_bytes(record_list_bytes(records, list(RAW_BAD_ENTRIES.values())))
+    (tmp_path / "c.jsonl").write_bytes(record_lines_bytes(records, list(RAW_BAD_ENTRIES.values()), bom=True))
+    good = [r for r, reason in pairs if reason is None and isinstance(r, dict) and r["id"] != "long"][:4]
+    broken = broken_record_files(tmp_path / "broken", good)
+    config = ValidationConfig(image_roots=[tmp_path / "images"])
+    for path in [tmp_path / "c.json", tmp_path / "c.jsonl", *(tmp_path / "broken" / name for name in broken)]:
+        reports = []
+        for workers in (1, 2):
+            report = tmp_path / f"{path.name}.{workers}.jsonl"
+            with report.open("w", encoding="utf-8") as f:
+                summary = validate_file(path, config, f, workers=workers, chunk_size=3)
+            reports.append((report.read_text(encoding="utf-8"), summary.records, summary.bad, summary.notes))
+        assert reports[0] == reports[1], path.name
+    # The worker's side, in this process: good entries travel as spans and are parsed from the file.
+    items = list(iter_raw_records(tmp_path / "c.jsonl"))
+    spans = [validate._span_only(it) for it in items]
+    assert sum(s.raw is None for s in spans) > len(items) // 2  # most entries travel without their record
+    validate._worker_init(config)
+    serial = validate.RecordValidator(config)
+    got = validate._worker_check(tmp_path / "c.jsonl", spans)
+    assert got == [serial.check_counted(it) for it in items]
+    wrong = dataclasses.replace(spans[next(k for k, s in enumerate(spans) if s.raw is None)])
+    wrong.size -= 2  # a span that no longer holds one value: the parent checks its own parse instead
+    assert validate._worker_check(tmp_path / "c.jsonl", [wrong]) == [None]

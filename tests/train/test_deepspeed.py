@@ -88,7 +88,7 @@ def test_zero_two_processes_match_one(stage: str, make_cfg, tmp_path: Path) -> N
     from train.recipes import run
 
     common: dict = dict(global_batch_size=8, max_steps=3, save_every=0)
-    if stage.endswith("_packed"):  # sequence packing: each rank packs its share of every step
+    if stage.endswith("_packed"):  # sequence packing: each step packed whole, its rows shared out to ranks by cost
         stage = stage.removesuffix("_packed")
         common["data"] = {"packing": True, "pack_length": 1024}
     single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)

@@ -126,3 +126,16 @@ def test_a_4bit_weight_counts_its_unpacked_elements() -> None:
     partitioned = torch.nn.Parameter(torch.empty(0))
     partitioned.ds_numel = 12
     assert (_numel(packed), _numel(partitioned), _numel(torch.nn.Parameter(torch.ones(3)))) == (64, 12, 3)
+
+
+def test_the_summary_gives_the_ranks_mean_imbalance() -> None:
+    from train.efficiency import EfficiencyLog
+
+    log = EfficiencyLog(nn.Linear(2, 2), torch.device("cpu"), "fp32")
+    for tokens, tiles in ((1.5, 2.0), (1.1, 1.0)):
+        log.record({"step_time_s": 1.0, "tokens": 10.0, "padding_ratio": 0.0, "token_imbalance": tokens,
+                    "tile_imbalance": tiles})
+    assert "ranks' max/mean load 1.30 in LLM tokens, 1.50 in image tiles" in log.summary()
+    single = EfficiencyLog(nn.Linear(2, 2), torch.device("cpu"), "fp32")
+    single.record({"step_time_s": 1.0, "tokens": 10.0, "padding_ratio": 0.0})
+    assert "max/mean" not in single.summary()

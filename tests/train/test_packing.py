@@ -171,11 +171,11 @@ def test_two_ranks_split_the_lengths_and_read_them_back(make_cfg, tmp_path) -> N
     from tests.train.harness import run_ranks
     from train.recipes import run
 
-    def cfg(name, cache):
+    def cfg(name, cache, strategy="ddp"):
         return packed(make_cfg, output_dir=str(tmp_path / name), global_batch_size=4, micro_batch_size=1,
-                      max_steps=2, data={"length_cache_dir": str(tmp_path / cache)})
+                      max_steps=2, data={"length_cache_dir": str(tmp_path / cache)}, strategy=strategy)
 
-    run(cfg("one", "single"))
+    run(cfg("one", "single", strategy="single"))
     (single,) = (tmp_path / "single").glob("lengths-*.npz")
     cold, _ = run_ranks(cfg("cold", "shared"), tmp_path, "cold")
     (shared,) = (tmp_path / "shared").glob("lengths-*.npz")

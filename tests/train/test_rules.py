@@ -127,3 +127,15 @@ def test_cli_exits_2_with_one_line(make_cfg, tmp_path, capsys, overrides, messag
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlm train: ") and message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # stopped before the run wrote anything
+
+
+def test_a_single_process_strategy_under_torchrun_is_refused(monkeypatch) -> None:
+    """Two processes with engine.strategy=single would each train the whole run and write the same output_dir."""
+    from train.rules import one_of_many
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="one of 2 processes .* engine.strategy=single runs one process"):
+        one_of_many("single", 1)
+    one_of_many("ddp", 2)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    one_of_many("single", 1)

@@ -163,3 +163,31 @@ def test_a_record_whose_image_cannot_be_decoded_is_dropped_from_its_batch(make_c
         outcome = train_step(inputs, window)
         assert outcome.records == 1 and inputs.skips.counts == {"image": 1} and inputs.skips.log[0][0] == "bad"
         assert math.isfinite(outcome.loss) and outcome.encoder_ran == [False]
+
+
+class SecondOfTwo(CountingStrategy):
+    """Rank 1 of 2 in one process: the step's count all-reduce adds a rank 0 holding 3x these LLM tokens and no
+    image tile; every other collective is this rank's alone."""
+
+    world_size, rank = 2, 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.numel() == 4 + 2 * self.world_size:
+            tensor[4] += 3 * tensor[5]
+        return tensor
+
+
+def test_each_ranks_tokens_and_tiles_ride_in_the_count_all_reduce(make_cfg) -> None:
+    """Rank 1's tokens and tiles land in its own slots of the step's one count collective; max/mean by hand:
+    tokens (3m, m) -> 1.5, tiles (0, t) -> 2.0."""
+    from train.efficiency import rank_imbalance
+
+    cfg = make_cfg()
+    inputs, _, data = _setup(cfg)
+    inputs.strategy.__class__ = SecondOfTwo
+    batch = _batch(data, [0, 1])
+    outcome = train_step(inputs, [batch])
+    mine = float(batch.attention_mask.sum())
+    tiles = float(batch.pixel_values.shape[0])
+    assert tiles > 0 and outcome.rank_tokens == [3 * mine, mine] and outcome.rank_tiles == [0.0, tiles]
+    assert rank_imbalance(outcome.rank_tokens, outcome.rank_tiles) == {"token_imbalance": 1.5, "tile_imbalance": 2.0}
