@@ -2,6 +2,7 @@
 final weights of one process, sharded checkpoints resumed on another number of processes, an export HF Llava reads."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,82 @@ def _assert_hf_logits_match(output_dir: str, hf_dir: Path) -> None:
         ours = model(ids, attention_mask=mask, pixel_values=pixels).logits
         theirs = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
     torch.testing.assert_close(theirs[mask.bool()], ours[mask.bool()], rtol=0, atol=1e-5)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_lora_matches_one_process(make_cfg, tmp_path: Path) -> None:
+    """LoRA: the adapters are sharded with their decoder layers, the frozen base too; same losses, adapters and
+    projector as one process, and the checkpoints hold the trainable weights only."""
+    from train.recipes import run
+
+    common = dict(global_batch_size=8, max_steps=2, save_every=0, llm_mode="lora",
+                  lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"), **common)
+    single = run(single_cfg)
+    fsdp_cfg = make_cfg(micro_batch_size=2, strategy="fsdp", output_dir=str(tmp_path / "fsdp"), **common)
+    multi = harness.run_distributed(fsdp_cfg, tmp_path, "fsdp")
+    assert multi["steps"] == single.steps == 2
+    assert multi["losses"] == pytest.approx(single.losses, rel=1e-5, abs=0)
+    assert_same_weights(single_cfg.checkpoint.output_dir, fsdp_cfg.checkpoint.output_dir, atol=2e-5, lora="attach")
+    from torch.distributed.checkpoint import FileSystemReader
+
+    last = sorted((Path(fsdp_cfg.checkpoint.output_dir) / "checkpoints").glob("step-*"))[-1]
+    saved = set(FileSystemReader(str(last / "model_shards")).read_metadata().state_dict_metadata)
+    assert saved and all(".lora_" in k or k.startswith("vlm.projector.") for k in saved)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_align_with_feature_cache_fills_first_and_matches_one_process(make_cfg, tiny_world,
+                                                                            tmp_path: Path) -> None:
+    """Phase 1 with the feature cache: filled before the shards exist, no rank runs the (sharded) encoder during
+    training, an undecodable image skips its record, and the losses and projector match one process."""
+    from tests.train.test_zero3_feature_cache import _world_with_corrupt_image
+    from train.recipes import run
+
+    data, images = _world_with_corrupt_image(tiny_world, tmp_path)
+    common = dict(recipe="align", model={"template": "plain"}, feature_cache=True, global_batch_size=8,
+                  max_steps=3, save_every=0, data={"data_path": [str(data)], "image_folder": str(images),
+                                                   "max_skip_ratio": 1.0})
+    single_cfg = make_cfg(micro_batch_size=4, output_dir=str(tmp_path / "single"),
+                          feature_cache_dir=str(tmp_path / "fc_single"), **common)
+    single = run(single_cfg)
+    fsdp_cfg = make_cfg(micro_batch_size=2, strategy="fsdp", output_dir=str(tmp_path / "fsdp"),
+                        feature_cache_dir=str(tmp_path / "fc_fsdp"), **common)
+    ranks, output = harness.run_ranks(fsdp_cfg, tmp_path, "fsdp", no_encoder_in_fit=True)
+    assert "feature cache filled before training" in output
+    assert ranks[0]["steps"] == single.steps == 3
+    assert sum(r["skipped"].get("image", 0) for r in ranks) == 1 == single.skipped["image"]
+    assert ranks[0]["losses"] == pytest.approx(single.losses, rel=1e-5, abs=0)
+    assert_same_weights(single_cfg.checkpoint.output_dir, fsdp_cfg.checkpoint.output_dir, atol=2e-5)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_packed_anyres_with_a_text_only_rank_matches_one_process(make_cfg, tiny_world, tmp_path: Path) -> None:
+    """Packed anyres rows, two steps over two epochs of one text-only and one image record: at every step one rank
+    packs a text-only row, whose pass still runs the (sharded) encoder, projector and `image_newline` on nothing."""
+    from train.recipes import run
+    from vision_encoders.config import VisionEncoderConfig
+    from vlm.model import VisionLanguageModel
+
+    parts = tiny_world["root"] / "parts"
+    vision = VisionEncoderConfig(spec=f"hf:{parts / 'vision_clip'}", image_aspect_ratio="anyres",
+                                 image_grid_pinpoints=PINS)
+    VisionLanguageModel.build(vision, "mlp2x_gelu", str(parts / "llm_llama"), "vicuna_v1").save(tmp_path / "base")
+    records = json.loads(tiny_world["data"].read_text())
+    two = [next(r for r in records if "image" not in r), next(r for r in records if "image" in r)]
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(two))
+    common = dict(model={"init_from": str(tmp_path / "base"), "template": "vicuna_v1"}, global_batch_size=2,
+                  micro_batch_size=1, max_steps=2, save_every=0,
+                  data={"data_path": [str(data)], "packing": True, "pack_length": 1024})
+    single_cfg = make_cfg(output_dir=str(tmp_path / "single"), **common)
+    single = run(single_cfg)
+    fsdp_cfg = make_cfg(strategy="fsdp", output_dir=str(tmp_path / "fsdp"), **common)
+    ranks, output = harness.run_ranks(fsdp_cfg, tmp_path, "fsdp")
+    assert "packing self-check passed" in output
+    assert ranks[0]["steps"] == single.steps == 2
+    assert ranks[0]["losses"] == pytest.approx(single.losses, rel=1e-5, abs=0)
+    assert_same_weights(single_cfg.checkpoint.output_dir, fsdp_cfg.checkpoint.output_dir, atol=2e-5)

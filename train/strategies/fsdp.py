@@ -16,6 +16,7 @@ from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
 from train.strategies.fsdp_state import MODEL_DIR, OPTIMIZER_DIR, FSDPCheckpointer, full_tensor, local_part
 from train.strategies.loss_view import LossView, vlm_of
 from train.strategies.text_only_grads import touch_unused_branches
+from vlm.anyres_features import NEWLINE
 
 
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:
@@ -101,6 +102,9 @@ class FSDPStrategy(ProcessGroupStrategy):
         encoder = getattr(model, "vision_encoder", None)
         for block in encoder.blocks() if encoder is not None else []:
             fully_shard(block, **shard)
+        newline = getattr(model.projector, NEWLINE, None)
+        if newline is not None:  # anyres' learned row: called for its value outside the projector's forward
+            fully_shard(newline, **shard)
         if any(True for _ in model.projector.parameters()):  # the identity projector has none
             fully_shard(model.projector, **shard)
         for layer in decoder_layers(model.llm):
@@ -109,6 +113,9 @@ class FSDPStrategy(ProcessGroupStrategy):
         # The root holds the rest (embeddings, final norm, LM head, the encoder's embeddings), gathered for the whole
         # forward; it stays gathered until backward ends (it is used first and last).
         fully_shard(view, **{**shard, "reshard_after_forward": False})
+        # FSDP2 keeps the root gathered after its forward, for the backward; a pass without gradients (the packing
+        # self-check) has no backward to free it: it is resharded at once.
+        view.register_forward_hook(lambda module, args, output: None if torch.is_grad_enabled() else module.reshard())
         self._touch_handles = touch_unused_branches(model, run_encoder=self._encoder_in_forward, called=view)
         self.model = view
         self.optimizer = optimizer_factory(model)  # over the sharded (DTensor) parameters, named as before
