@@ -11,31 +11,12 @@ import torch.distributed as dist
 from torch import nn
 
 from train import distributed
-from train.errors import ConfigError
 from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
+from train.strategies.decoder_layers import compile_decoder_layers, decoder_layers
 from train.strategies.fsdp_state import MODEL_DIR, OPTIMIZER_DIR, FSDPCheckpointer, full_tensor, local_part
 from train.strategies.loss_view import LossView, vlm_of
 from train.strategies.text_only_grads import touch_unused_branches
 from vlm.anyres_features import NEWLINE
-
-
-def decoder_layers(llm: nn.Module) -> list[nn.Module]:
-    """The LLM's decoder layers (inside a peft wrapper too): the units FSDP2 shards and torch.compile compiles."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise ConfigError(f"{type(base).__name__}: no decoder layers found (get_decoder().layers), which FSDP2 and "
-                          "compile wrap one by one")
-    return list(layers)
-
-
-def compile_decoder_layers(llm: nn.Module) -> int:
-    """`torch.compile` each decoder layer in place (its forward; the hooks FSDP2 adds later stay eager)."""
-    layers = decoder_layers(llm)
-    for layer in layers:
-        layer.compile()
-    return len(layers)
 
 
 class FSDPStrategy(ProcessGroupStrategy):
