@@ -166,9 +166,9 @@ def test_fsdp_packed_anyres_with_a_text_only_rank_matches_one_process(make_cfg, 
 def test_compiled_decoder_layers_train_like_eager_on_one_process(make_cfg, tmp_path: Path) -> None:
     """`engine.compile=true` (inductor's C++ kernels on this CPU) gives the eager losses and weights, packed rows of
     one fixed length included; the strategy compiled every decoder layer."""
-    from train.recipes import run
-
     from torch._dynamo.utils import counters
+
+    from train.recipes import run
 
     common = dict(global_batch_size=4, micro_batch_size=2, max_steps=1, save_every=0,
                   data={"packing": True, "pack_length": 512})
