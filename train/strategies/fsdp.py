@@ -71,7 +71,8 @@ class FSDPStrategy(ProcessGroupStrategy):
 
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("FSDP: the model has no trainable parameters")
-        model.to(self.device)
+        # No `model.to(device)`: `fully_shard` moves each unit's shards to the mesh's device, so a GPU never holds
+        # the whole model (the host copy each rank loaded is freed as the shards replace it).
         if self.compile:
             compile_decoder_layers(model.llm)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
