@@ -180,3 +180,42 @@ def test_compiled_decoder_layers_train_like_eager_on_one_process(make_cfg, tmp_p
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled (the layers share their graphs)
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-5, abs=0)
     assert_same_weights(eager_cfg.checkpoint.output_dir, compiled_cfg.checkpoint.output_dir, atol=2e-5)
+
+
+def test_fsdp_strategy_on_one_process_shards_gathers_and_clips(tmp_path: Path) -> None:
+    """Outside torchrun FSDP2 runs on a one-process group: every parameter becomes a DTensor, `full_parameters`
+    lends whole plain tensors (the same values) and gives the shards back, and the clipped norm is the global one."""
+    from torch.distributed.tensor import DTensor
+
+    from train.strategies.fsdp import FSDPStrategy
+    from vlm.testing import make_tiny_vlm
+
+    model = make_tiny_vlm(tmp_path)
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    strategy = FSDPStrategy(precision="fp32")
+    try:
+        view, optimizer = strategy.setup(model, lambda m: torch.optim.SGD([p for p in m.parameters()
+                                                                           if p.requires_grad], lr=1.0))
+        assert strategy.unwrap(view) is model and strategy.partitions_parameters and strategy.shards_checkpoints
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        with strategy.full_parameters(view, only=list(model.projector.parameters())):
+            for name, param in model.projector.named_parameters():
+                assert not isinstance(param, DTensor) and torch.equal(param, before[f"projector.{name}"])
+        assert all(isinstance(p, DTensor) for p in model.projector.parameters())
+        with pytest.raises(NotImplementedError, match="sharded checkpoints"):
+            with strategy.full_parameters(view, modify=True):
+                pass
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for param in trainable:
+            param.grad = torch.ones_like(param)
+        count = sum(p.numel() for p in trainable)
+        norm = strategy.clip_and_step(1.0)
+        assert norm == pytest.approx(count ** 0.5)
+        full = {n: p.full_tensor() for n, p in model.named_parameters()}
+        for name, value in before.items():  # SGD lr 1: the trainable ones moved by the clipped gradient
+            step = 1.0 / (count ** 0.5 + 1e-6) if name.startswith("projector.") else 0.0
+            torch.testing.assert_close(full[name], value - step, rtol=0, atol=1e-6, msg=name)
+    finally:
+        strategy.close()

@@ -158,26 +158,26 @@ class FSDPStrategy(ProcessGroupStrategy):
     @contextlib.contextmanager
     def full_parameters(self, model: nn.Module, modify: bool = False,
                         only: list[nn.Parameter] | None = None) -> Iterator[None]:
-        """Whole parameters (the sharded fp32 values gathered, not the bf16 compute copies) stand in for the shards
-        on every rank (`only`: just those); with `modify`, rank 0's values are scattered back into the shards on
-        exit. Not inside a forward: the modules hold their shards again on exit."""
+        """Whole parameters (the sharded values gathered, fp32 masters under bf16, not the compute copies) stand in
+        for the shards on every rank (`only`: just those), read-only; the modules hold their shards again on exit.
+        Not inside a forward. Writes go through the sharded checkpoints (`load_sharded`), never through here."""
+        if modify:
+            raise NotImplementedError("FSDP2 restores weights from its sharded checkpoints (load_sharded)")
         module = self.unwrap(model)
         wanted = None if only is None else {id(p) for p in only}
-        swapped: list[tuple[nn.Module, str, nn.Parameter, nn.Parameter]] = []
+        swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
         for owner in module.modules():
             for name, param in list(owner._parameters.items()):
                 if param is None or (wanted is not None and id(param) not in wanted):
                     continue
-                whole = nn.Parameter(full_tensor(param.data).detach().clone(), requires_grad=param.requires_grad)
-                owner._parameters[name] = whole
-                swapped.append((owner, name, param, whole))
+                owner._parameters[name] = nn.Parameter(full_tensor(param.data).detach().clone(),
+                                                       requires_grad=param.requires_grad)
+                swapped.append((owner, name, param))
         try:
             yield
         finally:
-            for owner, name, sharded, whole in swapped:
+            for owner, name, sharded in swapped:
                 owner._parameters[name] = sharded
-                if modify:
-                    _scatter_into(sharded, whole.data)
 
     # ------------------------------------------------------------------ checkpoints
     def save_sharded(self, directory: str, model: nn.Module) -> None:
@@ -203,19 +203,6 @@ class FSDPStrategy(ProcessGroupStrategy):
         if dist.is_initialized():
             distributed.barrier()
         distributed.destroy()
-
-
-def _scatter_into(sharded: nn.Parameter, whole: torch.Tensor) -> None:
-    """Rank 0's `whole` value into this rank's shard of `sharded` (a DTensor), or into a plain parameter."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    with torch.no_grad():
-        if isinstance(sharded.data, DTensor):
-            dtensor = sharded.data
-            value = distribute_tensor(whole.to(dtensor.dtype), dtensor.device_mesh, dtensor.placements, src_data_rank=0)
-            dtensor.to_local().copy_(value.to_local())
-        else:
-            sharded.copy_(whole)
 
 
 def _join_group(backend: str | None) -> distributed.DistEnv:
