@@ -198,6 +198,11 @@ def load_checkpoint(path: str | Path, strategy: Strategy, model: nn.Module, sche
     saved rank R modulo the saved world size."""
     path = Path(path)
     state = read_trainer_state(path)
+    gathered = (path / WEIGHTS_FILE).is_file()
+    if gathered == strategy.shards_checkpoints:
+        kind = "gathered weights (trainable.safetensors)" if gathered else "sharded weights (engine.strategy=fsdp's)"
+        raise ConfigError(f"checkpoint {path} holds {kind}, which engine.strategy={_strategy_name(strategy)} does "
+                          "not resume: resume it under the strategy that wrote it")
     if strategy.shards_checkpoints:
         strategy.load_sharded(str(path), model)
     else:
@@ -211,6 +216,13 @@ def load_checkpoint(path: str | Path, strategy: Strategy, model: nn.Module, sche
         raise FileNotFoundError(f"{path}: no RNG state for rank {strategy.rank} (saved with another world size?)")
     set_rng_state(json.loads(rng_file.read_text()))
     return state
+
+
+def _strategy_name(strategy: Strategy) -> str:
+    from train.strategies.registry import STRATEGIES
+
+    path = f"{type(strategy).__module__}:{type(strategy).__name__}"
+    return next((name for name, where in STRATEGIES.items() if where == path), type(strategy).__name__)
 
 
 def read_data_state(path: str | Path, rank: int) -> dict[str, Any] | None:

@@ -219,3 +219,15 @@ def test_fsdp_strategy_on_one_process_shards_gathers_and_clips(tmp_path: Path) -
             torch.testing.assert_close(full[name], value - step, rtol=0, atol=1e-6, msg=name)
     finally:
         strategy.close()
+
+
+def test_a_sharded_checkpoint_is_refused_by_name_under_a_gathering_strategy(tmp_path: Path) -> None:
+    from train.checkpointing import STATE_FILE, TrainerState, load_checkpoint
+    from train.errors import ConfigError
+    from train.strategies.single import SingleProcessStrategy
+
+    (tmp_path / "model_shards").mkdir()
+    (tmp_path / STATE_FILE).write_text(json.dumps(TrainerState(step=2, world_size=2).__dict__))
+    with pytest.raises(ConfigError, match=r"holds sharded weights \(engine.strategy=fsdp's\), which "
+                                          r"engine.strategy=single does not resume"):
+        load_checkpoint(tmp_path, SingleProcessStrategy(), torch.nn.Linear(2, 2), scheduler=None)
