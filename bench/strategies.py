@@ -1,7 +1,9 @@
-"""The same phase-2 steps on 2 processes under DDP, ZeRO-2, ZeRO-3, FSDP2 and FSDP2 + compile: tokens/s, each rank's
-peak memory and the per-step losses side by side, one JSON line per strategy (and one comparing the losses).
+"""The same phase-2 steps on 2 processes under DDP, ZeRO-2, ZeRO-3, FSDP2 (two reshard settings) and FSDP2 + compile:
+tokens/s, each rank's peak memory and the per-step losses side by side, one JSON line per run (and one comparing the
+losses).
 
-Run: `OMP_NUM_THREADS=1 .venv/bin/python bench/strategies.py [--steps 8] [--hidden 256] [--layers 4]`. Each strategy is
+Run: `OMP_NUM_THREADS=1 .venv/bin/python bench/strategies.py [--steps 8] [--hidden 256] [--layers 4] [--repeats 1]`.
+Strategies run interleaved `--repeats` times (load from other jobs on a shared machine spreads over all). Each is
 one `torchrun --nproc_per_node=2` of this file as the worker (CPU, gloo, fp32 unless --gpu), over the same synthetic
 phase-2 data and model (full LLM + projector, a frozen CLIP tower). tokens/s is real tokens over the step times of
 steps 3 onward (step 1 holds compilation, step 2 allocator warm-up); peak memory is each rank's peak resident set
@@ -27,6 +29,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "zero2": {"strategy": "deepspeed", "deepspeed_config": str(ZERO / "zero2.json")},
     "zero3": {"strategy": "deepspeed", "deepspeed_config": str(ZERO / "zero3.json")},
     "fsdp2": {"strategy": "fsdp"},
+    "fsdp2_keep": {"strategy": "fsdp", "fsdp": {"reshard_after_forward": False}},  # ZeRO-2-like: gathered to backward
     "fsdp2_compile": {"strategy": "fsdp", "compile": True},
 }
 
@@ -98,7 +101,8 @@ def worker(config_json: str, out_json: str) -> None:
 
 def launch(name: str, cfg: dict[str, Any], work: Path, gpu: bool) -> dict[str, Any]:
     """One strategy on 2 processes; its JSON line."""
-    cfg_path, out = work / f"{name}.json", work / f"{name}_out.json"
+    tag = Path(cfg["checkpoint"]["output_dir"]).name
+    cfg_path, out = work / f"{tag}.json", work / f"{tag}_out.json"
     cfg_path.write_text(json.dumps(cfg))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -131,6 +135,7 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated strategies of " + ",".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--gpu", action="store_true", help="on the visible GPUs (bf16 where supported), not the CPU")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
@@ -145,11 +150,15 @@ def main() -> int:
     _, images = write_align_data(work, 24)
     data = write_instruct_data(work, images, args.records)
     lines = []
-    for name in args.only.split(","):
-        cfg = train_config(base, data, images, work / f"run_{name}", args.steps, VARIANTS[name], args.gpu)
-        lines.append(launch(name, cfg, work, args.gpu))
-        print(json.dumps(lines[-1]), flush=True)
-    done = [line for line in lines if "losses" in line]
+    for repeat in range(args.repeats):
+        for name in args.only.split(","):
+            out = work / f"run_{name}_{repeat}"
+            if out.exists():
+                raise SystemExit(f"{out} exists (its metrics would be appended to): give another --dir")
+            cfg = train_config(base, data, images, out, args.steps, VARIANTS[name], args.gpu)
+            lines.append({**launch(name, cfg, work, args.gpu), "repeat": repeat})
+            print(json.dumps(lines[-1]), flush=True)
+    done = [line for line in lines if "losses" in line and line["repeat"] == 0]
     if done:
         ref = done[0]
         diffs = {line["strategy"]: max(abs(a - b) / abs(b) for a, b in zip(line["losses"], ref["losses"]))
