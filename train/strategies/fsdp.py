@@ -13,7 +13,7 @@ from torch import nn
 from train import distributed
 from train.strategies.base import OptimizerFactory, ProcessGroupStrategy
 from train.strategies.decoder_layers import compile_decoder_layers, decoder_layers
-from train.strategies.fsdp_state import MODEL_DIR, OPTIMIZER_DIR, FSDPCheckpointer, full_tensor, local_part
+from train.strategies.fsdp_state import MODEL_DIR, OPTIMIZER_DIR, FSDPCheckpointer, full_tensor
 from train.strategies.loss_view import LossView, vlm_of
 from train.strategies.text_only_grads import touch_unused_branches
 from vlm.anyres_features import NEWLINE
@@ -109,21 +109,16 @@ class FSDPStrategy(ProcessGroupStrategy):
         loss.backward()  # each unit reduce-scatters (averages) its gradients as its backward ends
 
     def clip_and_step(self, max_norm: float) -> float:
-        """The global norm of the sharded gradients (each rank squares its shards, one all-reduce), then the
-        clip coefficient of `torch.nn.utils.clip_grad_norm_` on every shard, then the optimizer step."""
+        """`torch.nn.utils.clip_grad_norm_` over the sharded (DTensor) gradients: DTensor reduces the shards' norms
+        into the global one, and every shard is scaled by the same coefficient; then the optimizer step."""
         assert self.model is not None and self.optimizer is not None, "setup() first"
         params = [p for p in self.unwrap(self.model).parameters() if p.requires_grad and p.grad is not None]
-        grads = [local_part(p.grad) for p in params]
-        squares = torch.zeros((), dtype=torch.float32, device=self.device)
-        for grad in grads:
-            squares += grad.float().pow(2).sum()
-        norm = self.all_reduce_sum(squares).sqrt()
         if max_norm and max_norm > 0:
-            coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-            for grad in grads:
-                grad.mul_(coef.to(grad.dtype))
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self.optimizer.step()
-        return float(norm)
+        return float(full_tensor(norm))
 
     def zero_grad(self) -> None:
         assert self.optimizer is not None, "setup() first"

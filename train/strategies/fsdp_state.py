@@ -20,13 +20,6 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def local_part(value: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (the storage itself), a plain tensor as it is."""
-    from torch.distributed.tensor import DTensor
-
-    return value.to_local() if isinstance(value, DTensor) else value
-
-
 class FSDPCheckpointer:
     """Saves and loads the trainable weights and the optimizer state of a `fully_shard`ed root through DCP's
     `get/set_model_state_dict` and `get/set_optimizer_state_dict` (sharded state dicts: no rank gathers anything)."""
