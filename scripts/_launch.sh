@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared launcher for the real-model scripts: `vlm train` under torchrun from the project's .venv, one process per GPU.
 # Usage (from another script): source scripts/_launch.sh; launch_train CONFIG [key=value overrides...]
+#        (`strategy=fsdp` stands for engine.strategy=fsdp: FSDP2 in place of the config's DeepSpeed ZeRO)
 # Env: NUM_GPUS (processes per node; default: every CUDA device torch sees), CUDA_VISIBLE_DEVICES (which ones; set and
 #      empty: no GPU, a CPU run of NUM_PROCS processes, default 1), multi-node: NNODES, NODE_RANK, MASTER_ADDR,
 #      MASTER_PORT (default 29500), the same on every node but NODE_RANK. VENV (default .venv), VLM (a `vlm` executable
@@ -44,5 +45,11 @@ launch_train() {
     local program=(-m app.cli)
     [[ -z "${VLM:-}" ]] || program=(--no-python "$VLM")  # every worker runs that executable itself
     echo "[launch] $config: $nnodes node(s) x $nproc process(es), node rank $node_rank" >&2
-    exec "$PY" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="$nproc" "${program[@]}" train "$config" "$@"
+    # `strategy=NAME` (single, ddp, deepspeed, fsdp) is the scripts' short form of the override engine.strategy=NAME
+    local overrides=() arg
+    for arg in "$@"; do
+        if [[ "$arg" == strategy=* ]]; then overrides+=("engine.$arg"); else overrides+=("$arg"); fi
+    done
+    exec "$PY" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="$nproc" "${program[@]}" train "$config" \
+        ${overrides[@]+"${overrides[@]}"}
 }

@@ -3,6 +3,8 @@
 Layout of `<output_dir>/checkpoints/step-00000010/`:
   trainable.safetensors   every parameter with requires_grad (projector alone in phase 1; LoRA adapters)
   optimizer files          whatever the strategy writes (`optimizer.pt` single-process)
+  (FSDP2: `model_shards/` and `optimizer_shards/`, each rank's shards through torch.distributed.checkpoint,
+   in place of the two above)
   scheduler.json           the lr scheduler's state_dict
   rng_rank<R>.json         python / numpy / torch (/ cuda) RNG states of rank R
   data_rank<R>.json        the data order's own state of rank R, when it has one (the packer's)
@@ -138,7 +140,8 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strat
     the model's preprocessing fingerprint, which resume compares with its own."""
     final = checkpoint_dir(output_dir, state.step)
     tmp = final.with_name(f".{final.name}.tmp")
-    weights = trainable_state(strategy, model)  # collective under ZeRO-3: every rank calls it
+    # collective under ZeRO-3: every rank calls it; a sharding strategy writes its shards instead (no gather)
+    weights = None if strategy.shards_checkpoints else trainable_state(strategy, model)
     if strategy.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # leftover of a run killed while saving
         tmp.mkdir(parents=True)
@@ -146,9 +149,13 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, strategy: Strat
     (tmp / f"rng_rank{strategy.rank}.json").write_text(json.dumps(rng_state()))
     if data_state is not None:
         (tmp / f"data_rank{strategy.rank}.json").write_text(json.dumps(data_state))
-    strategy.save_optimizer(str(tmp))
+    if strategy.shards_checkpoints:
+        strategy.save_sharded(str(tmp), model)
+    else:
+        strategy.save_optimizer(str(tmp))
     if strategy.is_main:
-        save_file(weights, str(tmp / WEIGHTS_FILE))
+        if weights is not None:
+            save_file(weights, str(tmp / WEIGHTS_FILE))
         (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict()))
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         if fingerprint is not None:
@@ -190,18 +197,37 @@ def read_trainer_state(path: str | Path) -> TrainerState:
 
 
 def load_checkpoint(path: str | Path, strategy: Strategy, model: nn.Module, scheduler: Any) -> TrainerState:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return the trainer state."""
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the trainer state.
+
+    A sharded checkpoint saved on another number of processes is resharded; rank R then takes the RNG state of
+    saved rank R modulo the saved world size."""
     path = Path(path)
     state = read_trainer_state(path)
-    with strategy.full_parameters(model, modify=True):
-        load_trainable_weights(path, strategy.unwrap(model))
-    strategy.load_optimizer(str(path))
+    gathered = (path / WEIGHTS_FILE).is_file()
+    if gathered == strategy.shards_checkpoints:
+        kind = "gathered weights (trainable.safetensors)" if gathered else "sharded weights (engine.strategy=fsdp's)"
+        raise ConfigError(f"checkpoint {path} holds {kind}, which engine.strategy={_strategy_name(strategy)} does "
+                          "not resume: resume it under the strategy that wrote it")
+    if strategy.shards_checkpoints:
+        strategy.load_sharded(str(path), model)
+    else:
+        with strategy.full_parameters(model, modify=True):
+            load_trainable_weights(path, strategy.unwrap(model))
+        strategy.load_optimizer(str(path))
     scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text()))
-    rng_file = path / f"rng_rank{strategy.rank}.json"
+    rank = strategy.rank if state.world_size == strategy.world_size else strategy.rank % max(state.world_size, 1)
+    rng_file = path / f"rng_rank{rank}.json"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{path}: no RNG state for rank {strategy.rank} (saved with another world size?)")
     set_rng_state(json.loads(rng_file.read_text()))
     return state
+
+
+def _strategy_name(strategy: Strategy) -> str:
+    from train.strategies.registry import STRATEGIES
+
+    path = f"{type(strategy).__module__}:{type(strategy).__name__}"
+    return next((name for name, where in STRATEGIES.items() if where == path), type(strategy).__name__)
 
 
 def read_data_state(path: str | Path, rank: int) -> dict[str, Any] | None:

@@ -146,12 +146,26 @@ class TrainableConfig:
 
 
 @dataclass
+class FSDPSettings:
+    """PyTorch FSDP2 (`engine.strategy=fsdp`, `train.strategies.fsdp`): how the shards behave."""
+
+    # Free each unit's gathered weights after its forward (ZeRO-3-like memory) and gather again in backward; false
+    # keeps them from forward to backward (ZeRO-2-like: more memory, one all-gather less per unit and step).
+    reshard_after_forward: bool = True
+    # Keep the sharded weights, gradients and optimizer state in host memory (CPUOffloadPolicy); GPUs only.
+    cpu_offload: bool = False
+
+
+@dataclass
 class EngineConfig:
-    """How the step runs: the strategy (`train.strategies.registry`) and the precision."""
+    """How the step runs: the strategy (`train.strategies.registry`), the precision, torch.compile."""
 
     strategy: StrategyName = "single"
     deepspeed_config: str | None = None
     precision: Precision = "auto"
+    # torch.compile each LLM decoder layer (strategy single or fsdp); on a CPU inductor needs a C compiler.
+    compile: bool = False
+    fsdp: FSDPSettings = field(default_factory=FSDPSettings)
 
 
 @dataclass

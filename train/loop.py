@@ -29,7 +29,7 @@ from train.quarantine import quarantined_ids
 from train.recipe_registry import get_recipe
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, reset_peak_memory, resolve_precision
-from train.step import QUARANTINE, SkipTally, StepInputs, StepOutcome, summed_token_loss, train_step
+from train.step import QUARANTINE, SkipTally, StepInputs, StepOutcome, train_step
 from train.step_watch import StepWatch
 from train.strategies.base import Strategy
 from train.strategies.registry import build_strategy
@@ -65,6 +65,12 @@ class RunResult:
     resumed_from: Path | None = None
     trained: int = 0  # records that reached the model (all processes, whole run)
     quarantined: list[str] = field(default_factory=list)  # ids dropped by data.quarantine in this process's run
+
+
+def _module_loss(module: nn.Module, batch: Batch, device: torch.device,
+                 vision_features: torch.Tensor | None = None) -> torch.Tensor:
+    """`summed_token_loss` through a strategy's `loss_module` (the host batch: the VLM moves it)."""
+    return module(batch, vision_features=vision_features).loss
 
 
 class Trainer:
@@ -135,9 +141,12 @@ class Trainer:
                               f"{state.global_batch_size}, total_steps={state.total_steps}; this run has "
                               f"{self.cfg.schedule.global_batch_size}, "
                               f"{self.total_steps}")
-        if state.world_size != self.strategy.world_size:
+        resharded = state.world_size != self.strategy.world_size
+        if resharded and not (self.strategy.shards_checkpoints and self.data.packer is None):
+            why = ("packed runs pack each rank's share" if self.strategy.shards_checkpoints
+                   else "its checkpoints are not sharded (engine.strategy=fsdp's are)")
             raise ConfigError(f"cannot resume exactly from {path}: saved with world_size={state.world_size}, "
-                              f"now {self.strategy.world_size}")
+                              f"now {self.strategy.world_size} ({why})")
         saved = read_data_state(path, self.strategy.rank)
         if (saved is None) != (self.data.packer is None):
             raise ConfigError(f"cannot resume exactly from {path}: it was saved with data.packing="
@@ -146,6 +155,12 @@ class Trainer:
             self.data.packer.load_state_dict(saved)
         self._check_fingerprint(path)
         self.state = load_checkpoint(path, self.strategy, self.model, self.scheduler)
+        if resharded:  # the steps' samples do not depend on the world size; the per-rank count does
+            done_steps = self.state.micro_batches_in_epoch // grad_accum_steps(
+                state.global_batch_size, state.micro_batch_size, state.world_size)
+            self.state.micro_batches_in_epoch = done_steps * self.accum
+            self.state.world_size = self.strategy.world_size
+            self.state.micro_batch_size = self.cfg.schedule.micro_batch_size
         self.skips.counts = self.state.skipped
         self.resumed_from = path
 
@@ -316,12 +331,12 @@ class Trainer:
             # ZeRO-3 gathers parameters with collectives in every module's forward: every rank checks rank 0's
             # micro-batches, so the same modules run in the same order (and fail alike) on every rank.
             candidates = self.strategy.broadcast_object(candidates)
-        unwrapped = self.strategy.unwrap(self.model)  # no DDP/engine hooks (ZeRO-3's are on the modules)
+        module = self.strategy.loss_module(self.model)  # called with a Batch: the VLM's TokenLoss
         result, failures = None, []
         for rows in candidates:
             packed, unpacked = self.data.check_pair(rows)
             try:
-                result = check_packing(unwrapped, packed, unpacked, loss_fn=summed_token_loss,
+                result = check_packing(module, packed, unpacked, loss_fn=_module_loss,
                                        device=self.strategy.device, precision=self.precision,
                                        features_fn=self.features.features if self.features else None,
                                        autocast=self.strategy.autocast(self.precision))

@@ -22,6 +22,7 @@ def check(cfg: TrainConfig, world_size: int, device: torch.device, model_config:
     one_of_many(cfg.engine.strategy, world_size)
     batch_split(cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size, world_size)
     precision_on(cfg.engine.precision, device)
+    engine_on(cfg, device)
     check_model(cfg, model_config if model_config is not None else init_model_config(cfg))
 
 
@@ -54,6 +55,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("checkpoint.keep_last must be >= 1")
     if e.strategy == "deepspeed" and not e.deepspeed_config:
         raise ConfigError("engine.strategy=deepspeed needs engine.deepspeed_config (a ZeRO JSON file)")
+    if e.compile and e.strategy not in COMPILE_STRATEGIES:
+        raise ConfigError(f"engine.compile=true runs under engine.strategy={' or '.join(COMPILE_STRATEGIES)}, "
+                          f"not {e.strategy}")
+    if e.fsdp.cpu_offload and e.strategy != "fsdp":
+        raise ConfigError("engine.fsdp.cpu_offload=true needs engine.strategy=fsdp")
     recipe = get_recipe(cfg.recipe)
     llm_mode = recipe.llm_mode(t.llm_mode)
     vision_unfreezing(recipe, t.unfreeze_vision_last_n)
@@ -129,6 +135,25 @@ def one_of_many(strategy: str, world_size: int) -> None:
                           "use engine.strategy=ddp (or a deepspeed one)")
 
 
+COMPILE_STRATEGIES = ("single", "fsdp")
+
+
+def engine_on(cfg: TrainConfig, device: torch.device) -> None:
+    """What the engine settings need from the machine: CPU offload a GPU to offload from, compile on a CPU a C
+    compiler (inductor builds C++ kernels)."""
+    e = cfg.engine
+    if e.fsdp.cpu_offload and device.type != "cuda":
+        raise ConfigError(f"engine.fsdp.cpu_offload=true offloads from a GPU, but training runs on {device}: "
+                          "set engine.fsdp.cpu_offload=false")
+    if e.compile and device.type == "cpu":
+        import shutil
+
+        compiler = os.environ.get("CXX") or "g++"
+        if shutil.which(compiler) is None:
+            raise ConfigError(f"engine.compile=true on a CPU needs a C++ compiler for torch.compile's kernels "
+                              f"({compiler!r} not found; set CXX or install g++), or engine.compile=false")
+
+
 def batch_split(global_batch: int, micro_batch: int, world_size: int) -> None:
     """A global batch is a whole number of micro-batches on every process."""
     per_step = micro_batch * world_size
@@ -171,9 +196,17 @@ ZERO3_REFUSAL = ("llm_mode=qlora cannot run under DeepSpeed ZeRO-3 ({config}): Z
                  "(engine.strategy=single)")
 
 
+FSDP_REFUSAL = ("llm_mode=qlora cannot run under engine.strategy=fsdp: FSDP2 shards every parameter as a DTensor, "
+                "and bitsandbytes' packed 4-bit weights (with their quantization state) cannot be sharded or "
+                "gathered. Use llm_mode=lora under fsdp, or QLoRA on one GPU (engine.strategy=single) or under ZeRO-2 "
+                "(engine.strategy=deepspeed, engine.deepspeed_config=configs/deepspeed/zero2.json)")
+
+
 def qlora_strategy(cfg: TrainConfig) -> None:
-    """QLoRA + ZeRO-3 is refused, naming the alternative (reads the JSON only: no DeepSpeed needed)."""
+    """QLoRA + ZeRO-3 or FSDP2 is refused, naming the alternative (reads the JSON only: no DeepSpeed needed)."""
     e = cfg.engine
+    if e.strategy == "fsdp":
+        raise ConfigError(FSDP_REFUSAL)
     if e.strategy != "deepspeed" or not e.deepspeed_config:
         return
     from train.strategies.deepspeed_config import load_json_config

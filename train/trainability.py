@@ -129,5 +129,7 @@ class TrainabilityCheck:
 
 def _sample(param: torch.Tensor) -> torch.Tensor:
     local = getattr(param, "ds_tensor", None)  # ZeRO-3: this rank's partition; the full tensor is empty here
+    if local is None and hasattr(param, "to_local"):  # FSDP2: a DTensor, of which this rank holds a shard
+        local = param.to_local()
     values = param if local is None else local
     return values.detach().reshape(-1)[:SAMPLE].clone()

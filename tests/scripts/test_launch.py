@@ -65,6 +65,14 @@ def test_one_process_per_visible_gpu_with_the_venv_python(stubs) -> None:
                      "configs/llava15_finetune.yaml micro_batch_size=8"]
 
 
+def test_strategy_short_form_is_the_engine_override(stubs) -> None:
+    done, calls = _run(stubs, "scripts/finetune.sh", "strategy=fsdp", "engine.fsdp.reshard_after_forward=false",
+                       STUB_TORCH_GPUS="2")
+    assert done.returncode == 0, done.stderr
+    assert calls[0].endswith("train configs/llava15_finetune.yaml engine.strategy=fsdp "
+                             "engine.fsdp.reshard_after_forward=false")
+
+
 def test_num_gpus_above_the_visible_count_is_refused(stubs) -> None:
     done, calls = _run(stubs, "scripts/pretrain.sh", NUM_GPUS="4", STUB_TORCH_GPUS="2", CUDA_VISIBLE_DEVICES="0,1")
     assert done.returncode == 1 and not calls

@@ -109,6 +109,10 @@ def test_shipped_configs_load() -> None:
     assert (pre.recipe, pre.schedule.global_batch_size, pre.optim.lr, pre.model.template) == ("align", 256, 1e-3, "plain")
     ft = load_config(root / "llava15_finetune.yaml")
     assert (ft.recipe, ft.schedule.global_batch_size, ft.optim.lr, ft.data.max_length) == ("instruct", 128, 2e-5, 2048)
+    fsdp = load_config(root / "llava15_finetune_fsdp.yaml")
+    assert (fsdp.engine.strategy, fsdp.engine.deepspeed_config, fsdp.engine.fsdp.reshard_after_forward) == \
+        ("fsdp", None, True)
+    assert (fsdp.schedule, fsdp.optim, fsdp.data) == (ft.schedule, ft.optim, ft.data)  # ZeRO-3's run, sharded by FSDP2
     next_pre = load_config(root / "llava_next_pretrain.yaml")
     vision = next_pre.model.vision
     assert (vision.image_aspect_ratio, vision.image_grid_pinpoints[0], next_pre.feature_cache.enabled) == ("anyres", [336, 672], False)

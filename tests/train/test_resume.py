@@ -20,12 +20,12 @@ pytestmark = pytest.mark.slow
 STEPS = 24
 
 
-def _write_config(make_cfg, out: Path, path: Path, packing: bool = False) -> None:
+def _write_config(make_cfg, out: Path, path: Path, packing: bool = False, strategy: str = "single") -> None:
     # dropout in the LoRA-free LLM is 0; data order, AdamW state and the schedule carry the exactness
     data = {"group_by": "modality_length", **({"packing": True, "pack_length": 1024} if packing else {})}
     cfg = make_cfg(output_dir=str(out), max_steps=STEPS, save_every=3, keep_last=2, resume="auto",
                    global_batch_size=2 * (1 + packing), micro_batch_size=1, data=data,
-                   optim={"lr": 1e-3, "warmup_ratio": 0.1})
+                   optim={"lr": 1e-3, "warmup_ratio": 0.1}, engine={"strategy": strategy})
     path.write_text(yaml.safe_dump(cfg.to_dict()))
 
 
@@ -38,12 +38,14 @@ def _env() -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": ""}
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["unpacked", "packed"])
-def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path, packing: bool) -> None:
-    """Packed (4 samples a step packed into rows), the packer's state comes back with the checkpoint too."""
+@pytest.mark.parametrize(("packing", "strategy"), [(False, "single"), (True, "single"), (True, "fsdp")],
+                         ids=["unpacked", "packed", "fsdp_packed"])
+def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path, packing: bool, strategy: str) -> None:
+    """Packed (4 samples a step packed into rows), the packer's state comes back with the checkpoint too. FSDP2 (one
+    process): its sharded checkpoints (torch.distributed.checkpoint) resume as exactly."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _write_config(make_cfg, straight, tmp_path / "a.yaml", packing)
-    _write_config(make_cfg, killed, tmp_path / "b.yaml", packing)
+    _write_config(make_cfg, straight, tmp_path / "a.yaml", packing, strategy)
+    _write_config(make_cfg, killed, tmp_path / "b.yaml", packing, strategy)
     subprocess.run(_cmd(tmp_path / "a.yaml"), check=True, env=_env(), capture_output=True, timeout=300)
     reference = {r["step"]: r["loss"] for r in read_metrics(straight)}
     assert sorted(reference) == list(range(1, STEPS + 1))
@@ -72,6 +74,8 @@ def test_kill9_then_resume_gives_identical_losses(make_cfg, tmp_path, packing: b
     assert "resumed from" in done.stderr
     if packing:  # the exact lengths were cached by the first start and read back by the resume
         assert len(list((killed / "lengths").glob("lengths-*.npz"))) == 1
+    if strategy == "fsdp":
+        assert (list_checkpoints(killed)[-1] / "model_shards" / ".metadata").is_file()
     after = {r["step"]: r["loss"] for r in read_metrics(killed)}
     assert sorted(after) == list(range(1, STEPS + 1))  # the lost steps' lines were dropped, then redone
     for step in range(resumed_at + 1, STEPS + 1):

@@ -38,6 +38,9 @@ ANYRES = {"spec": "hf:/tmp/vit", "image_aspect_ratio": "anyres", "image_grid_pin
      "model.template is required when building a new model for recipe=instruct"),
     ({"llm_mode": "qlora", "strategy": "deepspeed", "deepspeed_config": str(DEEPSPEED / "zero3.json")},
      "llm_mode=qlora cannot run under DeepSpeed ZeRO-3"),
+    ({"llm_mode": "qlora", "strategy": "fsdp"}, "llm_mode=qlora cannot run under engine.strategy=fsdp"),
+    ({"engine": {"strategy": "ddp", "compile": True}}, "engine.compile=true runs under engine.strategy=single or fsdp"),
+    ({"engine": {"fsdp": {"cpu_offload": True}}}, "cpu_offload=true needs engine.strategy=fsdp"),
 ])
 def test_each_config_rule_names_its_keys(make_cfg, over, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -48,6 +51,17 @@ def test_a_good_config_passes_and_qlora_under_zero2_is_allowed(make_cfg) -> None
     check(make_cfg(), 1, CPU)
     check_config(make_cfg(llm_mode="qlora", strategy="deepspeed", deepspeed_config=str(DEEPSPEED / "zero2.json")))
     check_config(make_cfg(recipe="align", model={"template": None}))  # "full" reads as the recipe's default
+
+
+def test_engine_settings_the_machine_must_support(make_cfg, monkeypatch) -> None:
+    from train.rules import engine_on
+
+    engine_on(make_cfg(engine={"strategy": "fsdp", "compile": True}), CPU)  # g++ is on this machine
+    with pytest.raises(ConfigError, match="cpu_offload=true offloads from a GPU, but training runs on cpu"):
+        engine_on(make_cfg(engine={"strategy": "fsdp", "fsdp": {"cpu_offload": True}}), CPU)
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(ConfigError, match="'no-such-compiler' not found"):
+        engine_on(make_cfg(engine={"compile": True}), CPU)
 
 
 def test_batch_sizes_divide_over_the_processes() -> None:

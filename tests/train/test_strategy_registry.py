@@ -11,7 +11,7 @@ from train.strategies.single import SingleProcessStrategy
 
 
 def test_every_registered_strategy_is_a_strategy_beside_the_base() -> None:
-    assert sorted(STRATEGIES) == ["ddp", "deepspeed", "single"]
+    assert sorted(STRATEGIES) == ["ddp", "deepspeed", "fsdp", "single"]
     for path in STRATEGIES.values():
         module_name, cls_name = path.split(":")
         assert module_name.startswith("train.strategies.")
@@ -20,7 +20,7 @@ def test_every_registered_strategy_is_a_strategy_beside_the_base() -> None:
 
 def test_build_by_exact_name() -> None:
     assert isinstance(build_strategy("single"), SingleProcessStrategy)
-    with pytest.raises(ValueError, match=r"unknown strategy 'DDP'; known: \['ddp', 'deepspeed', 'single'\]"):
+    with pytest.raises(ValueError, match=r"unknown strategy 'DDP'; known: \['ddp', 'deepspeed', 'fsdp', 'single'\]"):
         build_strategy("DDP")
 
 
@@ -30,5 +30,5 @@ def test_config_strategy_choices_are_the_registry_names() -> None:
     from train.config import ConfigError, EngineConfig, config_from_dict
 
     assert typing.get_args(typing.get_type_hints(EngineConfig)["strategy"]) == tuple(STRATEGIES)
-    with pytest.raises(ConfigError, match=r"strategy: 'fsdp' is not one of \['single', 'ddp', 'deepspeed'\]"):
-        config_from_dict({"engine": {"strategy": "fsdp"}})
+    with pytest.raises(ConfigError, match=r"strategy: 'FSDP' is not one of \['single', 'ddp', 'deepspeed', 'fsdp'\]"):
+        config_from_dict({"engine": {"strategy": "FSDP"}})

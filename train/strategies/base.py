@@ -97,6 +97,30 @@ class Strategy(ABC):
     def load_optimizer(self, directory: str) -> None:
         """Restore the optimizer state written by `save_optimizer`."""
 
+    def loss_module(self, model: nn.Module) -> nn.Module:
+        """The module a pass outside the training step (the packing self-check) calls with a Batch for the VLM's
+        `TokenLoss`: the unwrapped VLM behind a plain `LossView` (no DDP / engine bookkeeping; ZeRO-3's gathering
+        hooks are on the modules themselves). FSDP2 returns its root, whose forward gathers the weights outside
+        its units (embeddings, LM head)."""
+        from train.strategies.loss_view import LossView
+
+        return LossView(self.unwrap(model))
+
+    @property
+    def shards_checkpoints(self) -> bool:
+        """Whether checkpoints hold each rank's shards of the trainable weights and optimizer state
+        (`save_sharded` / `load_sharded`, FSDP2 through torch.distributed.checkpoint; a run may resume them on
+        another number of processes) instead of one gathered `trainable.safetensors` beside the optimizer files."""
+        return False
+
+    def save_sharded(self, directory: str, model: nn.Module) -> None:
+        """Write the trainable weights and the optimizer state as shards into `directory` (every rank calls it)."""
+        raise NotImplementedError(f"{type(self).__name__} writes gathered checkpoints")
+
+    def load_sharded(self, directory: str, model: nn.Module) -> None:
+        """Restore what `save_sharded` wrote, resharded to this run's processes."""
+        raise NotImplementedError(f"{type(self).__name__} reads gathered checkpoints")
+
     def no_sync(self, model: nn.Module):  # noqa: ANN201 - a context manager
         """Context to skip gradient synchronisation on non-final micro-batches (DDP); a no-op by default."""
         import contextlib

@@ -11,11 +11,12 @@ if TYPE_CHECKING:  # the registry stays import-light: train.config reads its nam
 #
 # Loss contract: the loop scales each micro-batch's summed token loss by world_size / (supervised tokens
 # of the whole accumulation window over all ranks), so a strategy that averages gradients over ranks
-# (DDP, DeepSpeed) ends with d(sum of token losses)/d(theta) / global token count, same as one process.
+# (DDP, DeepSpeed, FSDP2) ends with d(sum of token losses)/d(theta) / global token count, same as one process.
 STRATEGIES: dict[str, str] = {
     "single": "train.strategies.single:SingleProcessStrategy",
     "ddp": "train.strategies.ddp:DDPStrategy",
     "deepspeed": "train.strategies.deepspeed_zero:DeepSpeedStrategy",
+    "fsdp": "train.strategies.fsdp:FSDPStrategy",
 }
 
 

@@ -8,20 +8,22 @@ import torch
 from torch import nn
 
 from train.strategies.base import OPTIMIZER_FILE, OptimizerFactory, Strategy, clip_and_step, load_optimizer_state
+from train.strategies.decoder_layers import compile_decoder_layers
 from train.strategies.loss_view import LossView, vlm_of
 
 
 class SingleProcessStrategy(Strategy):
     """One process, one device: plain PyTorch."""
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(self, device: torch.device | str | None = None, compile: bool = False) -> None:
         self._device = torch.device(device) if device is not None else torch.device("cpu")
+        self.compile = compile
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def from_train_config(cls, config: object) -> "SingleProcessStrategy":
-        return cls("cuda:0" if torch.cuda.is_available() else "cpu")
+        return cls("cuda:0" if torch.cuda.is_available() else "cpu", compile=config.engine.compile)
 
     @property
     def rank(self) -> int:
@@ -41,6 +43,8 @@ class SingleProcessStrategy(Strategy):
 
     def setup(self, model: nn.Module, optimizer_factory: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
         model.to(self._device)
+        if self.compile:
+            compile_decoder_layers(model.llm)
         self.model = LossView(model)
         self.optimizer = optimizer_factory(model)
         return self.model, self.optimizer
