@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import random
 import subprocess
@@ -45,7 +44,7 @@ import torch  # noqa: E402
 
 from bench.vs_hf import SHAPES, WORDS, Shape, _status_kib, build_model, set_phase, synced, time_interleaved  # noqa: E402
 
-SGD_LR = 0.5  # the one SGD update of the equality check: large enough that the loss visibly leaves log 2
+SGD_LR = 0.01  # the one SGD update of the equality check: the loss visibly leaves log 2
 ADAMW_LR = 1e-5  # the timed steps' optimizer (the same torch AdamW on both sides)
 
 
@@ -173,12 +172,82 @@ class TrlSide:
 
 # ------------------------------------------------------------------------------------------- our side
 class OursSide:
-    """Our `prefer` recipe's step over our checkpoint and the same pairs (reference log-probs from its pre-pass)."""
+    """Our `prefer` recipe's step over our checkpoint and the same pairs: the recipe's dataset and collator, the
+    reference pre-pass (`train.reference.compute_block`, timed), then `train.preference.preference_loss` divided by
+    the pairs, as `train.step` scales it on one process."""
 
     def __init__(self, root: Path, device: str, beta: float, label_smoothing: float) -> None:
-        raise NotImplementedError(
-            "our side needs the `prefer` recipe (issue #28 deliverable 1), which this branch does not have yet; "
-            "run with --only-trl to bench TRL's side alone")
+        from instruct_data.preference import PreferenceDataset, collate_pairs
+        from instruct_data.sources import load_records
+        from train.freezing import set_trainable
+        from train.preference import PreferenceObjective
+        from train.recipe_registry import get_recipe
+        from train.reference import compute_block
+        from train.strategies.loss_view import LossView
+        from vlm.inputs import image_token_counter
+        from vlm.model import VisionLanguageModel
+
+        self.device = device
+        self.model = model = VisionLanguageModel.load(root / "ckpt", device=device)
+        set_trainable(model, recipe=get_recipe("prefer"), llm_mode="full")
+        model.train()
+        dataset = PreferenceDataset(load_records(root / "pairs.json", image_roots=[root]), model.config.template,
+                                    model.tokenizer, image_token_id=model.config.image_token_id,
+                                    num_image_tokens=image_token_counter(model),
+                                    image_processor=model.image_processor, image_roots=[root])
+        n = len(dataset)
+        pad = int(model.config.pad_token_id)
+        start = time.perf_counter()
+        dataset.reference = compute_block(model, dataset, list(range(n)), n, 1, pad, autocast=self._autocast)
+        self._sync()
+        self.prepass_seconds = time.perf_counter() - start  # one pass over all pairs = one step's batch
+        self.batch = collate_pairs([dataset[i] for i in range(n)], pad)
+        self.pairs = n
+        self.objective = PreferenceObjective("dpo", beta, label_smoothing)
+        self.view = LossView(model)  # what the single-process strategy hands the step: calling it gives the loss
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def rows(self) -> list[list[int]]:
+        ids, mask = self.batch.input_ids, self.batch.attention_mask
+        return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+    def policy_logps(self) -> torch.Tensor:
+        from train.reference import reply_logps
+
+        with torch.no_grad(), self._autocast():
+            return reply_logps(self.model, self.batch)
+
+    def _loss(self) -> torch.Tensor:
+        from train.preference import preference_loss
+
+        with self._autocast():
+            loss, _ = preference_loss(self.objective, self.view, self.batch, None)
+        return loss / self.pairs
+
+    def loss(self) -> float:
+        with torch.no_grad():
+            return float(self._loss())
+
+    def backward(self) -> float:
+        self.model.zero_grad(set_to_none=True)
+        loss = self._loss()
+        loss.backward()
+        return float(loss.detach())
+
+    def step(self) -> float:
+        """A training step: forward (reference from the cache), backward, AdamW."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=ADAMW_LR)
+        loss = self.backward()
+        self.optimizer.step()
+        return loss
 
 
 def sgd_update(model: torch.nn.Module) -> None:
@@ -241,7 +310,11 @@ def run_child(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------- the comparison
 def equality(trl_side: TrlSide, ours: Any) -> dict[str, Any]:
     """Token rows, policy log-probs, loss before and after one SGD update of lr SGD_LR, on both sides."""
-    out: dict[str, Any] = {"tokens_equal": trl_side.rows() == ours.rows()}
+    def trainable(model: torch.nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    out: dict[str, Any] = {"tokens_equal": trl_side.rows() == ours.rows(),
+                           "trainable_equal": trainable(trl_side.model) == trainable(ours.model)}
     trl_logps, ours_logps = trl_side.policy_logps(), ours.policy_logps()
     out["logps_max_rel_gap"] = float(((trl_logps - ours_logps).abs() / trl_logps.abs()).max())
     out["trl_loss"], out["ours_loss"] = trl_side.backward(), ours.backward()
