@@ -12,8 +12,11 @@ What each side keeps in memory: ours reads the reference log-probabilities from 
 model exists while training. TRL 1.16 refuses `precompute_ref_log_probs` for vision datasets, so for a VLM it holds a
 reference copy and runs it every step (`--trl-ref live`, the default: TRL as its users run it). `--trl-ref
 precomputed` hands TRL the reference log-probs in the batch (its text-only path) and drops its reference model: the
-step against step comparison, ours' caching left out. The cost of ours' pre-pass (one no-grad forward per pair, once
-per run) is printed beside the step times (`ours_prepass_s_per_step`).
+step against step comparison, ours' caching left out. On a CPU, TRL's fused LM head scores every position of
+the batch (its completion-only selection is for CUDA / XPU, where it has Triton); `--trl-compact` makes it select
+as on a GPU (its kernels stay the same torch ops), the fair CPU stand-in for a GPU run. The cost of ours' pre-pass (one no-grad forward per pair, once
+per run) is printed beside the step times (`ours_prepass_s`, one batch's), and `ratio_tokens_per_s_one_epoch`
+charges it to every step, as in a one-epoch run.
 
 Peak memory: on a GPU, `torch.cuda.max_memory_allocated` of the whole run (weights, reference, gradients, optimizer
 state, activations); on a CPU, each side in a fresh process, VmHWM above the resident memory after the imports
@@ -106,14 +109,23 @@ def trl_loss_types(label_smoothing: float) -> tuple[list[str], list[float] | Non
 
 
 # ------------------------------------------------------------------------------------------- TRL's side
+_TRL_SELECTS: dict[str, Any] = {}  # TRL's own position selector, kept while `--trl-compact` replaces it
+
+
 class TrlSide:
     """TRL's `DPOTrainer` over the exported model, one fixed batch of all pairs (its own collator, in order)."""
 
-    def __init__(self, root: Path, device: str, beta: float, label_smoothing: float, ref: str) -> None:
+    def __init__(self, root: Path, device: str, beta: float, label_smoothing: float, ref: str,
+                 compact: bool = False) -> None:
+        import trl.trainer.utils as trl_utils
         from datasets import Dataset
         from transformers import AutoProcessor, LlavaForConditionalGeneration
         from trl import DPOConfig, DPOTrainer
 
+        # compact: score the completion positions only, as TRL's fused head does on CUDA / XPU. This replaces only its
+        # choice of positions (its kernels pick torch ops or Triton on their own), for the whole process.
+        original = _TRL_SELECTS.setdefault("compact", trl_utils._use_triton)
+        trl_utils._use_triton = (lambda device: True) if compact else original
         examples = trl_examples(root)
         model = LlavaForConditionalGeneration.from_pretrained(root / "hf", dtype=torch.float32)
         set_phase(None, model, 2)  # projector + LLM train, the vision tower is frozen (as our prefer recipe)
@@ -182,7 +194,6 @@ class OursSide:
         from train.freezing import set_trainable
         from train.preference import PreferenceObjective
         from train.recipe_registry import get_recipe
-        from train.reference import compute_block
         from train.strategies.loss_view import LossView
         from vlm.inputs import image_token_counter
         from vlm.model import VisionLanguageModel
@@ -195,17 +206,22 @@ class OursSide:
                                     model.tokenizer, image_token_id=model.config.image_token_id,
                                     num_image_tokens=image_token_counter(model),
                                     image_processor=model.image_processor, image_roots=[root])
-        n = len(dataset)
-        pad = int(model.config.pad_token_id)
-        start = time.perf_counter()
-        dataset.reference = compute_block(model, dataset, list(range(n)), n, 1, pad, autocast=self._autocast)
-        self._sync()
-        self.prepass_seconds = time.perf_counter() - start  # one pass over all pairs = one step's batch
-        self.batch = collate_pairs([dataset[i] for i in range(n)], pad)
-        self.pairs = n
+        self.dataset, self.pairs = dataset, len(dataset)
+        self.prepass()
+        self.batch = collate_pairs([dataset[i] for i in range(self.pairs)], int(model.config.pad_token_id))
         self.objective = PreferenceObjective("dpo", beta, label_smoothing)
         self.view = LossView(model)  # what the single-process strategy hands the step: calling it gives the loss
         self.optimizer: torch.optim.Optimizer | None = None
+
+    def prepass(self) -> float:
+        """The reference pre-pass over all pairs (the recipe's `compute_block`, one micro-batch); its seconds."""
+        from train.reference import compute_block
+
+        start = time.perf_counter()
+        self.dataset.reference = compute_block(self.model, self.dataset, list(range(self.pairs)), self.pairs, 1,
+                                               int(self.model.config.pad_token_id), autocast=self._autocast)
+        self._sync()
+        return time.perf_counter() - start
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else nullcontext()
@@ -286,7 +302,8 @@ def child_memory(root: Path, side: str, args: argparse.Namespace) -> dict[str, f
     """One side's peaks in a fresh process (CPU: the allocator keeps freed memory, so sides must not share)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}  # big blocks go back to the OS when freed
     cmd = [sys.executable, __file__, "--child", side, "--workdir", str(root), "--device", args.device,
-           "--beta", str(args.beta), "--label-smoothing", str(args.label_smoothing), "--trl-ref", args.trl_ref]
+           "--beta", str(args.beta), "--label-smoothing", str(args.label_smoothing), "--trl-ref", args.trl_ref,
+           *(["--trl-compact"] if args.trl_compact else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{side} memory run failed:\n{out.stderr[-3000:]}")
@@ -295,7 +312,7 @@ def child_memory(root: Path, side: str, args: argparse.Namespace) -> dict[str, f
 
 def load_side(root: Path, side: str, args: argparse.Namespace) -> Any:
     if side == "trl":
-        return TrlSide(root, args.device, args.beta, args.label_smoothing, args.trl_ref)
+        return TrlSide(root, args.device, args.beta, args.label_smoothing, args.trl_ref, args.trl_compact)
     return OursSide(root, args.device, args.beta, args.label_smoothing)
 
 
@@ -329,7 +346,7 @@ def equality(trl_side: TrlSide, ours: Any) -> dict[str, Any]:
 def bench(root: Path, args: argparse.Namespace, shape: Shape) -> dict[str, Any]:
     started = time.perf_counter()
     trl_side = load_side(root, "trl", args)
-    line: dict[str, Any] = {"trl_ref": args.trl_ref, "beta": args.beta, "label_smoothing": args.label_smoothing,
+    line: dict[str, Any] = {"trl_ref": args.trl_ref, "trl_compact": args.trl_compact, "beta": args.beta, "label_smoothing": args.label_smoothing,
                             "pairs": shape.batch, "tokens": trl_side.tokens(), "vocab": trl_side.model.config.text_config.vocab_size,
                             "device": args.device, "dtype": "bf16 autocast" if args.device.startswith("cuda") else "fp32",
                             "threads": torch.get_num_threads()}
@@ -346,10 +363,11 @@ def bench(root: Path, args: argparse.Namespace, shape: Shape) -> dict[str, Any]:
         line.update(equality(trl_side, ours))
         ours_s, trl_s = time_interleaved(synced(ours.step, args.device), synced(trl_side.step, args.device),
                                          shape.steps)
+        prepass_s = ours.prepass()  # warm: one no-grad forward of the batch's pairs, paid once per run
         ours_mem, trl_mem = child_memory(root, "ours", args), child_memory(root, "trl", args)
         line.update(ratio_tokens_per_s=trl_s / ours_s, ratio_peak_memory=ours_mem["peak_mb"] / trl_mem["peak_mb"],
                     ours_tokens_per_s=line["tokens"] / ours_s, trl_tokens_per_s=line["tokens"] / trl_s,
-                    ours_prepass_s_per_step=ours.prepass_seconds,
+                    ours_prepass_s=prepass_s, ratio_tokens_per_s_one_epoch=trl_s / (ours_s + prepass_s),
                     **{f"ours_{k}": v for k, v in ours_mem.items()}, **{f"trl_{k}": v for k, v in trl_mem.items()})
     line["wall_s"] = time.perf_counter() - started
     return line
@@ -364,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--trl-ref", choices=["live", "precomputed"], default="live",
                         help="TRL's reference: a live model (what TRL runs for VLMs) or log-probs handed in the batch")
+    parser.add_argument("--trl-compact", action="store_true",
+                        help="CPU: TRL's head scores completion positions only, as on CUDA (else every position)")
     parser.add_argument("--only-trl", action="store_true", help="bench TRL's side alone (no comparison)")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)

@@ -2,7 +2,6 @@
 the same policy reply log-probabilities and the same DPO loss, before and after one identical SGD update."""
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -15,12 +14,15 @@ from vlm.testing import make_tiny_vlm  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label_smoothing", [0.0, 0.2], ids=["dpo", "conservative"])
-def test_ours_and_trl_agree_on_logps_and_loss(tmp_path: Path, label_smoothing: float) -> None:
+@pytest.mark.parametrize(("label_smoothing", "ref", "compact"), [(0.0, "live", False), (0.2, "precomputed", True)],
+                         ids=["dpo-live-ref", "conservative-precomputed-ref-compact-head"])
+def test_ours_and_trl_agree_on_logps_and_loss(tmp_path: Path, label_smoothing: float, ref: str, compact: bool
+                                              ) -> None:
+    """Both TRL reference modes and both of its head paths; label smoothing through TRL's weighted losses."""
     make_tiny_vlm(tmp_path / "parts", arch="qwen2").save(tmp_path / "ckpt")
     export(tmp_path)
     make_pairs(tmp_path, count=3, image_size=32, reply_words=(2, 9))
-    trl_side = TrlSide(tmp_path, "cpu", beta=0.5, label_smoothing=label_smoothing, ref="live")
+    trl_side = TrlSide(tmp_path, "cpu", beta=0.5, label_smoothing=label_smoothing, ref=ref, compact=compact)
     ours = OursSide(tmp_path, "cpu", beta=0.5, label_smoothing=label_smoothing)
     out = equality(trl_side, ours)
     assert out["tokens_equal"] and out["trainable_equal"]
