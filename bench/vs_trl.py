@@ -11,17 +11,19 @@ exported processor's chat template, so both sides tokenize on their own; the ben
 What each side keeps in memory: ours reads the reference log-probabilities from its pre-pass cache, so no second
 model exists while training. TRL 1.16 refuses `precompute_ref_log_probs` for vision datasets, so for a VLM it holds a
 reference copy and runs it every step (`--trl-ref live`, the default: TRL as its users run it). `--trl-ref
-precomputed` hands TRL the reference log-probs in the batch (its text-only path) and drops its reference model: the
-step against step comparison, ours' caching left out. On a CPU, TRL's fused LM head scores every position of
-the batch (its completion-only selection is for CUDA / XPU, where it has Triton); `--trl-compact` makes it select
-as on a GPU (its kernels stay the same torch ops), the fair CPU stand-in for a GPU run. The cost of ours' pre-pass (one no-grad forward per pair, once
-per run) is printed beside the step times (`ours_prepass_s`, one batch's), and `ratio_tokens_per_s_one_epoch`
-charges it to every step, as in a one-epoch run.
+precomputed` hands TRL the reference log-probs in the batch (its text-only path) and drops its reference model after
+computing them: step against step, ours' caching left out (TRL's `peak_mb` then still counts the reference it loaded
+at construction; compare `step_peak_mb`). The cost of ours' pre-pass (one no-grad forward per pair, once per run) is
+printed beside the step times (`ours_prepass_s`, one batch's), and `ratio_tokens_per_s_one_epoch` charges it to every
+step, as in a one-epoch run. On a CPU, TRL's fused LM head scores every position of the batch (its completion-only
+selection is for CUDA / XPU, where it has Triton); `--trl-compact` makes it select as on a GPU (its kernels stay the
+same torch ops), the fair CPU stand-in for a GPU run.
 
 Peak memory: on a GPU, `torch.cuda.max_memory_allocated` of the whole run (weights, reference, gradients, optimizer
 state, activations); on a CPU, each side in a fresh process, VmHWM above the resident memory after the imports
 (`peak_mb`), and above the resident memory just before the steps (`step_peak_mb`). Run: `python bench/vs_trl.py
-[--quick] [--device cuda] [--trl-ref live|precomputed] [--beta B] [--label-smoothing E]`.
+[--quick] [--device cuda] [--trl-ref live|precomputed] [--trl-compact] [--beta B] [--label-smoothing E]`
+(`--only-trl`: TRL's side alone).
 """
 from __future__ import annotations
 
@@ -379,8 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny widths, 1 timed step")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side (default: by shape)")
-    parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO beta (prefer.beta)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="conservative DPO's label smoothing (prefer.label_smoothing)")
     parser.add_argument("--trl-ref", choices=["live", "precomputed"], default="live",
                         help="TRL's reference: a live model (what TRL runs for VLMs) or log-probs handed in the batch")
     parser.add_argument("--trl-compact", action="store_true",
