@@ -11,7 +11,17 @@ from torch.utils.checkpoint import checkpoint
 
 from conversation.tokenize import IGNORE_INDEX
 
-CHUNK_ROWS = 2048  # rows of hidden states per LM-head call: at vocab 152K one fp32 chunk of logits is 1.2 GB
+CHUNK_ROWS = 2048  # the most rows of hidden states per LM-head call (small vocabularies)
+MIN_CHUNK_ROWS = 128
+# Rows per call are sized so one chunk's logits hold about this many elements (128 MB in fp32, plus their
+# gradient): 2048 rows at a 16K vocabulary, 1024 at Llama's 32K, 220 at Qwen2's 152K. A fixed 2048 rows put
+# 1.2 GB of fp32 logits in one chunk at 152K, which made the head, not the model, the peak of a small run.
+CHUNK_LOGITS = 2 ** 25
+
+
+def chunk_rows_for(vocab_size: int) -> int:
+    """Rows of hidden states per LM-head call for a head of `vocab_size` outputs."""
+    return max(MIN_CHUNK_ROWS, min(CHUNK_ROWS, CHUNK_LOGITS // max(1, vocab_size)))
 # Classes whose forward is `lm_head(decoder(...))` plus at most what `logit_transform` reproduces (read in
 # transformers 5.23); any other class is checked numerically once, on its first loss.
 KNOWN_HEADS = frozenset({
@@ -110,7 +120,7 @@ def head_calls(head: nn.Module, rows: int, chunk_rows: int, device: torch.device
 
 
 def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                    position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
+                    position_ids: torch.Tensor | None = None, chunk_rows: int | None = None,
                     packed: dict[str, Any] | None = None, host_labels: torch.Tensor | None = None,
                     per_row: bool = False) -> TokenLoss:
     """Sum of fp32 next-token CE over the positions whose shifted label is supervised (and, detached, each position's
@@ -131,6 +141,8 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
     flat = (rows * length + cols).to(embeds.device, non_blocking=True)
     targets = source[:, 1:][rows, cols].to(embeds.device, non_blocking=True)
     # Before the decoder is queued: under ZeRO-3 this is an all-reduce, which would otherwise wait for the decoder
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(int(getattr(head, "out_features", 0) or llm.config.vocab_size))
     chunks = head_calls(head, targets.shape[0], chunk_rows, embeds.device)
     if packed is not None:
         extra = dict(packed)

@@ -157,3 +157,10 @@ def test_per_row_sums_are_each_rows_reply_log_probability(chunk_rows: int) -> No
     (grad_full,) = torch.autograd.grad((expected * weights).sum(), llm.lm_head.weight)
     torch.testing.assert_close(grad_ours, grad_full, rtol=1e-5, atol=1e-6)
     assert supervised_loss(llm, embeds, mask, labels).per_row is None  # the training loss path is unchanged
+
+
+def test_head_chunks_are_sized_by_the_vocabulary() -> None:
+    from vlm.lm_loss import chunk_rows_for
+
+    # about 2**25 logits a chunk, within [128, 2048] rows
+    assert [chunk_rows_for(v) for v in (1000, 16384, 32000, 151936, 10 ** 6)] == [2048, 2048, 1048, 220, 128]
