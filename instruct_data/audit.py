@@ -15,6 +15,7 @@ from conversation.templates import Template, get_template
 from conversation.tokenize import IGNORE_INDEX, tokenize_conversation
 from instruct_data.dataset import skip_reason
 from instruct_data.packing import pack_preview
+from instruct_data.preference_records import record_conversation
 from instruct_data.sources import RecordSource
 from vlm.inputs import ImageTokenCounter, Size
 
@@ -283,7 +284,7 @@ def _audit_part(payload: tuple, indices: np.ndarray) -> AuditReport:
         stats.audited += 1
         rid, conv = f"#{i}", None
         try:
-            conv = records.conversation(i)
+            conv = record_conversation(records, i)  # a preference pair: its longer side
             rid = conv.id
             sizes = _image_sizes(conv.images, records.image_roots(i)) if anyres else None
             counts = count.for_images(sizes)

@@ -28,6 +28,7 @@ from conversation.records import (
     parse_record,
     record_id,
 )
+from instruct_data.preference_records import is_preference_record, parse_preference
 from instruct_data.record_files import RawItem, iter_raw_records
 from conversation.tokenize import IGNORE_INDEX
 
@@ -238,19 +239,31 @@ class RecordValidator:
 
         problems: list[Problem] = []
         conv: Conversation | None = None
+        sides: list[Conversation] = []  # what is tokenized: the record, or a preference pair's two sides
+        pair = is_preference_record(item.raw)
         try:
-            conv = parse_record(item.raw, item.index)
+            if pair:
+                parsed = parse_preference(item.raw, item.index)
+                sides = [parsed.conversation("chosen"), parsed.conversation("rejected")]
+                conv = sides[0]
+            else:
+                conv = parse_record(item.raw, item.index)
+                sides = [conv]
         except RecordError as exc:
-            found = classify_record(item.raw)
-            problems += [problem(f, r, d) for f, r, d in found] or [problem(exc.field, "invalid record", exc.reason)]
+            if pair:
+                problems.append(problem(exc.field, "bad preference pair", exc.reason))
+            else:
+                found = classify_record(item.raw)
+                problems += [problem(f, r, d) for f, r, d in found] or [problem(exc.field, "invalid record", exc.reason)]
         refs = [(f"image[{i}]", r) for i, r in enumerate(conv.images)] if conv else _raw_image_refs(item.raw)
         for fld, ref in refs:
             found_image = self._check_image(ref)
             if found_image is not None:
                 reason, detail, severity = found_image
                 problems.append(problem(fld, reason, f"{ref}: {detail}" if detail else ref, severity))
-        if conv is not None and self.config.tokenizer is not None:
-            problems += [problem(f, r, d, s) for f, r, d, s in self._check_tokens(conv)]
+        if self.config.tokenizer is not None:
+            for side in sides:
+                problems += [problem(f, r, d, s) for f, r, d, s in self._check_tokens(side)]
         return problems
 
     def _check_image(self, ref: str) -> tuple[str, str, str] | None:

@@ -169,6 +169,17 @@ class FeatureCacheConfig:
 
 
 @dataclass
+class PreferConfig:
+    """The `prefer` recipe's loss (`train.preference`): DPO (with conservative label smoothing) or IPO, and where
+    the reference model's reply log-probabilities are cached (auto: <output_dir>/reference_logps; off: not kept)."""
+
+    loss: Literal["dpo", "ipo"] = "dpo"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference_cache: str = "auto"
+
+
+@dataclass
 class TrainConfig:
     """One training run; the rules between its values are in `train.rules`."""
 
@@ -182,6 +193,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
+    prefer: PreferConfig = field(default_factory=PreferConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,6 +18,7 @@ from torch import nn
 
 from conversation.errors import ImageLoadError
 from instruct_data.item import Item
+from instruct_data.preference import PairItem
 from train.config import TrainConfig
 from train.feature_cache import FeatureCache
 from train.feature_source import FeatureSource
@@ -66,7 +67,7 @@ def prefill_features(cache: FeatureCache, dataset: Any, micro_batches: Iterator[
     for batch in micro_batches:
         for index in batch:
             item = dataset[index]
-            if isinstance(item, Item):
+            if isinstance(item, (Item, PairItem)):
                 keys.extend(item.image_keys)
     unique = list(dict.fromkeys(keys))
     todo = cache.missing(unique)

@@ -21,6 +21,7 @@ from train.feature_source import FeatureSource
 from train.feeding import Feeder, WaitWarner, enable_tf32
 from train.guards import DataGuard
 from train.optim import build_optimizer, build_scheduler, summarize
+from train.preference import preference_objective
 from train.recipe_registry import get_recipe
 from train.run_logger import RunLogger, plot_loss_curve, truncate_metrics
 from train.runtime import grad_accum_steps, peak_memory_mb, reset_peak_memory, resolve_precision
@@ -94,7 +95,8 @@ class Trainer:
         self.guard = DataGuard(cfg.data, None if config.vision.anyres else config.num_image_tokens)
         self.step_inputs = StepInputs(self.model, self.strategy, self.precision, self.guard, self.skips,
                                       pad_token_id=int(config.pad_token_id), max_grad_norm=cfg.optim.max_grad_norm,
-                                      strict=cfg.data.guards.strict, features=features)
+                                      strict=cfg.data.guards.strict, features=features,
+                                      preference=preference_objective(cfg))
         self.efficiency = EfficiencyLog(model, self.strategy.device, self.precision)
         self.wait_warner = WaitWarner()
         self.lockstep = lockstep.LockstepCheck(self.strategy) if lockstep.enabled() else None
@@ -163,6 +165,7 @@ class Trainer:
                    "samples": outcome.records,
                    "tokens_per_s": outcome.tokens / elapsed if elapsed > 0 else 0.0, "step_time_s": elapsed,
                    "samples_per_row": outcome.records / outcome.rows if outcome.rows > 0 else 0.0}  # packed: > 1
+        metrics.update(outcome.extra)  # prefer: reward accuracy and margins
         metrics["peak_mem_mb"] = peak_memory_mb(self.strategy.device)
         metrics.update(self.efficiency.step_metrics(outcome.batches, outcome.encoder_ran, elapsed))
         metrics.update({f"lr_{k}": v for k, v in lrs.items() if not k.endswith("_no_decay")})

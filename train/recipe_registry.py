@@ -50,6 +50,12 @@ RECIPES: dict[str, Recipe] = {
         trains=frozenset({"projector", "llm", "vision"}), default_template=None, chat_template_required=True,
         feature_cache_auto=False,
     ),
+    "prefer": Recipe(
+        "prefer", "phase 3: preference tuning (DPO / IPO) of the LLM (full, lora, qlora) + projector against a "
+        "cached reference",
+        trains=frozenset({"projector", "llm", "vision"}), default_template=None, chat_template_required=True,
+        feature_cache_auto=False,
+    ),
 }
 
 

@@ -124,13 +124,16 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
     cached features and decodes just the images it has not cached yet."""
     from instruct_data.collate import Collator
     from instruct_data.dataset import InstructDataset
+    from instruct_data.preference import PreferenceCollator, PreferenceDataset
     from instruct_data.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
     from vlm.inputs import image_token_counter
 
     d = cfg.data
     roots = [d.image_folder] if d.image_folder else []
     records = records if records is not None else load_train_records(cfg)
-    dataset = InstructDataset(records, model.config.template, model.tokenizer,
+    prefer = cfg.recipe == "prefer"  # preference records: a pair per item, its two sequences per batch
+    dataset_cls = PreferenceDataset if prefer else InstructDataset
+    dataset = dataset_cls(records, model.config.template, model.tokenizer,
                               image_token_id=model.config.image_token_id,
                               num_image_tokens=image_token_counter(model),
                               image_processor=model.image_processor, image_roots=roots,
@@ -161,7 +164,8 @@ def build_data(cfg: TrainConfig, model: nn.Module, strategy: Strategy, load_pixe
             cache[epoch] = [indices[i:i + size] for i in range(0, len(indices), size)]
         return cache[epoch]
 
-    return TrainData(dataset=dataset, collate=Collator(model.config.pad_token_id), epoch_batches=epoch_batches,
+    collate = (PreferenceCollator if prefer else Collator)(model.config.pad_token_id)
+    return TrainData(dataset=dataset, collate=collate, epoch_batches=epoch_batches,
                      num_workers=d.num_workers)
 
 
@@ -299,6 +303,10 @@ def _train(cfg: TrainConfig, strategy: Strategy) -> RunResult:
             prefill(cfg, model, data, strategy, features)
             strategy.use_cached_vision_features()
         trainer = Trainer(cfg, model, data, strategy, features=features)
+        if cfg.recipe == "prefer":  # the initial weights' reply log-probabilities, before a checkpoint can load
+            from train.reference import reference_logps
+
+            reference_logps(cfg, strategy.unwrap(trainer.model), data.dataset, strategy, trainer.precision, features)
         if strategy.is_main:
             parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k not in ("all", "total"))
             print(f"trainable parameters: {counts.get('total', 0):,} of {counts['all']:,} ({parts}); "

@@ -62,6 +62,25 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.template is required when building a new model for recipe={recipe.name}")
     if llm_mode == "qlora":
         qlora_strategy(cfg)
+    if recipe.name == "prefer":
+        prefer_rules(cfg)
+
+
+def prefer_rules(cfg: TrainConfig) -> None:
+    """The preference recipe: a loss it knows, beta > 0, label smoothing in [0, 0.5), no packing (a pair's two
+    sequences are compared row against row)."""
+    p = cfg.prefer
+    if p.loss not in ("dpo", "ipo"):
+        raise ConfigError(f"prefer.loss: {p.loss!r} is not one of ['dpo', 'ipo']")
+    if not p.beta > 0:
+        raise ConfigError(f"prefer.beta must be > 0, got {p.beta}")
+    if not 0.0 <= p.label_smoothing < 0.5:
+        raise ConfigError(f"prefer.label_smoothing must be within [0, 0.5), got {p.label_smoothing}")
+    if p.label_smoothing and p.loss != "dpo":
+        raise ConfigError("prefer.label_smoothing applies to prefer.loss=dpo only")
+    if cfg.data.packing:
+        raise ConfigError("recipe=prefer does not pack: a pair's chosen and rejected sequences are batched row by "
+                          "row; set data.packing=false")
 
 
 def check_model(cfg: TrainConfig, model_config: Any) -> None:

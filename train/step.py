@@ -12,6 +12,7 @@ from conversation.errors import ImageLoadError
 from train.errors import NonFiniteLossError
 from train.feature_source import FeatureSource
 from train.guards import DataGuard
+from train.preference import STAT_NAMES, PreferenceObjective, preference_loss
 from train.strategies.base import Strategy
 from vlm.batch import Batch
 
@@ -42,13 +43,14 @@ class StepInputs:
     max_grad_norm: float
     strict: bool = False  # data.guards.strict: an image that cannot be decoded stops the run instead of skipping
     features: FeatureSource | None = None  # feature cache on: vision features instead of pixels
+    preference: PreferenceObjective | None = None  # recipe `prefer`: the loss is over the batches' pairs
 
 
 @dataclass
 class StepOutcome:
     """What one step did, summed over all processes except `batches` and `encoder_ran` (this process's)."""
 
-    loss: float  # mean next-token loss per supervised token; NaN when no process had one (nothing stepped)
+    loss: float  # mean next-token loss per supervised token (prefer: per pair); NaN when nothing stepped
     grad_norm: float  # before clipping; NaN when nothing stepped
     supervised_tokens: float
     tokens: float
@@ -57,6 +59,7 @@ class StepOutcome:
     batches: list[Batch]  # this process's micro-batches that reached the model
     encoder_ran: list[bool]  # per batch: whether the vision tower ran (False: features from the cache)
     passes: int  # forward + backward passes this process ran (the same on every rank: `train.lockstep`)
+    extra: dict[str, float] = field(default_factory=dict)  # prefer: reward accuracy and margins (per pair)
 
 
 def summed_token_loss(vlm: nn.Module, batch: Batch, device: torch.device,
@@ -95,9 +98,13 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
     supervised, tokens, records, rows = (float(x) for x in counts.tolist())
     inputs.guard.after_step(strategy, len(window), records, supervised, len(inputs.skips.log) - skips_before,
                             inputs.skips.log)
-    loss_sum, passes = _accumulate_gradients(inputs, window, features, supervised)
+    # what the loss is a mean over: supervised tokens, or (prefer) pairs, which have supervised tokens on both sides
+    units = (records if supervised > 0 else 0.0) if inputs.preference is not None else supervised
+    loss_sum, passes = _accumulate_gradients(inputs, window, features, units)
     strategy.all_reduce_sum(loss_sum)
-    loss = float(loss_sum) / supervised if supervised > 0 else float("nan")
+    loss = float(loss_sum[0]) / units if units > 0 else float("nan")
+    extra = {name: float(value) / units for name, value in zip(STAT_NAMES, loss_sum[1:].tolist())} \
+        if inputs.preference is not None and units > 0 else {}
     grad_norm = float("nan")
     if supervised > 0:
         if not math.isfinite(loss):
@@ -107,19 +114,21 @@ def train_step(inputs: StepInputs, window: list[Batch | None]) -> StepOutcome:
             raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}); the run stopped.")
     strategy.zero_grad()
     encoder_ran = [f is None and b.pixel_values is not None for b, f in zip(window, features) if b is not None]
-    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes)
+    return StepOutcome(loss, grad_norm, supervised, tokens, records, rows, kept, encoder_ran, passes, extra)
 
 
 def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], features: list[torch.Tensor | None],
-                          supervised: float) -> tuple[torch.Tensor, int]:
+                          units: float) -> tuple[torch.Tensor, int]:
     """Forward and backward of every micro-batch (none at all when no process has a supervised token); returns
-    this process's summed token loss and the passes run. x world_size: DDP / DeepSpeed average gradients over
+    this process's summed loss (prefer: then the sums of `STAT_NAMES`) and the passes run. The loss is divided by
+    `units` (all processes' supervised tokens, or pairs), x world_size: DDP / DeepSpeed average gradients over
     ranks."""
     strategy, device = inputs.strategy, inputs.strategy.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    if supervised == 0:
+    loss_sum = torch.zeros(1 + (len(STAT_NAMES) if inputs.preference is not None else 0), dtype=torch.float64,
+                           device=device)
+    if units == 0:
         return loss_sum, 0
-    scale = strategy.world_size / supervised
+    scale = strategy.world_size / units
     autocast = strategy.autocast(inputs.precision)
     last = len(window) - 1
     for index, batch in enumerate(window):
@@ -131,11 +140,15 @@ def _accumulate_gradients(inputs: StepInputs, window: list[Batch | None], featur
                 continue
             with autocast:
                 # the host batch: `VisionLanguageModel.loss` reads its bookkeeping there, then moves it
-                token_loss = inputs.model(batch, vision_features=features[index]).loss
+                if inputs.preference is not None:
+                    token_loss, stats = preference_loss(inputs.preference, inputs.model, batch, features[index])
+                    loss_sum[1:] += stats.to(device)
+                else:
+                    token_loss = inputs.model(batch, vision_features=features[index]).loss
             if not token_loss.requires_grad:  # e.g. a text-only batch in align: nothing trainable was used
                 token_loss = token_loss + _zero_link(inputs.model, device)
             strategy.backward(token_loss * scale)
-        loss_sum += token_loss.detach().double()
+        loss_sum[0] += token_loss.detach().double()
     return loss_sum, 2 * len(window)
 
 

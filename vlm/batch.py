@@ -34,6 +34,10 @@ class Batch:
     sample_image_counts: list[list[int]] | None = None
     image_sizes: list[tuple[int, int]] | None = None  # [N] dynamic resolution: (height, width) per image
     image_tiles: list[int] | None = None  # [N] anyres: tiles per image; pixel_values then holds sum(image_tiles) tiles
+    # preference pairs (`prefer` recipe): rows [0, n) are the records' chosen replies, rows [n, 2n) the rejected ones
+    # of the same records in the same order; `reference_logps[b]`: the reference model's reply log-prob of row b
+    preference: bool = False
+    reference_logps: torch.Tensor | None = None  # [B] float64
 
     def __post_init__(self) -> None:
         if self.image_counts is None:
@@ -48,7 +52,10 @@ class Batch:
 
     @property
     def num_records(self) -> int:
-        """Records (samples) in the batch: `num_rows` unless packed, where each row holds several."""
+        """Records (samples) in the batch: `num_rows` unless packed, where each row holds several, or preference
+        pairs, where each record has two rows."""
+        if self.preference:
+            return self.num_rows // 2
         if self.sample_lengths is None:
             return self.num_rows
         return sum(len(row) for row in self.sample_lengths)
@@ -182,6 +189,7 @@ class Batch:
                                  else [self.sample_image_counts[i] for i in keep]),
             image_sizes=None if self.image_sizes is None else [self.image_sizes[j] for j in images],
             image_tiles=None if self.image_tiles is None else [self.image_tiles[j] for j in images],
+            reference_logps=pick_rows(self.reference_logps),
         )
 
     def _row_ids(self, keep: list[int]) -> list[str]:

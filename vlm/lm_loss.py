@@ -22,10 +22,12 @@ KNOWN_HEADS = frozenset({
 
 
 class TokenLoss(NamedTuple):
-    """What `VisionLanguageModel.loss(batch)` returns: the summed fp32 next-token CE and the positions it sums over."""
+    """What `VisionLanguageModel.loss(batch)` returns: the summed fp32 next-token CE and the positions it sums over;
+    with `per_row`, also that sum per batch row ([B] fp32: minus each row's supervised log-probability)."""
 
     loss: torch.Tensor
     tokens: int
+    per_row: torch.Tensor | None = None
 
 
 def causal_lm_parts(llm: nn.Module) -> tuple[nn.Module, nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
@@ -106,13 +108,15 @@ def head_calls(head: nn.Module, rows: int, chunk_rows: int, device: torch.device
 
 def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                     position_ids: torch.Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
-                    packed: dict[str, Any] | None = None, host_labels: torch.Tensor | None = None) -> TokenLoss:
+                    packed: dict[str, Any] | None = None, host_labels: torch.Tensor | None = None,
+                    per_row: bool = False) -> TokenLoss:
     """Sum of fp32 next-token CE over the positions whose shifted label is supervised; the head sees only those rows.
 
     `labels` are unshifted [B, T] (as the collator makes them). Under autograd each chunk is recomputed in the
     backward pass, so at most one chunk of logits is alive at a time. `packed` (packed rows): the decoder's
     attention arguments from `vlm.packing.packed_llm_kwargs`, in place of `attention_mask` and `position_ids`.
     `host_labels`: the same labels on the CPU, where the supervised positions are found without a device sync.
+    `per_row`: also the CE summed per row (the preference losses' sequence log-probabilities), same chunks.
     """
     check_head_path(llm, embeds, attention_mask)
     decoder, head, transform = causal_lm_parts(llm)
@@ -133,17 +137,26 @@ def supervised_loss(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.
     hidden = decoder(inputs_embeds=embeds, use_cache=False, **extra)[0]
     picked = hidden.reshape(batch * length, hidden.shape[-1]).index_select(0, flat)
 
+    reduction = "none" if per_row else "sum"
+
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = head(h)
         if transform is not None:
             logits = transform(logits)
-        return F.cross_entropy(logits.float(), y, reduction="sum")
+        return F.cross_entropy(logits.float(), y, reduction=reduction)
 
     total = hidden.new_zeros((), dtype=torch.float32)
+    row_sums = hidden.new_zeros((batch,), dtype=torch.float32) if per_row else None
+    owners = rows.to(embeds.device, non_blocking=True) if per_row else None
     for index in range(chunks):  # at least one call, on no rows if need be: the head always gets its (zero) grads
         h, y = picked[index * chunk_rows:(index + 1) * chunk_rows], targets[index * chunk_rows:(index + 1) * chunk_rows]
         if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
+            part = checkpoint(chunk_loss, h, y, use_reentrant=False)
         else:
-            total = total + chunk_loss(h, y)
-    return TokenLoss(total, int(targets.shape[0]))
+            part = chunk_loss(h, y)
+        if row_sums is not None:
+            assert owners is not None
+            row_sums = row_sums.index_add(0, owners[index * chunk_rows:(index + 1) * chunk_rows], part)
+            part = part.sum()
+        total = total + part
+    return TokenLoss(total, int(targets.shape[0]), row_sums)

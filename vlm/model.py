@@ -225,9 +225,10 @@ class VisionLanguageModel(nn.Module):
             labels = labels.to(embeds.device)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
-    def loss(self, batch: Batch, vision_features: torch.Tensor | None = None) -> TokenLoss:
+    def loss(self, batch: Batch, vision_features: torch.Tensor | None = None, per_row: bool = False) -> TokenLoss:
         """The training loss of a `Batch`: the summed fp32 next-token CE over its supervised positions and their
-        count, computed without `[B, L, V]` logits (`vlm.lm_loss`); `vision_features` may stand in for its pixels.
+        count, computed without `[B, L, V]` logits (`vlm.lm_loss`); `vision_features` may stand in for its pixels;
+        `per_row`: also the sum per row (minus each row's reply log-probability, for the preference losses).
         Under a DDP / DeepSpeed wrapper it is reached through `train.strategies.loss_view.LossView`."""
         if batch.labels is None:
             raise ValueError("the training loss needs a Batch with labels")
@@ -252,7 +253,7 @@ class VisionLanguageModel(nn.Module):
         if batch.sample_lengths is not None:
             packed = self._packed_kwargs(batch.sample_lengths, embeds, batch.position_ids)
         return supervised_loss(self.llm, embeds, batch.attention_mask.to(embeds.device), batch.labels,
-                               batch.position_ids, packed=packed, host_labels=host_labels)
+                               batch.position_ids, packed=packed, host_labels=host_labels, per_row=per_row)
 
     def _packed_kwargs(self, sample_lengths: list[list[int]], embeds: torch.Tensor,
                        position_ids: torch.Tensor | None) -> dict[str, Any]:

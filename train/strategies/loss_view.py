@@ -20,8 +20,8 @@ class LossView(nn.Module):
         super().__init__()
         self.vlm = vlm
 
-    def forward(self, batch: Batch, vision_features: torch.Tensor | None = None) -> TokenLoss:
-        return self.vlm.loss(batch, vision_features)
+    def forward(self, batch: Batch, vision_features: torch.Tensor | None = None, per_row: bool = False) -> TokenLoss:
+        return self.vlm.loss(batch, vision_features, per_row=per_row)
 
 
 def vlm_of(module: nn.Module) -> nn.Module:
