@@ -1,8 +1,8 @@
 """Corrective preference pairs (the seed's corrective feedback): a true reply against one wrong by a single fact.
 
 For a training scene the chosen reply is its detailed description; each rejected one describes the scene with
-one grounded fact wrong: an absent object added, a colour, a position or the count changed, or an object left
-out. Yes/no existence questions (POPE-style) get the true answer against the opposite. Absent objects are
+one grounded fact wrong: an absent object added, a present one named twice, a colour, a position or the count
+changed, or an object left out. Yes/no existence questions (POPE-style) get the true answer against the opposite. Absent objects are
 drawn from the seen colour-shape pairs only, so no held-out pair is ever named in training data.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from synthetic.questions import SHORT_ANSWER_SUFFIX
 from synthetic.text import DETAIL_PROMPTS, NUMBER_WORDS, a_or_an, detailed_description
 from synthetic.world import COLOUR_NAMES, COLS, ROWS, SEEN_PAIRS, Scene, SceneObject, scene_rng
 
-CORRUPTIONS: tuple[str, ...] = ("absent_added", "colour_changed", "position_changed", "count_changed",
-                                "object_omitted")
+CORRUPTIONS: tuple[str, ...] = ("absent_added", "object_repeated", "colour_changed", "position_changed",
+                                "count_changed", "object_omitted")
 
 
 def _empty_cells(objects: tuple[SceneObject, ...]) -> list[tuple[int, int]]:
@@ -38,6 +38,9 @@ def corrupt(scene: Scene, kind: str, rng: random.Random) -> tuple[tuple[SceneObj
         (row, col), (colour, shape) = rng.choice(_empty_cells(scene.objects)), rng.choice(absent)
         added = SceneObject(shape=shape, colour=colour, size=rng.choice(("small", "large")), row=row, col=col)
         return _ordered(objs + [added]), len(objs) + 1
+    if kind == "object_repeated":  # a present object named twice (the second time in an empty cell)
+        row, col = rng.choice(_empty_cells(scene.objects))
+        return _ordered(objs + [replace(rng.choice(objs), row=row, col=col)]), len(objs) + 1
     if kind == "colour_changed":
         options = [(i, c) for i, o in enumerate(objs) for c in COLOUR_NAMES
                    if c != o.colour and (c, o.shape) in SEEN_PAIRS and (c, o.shape) not in present]

@@ -22,12 +22,16 @@ def _one_fact_of_kind(kind: str, truth: tuple, wrong: tuple) -> bool:
     (n, objs), (m, bad) = truth, wrong
     if kind == "count_changed":
         return objs == bad and abs(m - n) == 1
-    if kind in ("absent_added", "object_omitted"):
-        more, fewer = (bad, objs) if kind == "absent_added" else (objs, bad)
+    if kind in ("absent_added", "object_repeated", "object_omitted"):
+        more, fewer = (objs, bad) if kind == "object_omitted" else (bad, objs)
         extra = set(more) - set(fewer)
-        pairs = {(o[1], o[2]) for o in fewer}
-        return (m == len(bad) and len(more) == len(fewer) + 1 and set(fewer) < set(more) and len(extra) == 1
-                and (kind == "object_omitted" or (next(iter(extra))[1:3] not in pairs)))
+        pairs = {(o[1], o[2]): o[0] for o in fewer}
+        ok = m == len(bad) and len(more) == len(fewer) + 1 and set(fewer) < set(more) and len(extra) == 1
+        if not ok or kind == "object_omitted":
+            return ok
+        (size, colour, shape, *_), = extra
+        # repeated: the same object (pair and size) again, elsewhere; added: a pair the scene does not hold
+        return pairs.get((colour, shape)) == size if kind == "object_repeated" else (colour, shape) not in pairs
     if m != n or len(bad) != len(objs):
         return False
     changed = set(objs) - set(bad)
