@@ -53,11 +53,11 @@ PROFILES: dict[str, DemoProfile] = {
     ),
     "ci": DemoProfile(
         synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",
-               "--text-eval", "40", "--prefer-scenes", "400", "--chair-images", "40"],
+               "--text-eval", "40", "--chair-images", "40"],
         backbones=["--llm-lesson-steps", "5", "--llm-steps", "150", "--vit-steps", "200"],
         align=["schedule.max_steps=150"],
         instruct=["schedule.max_steps=600"],
-        prefer=["schedule.max_steps=40"],
+        prefer=["schedule.max_steps=100"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
     ),
