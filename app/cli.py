@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("app.commands.data", "validate, convert and audit datasets (LLaVA format, official public formats)"),
     "synth": ("synthetic.cli", "generate the synthetic world (images, captions, questions, eval files)"),
     "pretrain-backbones": ("synthetic.stage0.cli", "stage 0: pretrain the tiny LLM and ViT of the synthetic world"),
-    "train": ("train.cli", "run a training recipe (align, instruct) from a YAML config"),
+    "train": ("train.cli", "run a training recipe (align, instruct, prefer) from a YAML config"),
     "merge-lora": ("train.merge_lora", "merge LoRA adapters into a full checkpoint"),
     "eval": ("eval.cli", "run or score benchmarks"),
     "chat": ("app.chat", "ask questions about images (interactive or one-shot)"),

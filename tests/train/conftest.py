@@ -84,3 +84,34 @@ def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def preference_records(n: int) -> list[dict[str, Any]]:
+    """n preference pairs over the tiny world's images: the image's colour chosen, the next colour rejected."""
+    colours = list(COLOURS)
+    out = []
+    for i in range(n):
+        right, wrong = colours[i % len(colours)], colours[(i + 1) % len(colours)]
+        out.append({"id": f"p{i}", "image": f"{right}.png",
+                    "conversations": [{"from": "human", "value": "<image>\nWhat colour is the picture?"}],
+                    "chosen": f"It is {right} with a white square.", "rejected": f"It is {wrong} with a white square."})
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefer_data(tiny_world: dict[str, Path]) -> Path:
+    """`prefer.json`: 16 preference pairs over the tiny world's images (beside its `data.json`)."""
+    path = tiny_world["root"] / "prefer.json"
+    path.write_text(json.dumps(preference_records(16)))
+    return path
+
+
+@pytest.fixture()
+def make_prefer_cfg(make_cfg: Callable[..., TrainConfig], prefer_data: Path) -> Callable[..., TrainConfig]:
+    """`make_cfg` for recipe `prefer` over `prefer_data` (the same keyword overrides)."""
+
+    def make(**over: Any) -> TrainConfig:
+        data = {"data_path": [str(prefer_data)], **over.pop("data", {})}
+        return make_cfg(recipe="prefer", data=data, **over)
+
+    return make

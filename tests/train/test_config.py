@@ -127,11 +127,13 @@ def test_synthetic_phases_share_one_feature_cache() -> None:
 def test_sections_group_the_keys() -> None:
     cfg = TrainConfig()
     assert list(cfg.to_dict()) == ["recipe", "model", "data", "schedule", "optim", "trainable", "engine", "checkpoint",
-                                   "log", "feature_cache"]
+                                   "log", "feature_cache", "prefer"]
     assert list(cfg.to_dict()["data"])[-2:] == ["guards", "audit"]
     assert (cfg.schedule.global_batch_size, cfg.engine.strategy, cfg.checkpoint.resume, cfg.log.log_every) == \
         (8, "single", "auto", 1)
     assert (cfg.data.guards.max_skip_ratio, cfg.data.audit.sample, cfg.feature_cache.enabled) == (0.01, 2000, None)
+    assert (cfg.prefer.loss, cfg.prefer.beta, cfg.prefer.label_smoothing, cfg.prefer.reference_cache) == \
+        ("dpo", 0.1, 0.0, "auto")
     for new in MOVED.values():  # every flat key of before has its place
         node: object = cfg
         for part in new.split("."):

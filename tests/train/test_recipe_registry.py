@@ -17,9 +17,9 @@ def _recipe_choices() -> tuple[str, ...]:
 
 
 def test_config_choices_are_the_registry_rows() -> None:
-    assert _recipe_choices() == tuple(RECIPES) == ("align", "instruct")
+    assert _recipe_choices() == tuple(RECIPES) == ("align", "instruct", "prefer")
     assert typing.get_args(typing.get_type_hints(TrainableConfig)["llm_mode"]) == LLM_MODES
-    with pytest.raises(ConfigError, match=r"recipe: 'finetune' is not one of \['align', 'instruct'\]"):
+    with pytest.raises(ConfigError, match=r"recipe: 'finetune' is not one of \['align', 'instruct', 'prefer'\]"):
         config_from_dict({"recipe": "finetune"})
 
 
@@ -47,7 +47,7 @@ def test_a_new_row_is_a_valid_recipe_choice(tmp_path) -> None:
 def test_rows_name_known_parts_and_unknown_names_list_the_known() -> None:
     for name, row in RECIPES.items():
         assert row.name == name and row.trains <= set(PART_OF_PREFIX.values()) and "projector" in row.trains
-    with pytest.raises(ValueError, match=r"unknown recipe 'Instruct'; known: \['align', 'instruct'\]"):
+    with pytest.raises(ValueError, match=r"unknown recipe 'Instruct'; known: \['align', 'instruct', 'prefer'\]"):
         get_recipe("Instruct")
 
 

@@ -10,7 +10,7 @@ from train.recipes import prepare_model, build_model, run
 
 
 def test_recipe_registry_is_exact() -> None:
-    assert sorted(RECIPES) == ["align", "instruct"]
+    assert sorted(RECIPES) == ["align", "instruct", "prefer"]
     with pytest.raises(ValueError, match="known"):
         get_recipe("Align")
 

@@ -134,3 +134,26 @@ def test_no_supervised_position_gives_zero_with_a_graph_to_the_head() -> None:
     result.loss.backward()  # the head ran on no rows: it still gets a (zero) gradient, as every rank needs
     assert llm.get_output_embeddings().weight.grad is not None
     assert float(llm.get_output_embeddings().weight.grad.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("chunk_rows", [2048, 2])
+def test_per_row_sums_are_each_rows_reply_log_probability(chunk_rows: int) -> None:
+    """The preference losses' sequence log-probabilities: per row, minus the sum of log-softmax at the supervised
+    targets of the model's own full logits; chunks split rows (2 rows a chunk: 9 rows over 5 chunks) and still
+    add up per row; the per-row sums add up to the loss, and their gradients are the full path's."""
+    llm = tiny_llm("llama", tied=False)
+    embeds, mask, labels = sample(llm)
+    out = supervised_loss(llm, embeds, mask, labels, chunk_rows=chunk_rows, per_row=True)
+    logits = llm(inputs_embeds=embeds, attention_mask=mask).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = labels[:, 1:]
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != IGNORE_INDEX)
+    expected = -picked.sum(dim=1)
+    assert out.per_row is not None and out.per_row.shape == (3,)
+    torch.testing.assert_close(out.per_row, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.per_row.sum(), out.loss, rtol=1e-6, atol=0)
+    weights = torch.tensor([1.0, -2.0, 0.5])  # a DPO-like signed combination of rows
+    (grad_ours,) = torch.autograd.grad((out.per_row * weights).sum(), llm.lm_head.weight)
+    (grad_full,) = torch.autograd.grad((expected * weights).sum(), llm.lm_head.weight)
+    torch.testing.assert_close(grad_ours, grad_full, rtol=1e-5, atol=1e-6)
+    assert supervised_loss(llm, embeds, mask, labels).per_row is None  # the training loss path is unchanged
