@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.loaders import chair as chair_loaders
 from eval.loaders import choice as choice_loaders
 from eval.loaders import text as text_loaders
 from eval.loaders import vqa as vqa_loaders
 from eval.loaders import yesno
 from eval.metrics.answer_normalize import evalai_normalize
 from eval.metrics.captions import score_captions
+from eval.metrics.chair import ObjectVocabulary, score_chair
 from eval.metrics.choice import ChoiceQuestion, score_choice, score_scienceqa
 from eval.metrics.exact_match import gqa_normalize, score_gqa, score_text_qa
 from eval.metrics.mme import MMEQuestion, score_mme
@@ -150,6 +152,13 @@ def _load_coco(p: BenchmarkPaths) -> list[EvalItem]:
     return text_loaders.load_coco_captions(file, p.images("val2014"), split)
 
 
+def _load_chair(p: BenchmarkPaths) -> list[EvalItem]:
+    split = p.split or "test"
+    base = p.bench_dir("chair")
+    file = p.pick(p.annotations or p.questions, base, f"instances_{split}.json", "instances_val2014.json")
+    return chair_loaders.load_chair(file, p.images("val2014"))
+
+
 def _load_llava_jsonl(p: BenchmarkPaths) -> list[EvalItem]:
     if p.questions is None:
         raise BenchmarkFileError("llava_jsonl needs --questions FILE (LLaVA's question JSONL)")
@@ -203,6 +212,11 @@ def _score_captions(items: list[EvalItem], preds: Mapping[str, str], meteor: boo
     return score_captions(preds, {it.key: it.meta["references"] for it in items}, meteor=meteor)
 
 
+def _score_chair(items: list[EvalItem], preds: Mapping[str, str]) -> dict[str, Any]:
+    vocabulary = ObjectVocabulary(items[0].meta["categories"] if items else ())
+    return score_chair(preds, {it.key: it.meta["objects"] for it in items}, vocabulary)
+
+
 def _score_exact(items: list[EvalItem], preds: Mapping[str, str]) -> dict[str, Any]:
     _needs_gold(items, "answer", "text_qa / llava_jsonl")
     return score_text_qa(preds, {it.key: str(it.meta["answer"]) for it in items})
@@ -251,6 +265,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "image", submission=_submit_seed, submission_name="seed_predictions.json"),
         Benchmark("coco_captions", _load_coco, _score_captions, "CIDEr", "test", max_new_tokens=48,
                   submission=_submit_captions, submission_name="captions_results.json"),
+        # Lower is better for the headline CHAIR_s; recall (higher is better) sits beside it.
+        Benchmark("chair", _load_chair, _score_chair, "CHAIR_s", "test", max_new_tokens=96),
         Benchmark("llava_jsonl", _load_llava_jsonl, _score_exact, "accuracy", "test", max_new_tokens=128),
         Benchmark("text_qa", _load_text_qa, _score_exact, "accuracy", "test", max_new_tokens=32),
     )

@@ -22,7 +22,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         if f.name == "out":
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = int if f.default is None else type(f.default)  # the only optional field, image_width, is an int
+        kind = int if f.default is None else type(f.default)  # the optional fields (image_width, prefer_scenes) are ints
         parser.add_argument(flag, type=kind, default=f.default,
                             help=f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default {f.default})")
 

@@ -1,4 +1,7 @@
-"""`vlm demo`: the main job — synthetic world, both phases on the shipped backbones, benchmarks, chat, report.json.
+"""`vlm demo`: the main job — synthetic world, the three phases on the shipped backbones, benchmarks, chat, report.json.
+
+Phase 3 (preference tuning on the world's corrective pairs) runs by default (`--no-prefer` skips it); the report
+sets its hallucination and ability numbers beside phase 2's (`preference.before` / `preference.after`).
 
 The stage-0 backbones (a tiny CLIP ViT and Llama, as a real user starts from a pretrained CLIP and LLM) ship
 in `synthetic/backbones/`; `--pretrain-backbones` trains them again, `--ablations` adds LLaVA's
@@ -31,6 +34,7 @@ class DemoProfile:
     backbones: list[str]
     align: list[str]
     instruct: list[str]
+    prefer: list[str] = field(default_factory=list)
     eval_limit: int | None = None
     eval_batch_size: int = 32
     chat_tokens: int = 24
@@ -40,18 +44,20 @@ class DemoProfile:
 
 PROFILES: dict[str, DemoProfile] = {
     "default": DemoProfile(
-        synth=["--num-train", "6000", "--num-test", "400"],
+        synth=["--num-train", "6000", "--num-test", "400", "--prefer-scenes", "1500", "--chair-images", "100"],
         backbones=[],
         align=["schedule.epochs=3"],
         instruct=["schedule.epochs=3"],
+        prefer=[],
         notes="the README's demo: about 9 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
         synth=["--num-train", "1500", "--num-test", "240", "--pope-images", "60", "--scienceqa-images", "40",
-               "--text-eval", "40"],
+               "--text-eval", "40", "--chair-images", "40"],
         backbones=["--llm-lesson-steps", "5", "--llm-steps", "150", "--vit-steps", "200"],
         align=["schedule.max_steps=150"],
         instruct=["schedule.max_steps=600"],
+        prefer=["schedule.max_steps=100"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
     ),
@@ -59,6 +65,12 @@ PROFILES: dict[str, DemoProfile] = {
 
 ALIGN_CONFIG = "configs/synthetic_align.yaml"
 INSTRUCT_CONFIG = "configs/synthetic_instruct.yaml"
+PREFER_CONFIG = "configs/synthetic_prefer.yaml"
+# Phase 3's targets against phase 2 (issue 28): CHAIR_s at least halved, POPE F1 >= 0.95, VQA within 1 point,
+# object recall at most 2 points lower.
+PREFER_BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("vqa", "vqav2", ()), ("pope", "pope", ()), ("captions", "coco_captions", ("--no-meteor",)), ("chair", "chair", ()),
+)
 
 
 CommandRunner = Callable[[list[str]], int]  # `vlm` argv (without the program name) -> exit code
@@ -73,11 +85,11 @@ class Demo:
 
     def __init__(self, out: Path, profile: DemoProfile, repo: Path, run_command: CommandRunner,
                  log: Callable[[str], None] = print, pretrain_backbones: bool = False, ablations: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, prefer: bool = True):
         self.out, self.profile, self.repo, self.log = out, profile, repo, log
         self.vlm = run_command
         self.world = out / "world"
-        self.pretrain_backbones, self.ablations = pretrain_backbones, ablations
+        self.pretrain_backbones, self.ablations, self.prefer = pretrain_backbones, ablations, prefer
         self.seed = seed
         self.seed_overrides = [f"schedule.seed={seed}"] if seed is not None else []  # both phases' training seed
         self.backbones = self.world / "backbones" if pretrain_backbones else SHIPPED_DIR
@@ -134,6 +146,8 @@ class Demo:
                      *self.seed_overrides]])
         self.stage("instruct", lambda: (self.out / "instruct" / CONFIG_NAME).is_file(),
                    [self.instruct_argv(align_out, self.out / "instruct")])
+        if self.prefer:
+            self.stage("prefer", lambda: (self.out / "prefer" / CONFIG_NAME).is_file(), [self.prefer_argv()])
         if self.ablations:
             scratch = self.out / "noalign_init"
             self.stage("instruct_without_alignment", lambda: (self.out / "noalign" / CONFIG_NAME).is_file(),
@@ -154,6 +168,18 @@ class Demo:
                 f"feature_cache.dir={self.feature_cache}", f"checkpoint.output_dir={out}", *self.profile.instruct,
                 *self.seed_overrides]
 
+    def prefer_argv(self) -> list[str]:
+        w = self.world
+        return ["train", self.config(PREFER_CONFIG), f"model.init_from={self.out / 'instruct'}",
+                f"data.data_path=[{w / 'prefer_train.json'}]", f"data.image_folder={w / 'images'}",
+                f"feature_cache.dir={self.feature_cache}", f"checkpoint.output_dir={self.out / 'prefer'}",
+                *self.profile.prefer, *self.seed_overrides]
+
+    @property
+    def final_model(self) -> Path:
+        """The model the chat talks to: phase 3's when it ran, else phase 2's."""
+        return self.out / ("prefer" if self.prefer else "instruct")
+
     def eval_argv(self, model: Path, benchmark: str, name: str, *extra: str) -> list[str]:
         argv = ["eval", "run", "--model", str(model), "--benchmark", benchmark, "--data-root", str(self.world),
                 "--out", str(self.out / "eval" / name), "--batch-size", str(self.profile.eval_batch_size),
@@ -171,6 +197,9 @@ class Demo:
             "captions": self.eval_argv(model, "coco_captions", "captions", "--no-meteor"),
             "mcq": self.eval_argv(model, "scienceqa_img", "mcq"),
             "text": self.eval_argv(model, "text_qa", "text"),
+            "chair": self.eval_argv(model, "chair", "chair"),
+            **({f"{name}_prefer": self.eval_argv(self.out / "prefer", bench, f"{name}_prefer", *extra)
+                for name, bench, extra in PREFER_BENCHMARKS} if self.prefer else {}),
             **({"vqa_noalign": self.eval_argv(noalign, "vqav2", "vqa_noalign")} if self.ablations else {}),
         }
 
@@ -210,7 +239,7 @@ class Demo:
         ]:
             self.log(f"[demo] chat about {image.name}: {question}")
             start = time.perf_counter()
-            code = self.vlm(["chat", "--model", str(self.out / "instruct"), "--image", str(image), "--question", question,
+            code = self.vlm(["chat", "--model", str(self.final_model), "--image", str(image), "--question", question,
                         "--max-new-tokens", str(self.profile.chat_tokens)])
             if code:
                 raise DemoError(f"chat on {image} failed (exit {code})")
@@ -218,10 +247,34 @@ class Demo:
             self.stages[f"chat_{label}"] = round(time.perf_counter() - start, 1)
         return answers
 
+    def phase_figures(self, suffix: str = "") -> dict[str, Any]:
+        """The figures phase 3 is judged on, for phase 2's model (`suffix=""`) or phase 3's (`"_prefer"`)."""
+        vqa, chair = self.scores(f"vqa{suffix}"), self.scores(f"chair{suffix}")
+        pope_f1 = [v["f1"] for v in self.scores(f"pope{suffix}")["per_split"].values()]
+        return {"pope_f1": round(sum(pope_f1) / len(pope_f1), 4), "chair_s": chair["CHAIR_s"],
+                "chair_i": chair["CHAIR_i"], "object_recall": chair["recall"],
+                "vqa_accuracy_seen": vqa["per_group"].get("seen"),
+                "vqa_accuracy_heldout": vqa["per_group"].get("heldout"),
+                "caption_cider": self.scores(f"captions{suffix}")["CIDEr"]}
+
+    def preference_report(self) -> dict[str, Any]:
+        before, after = self.phase_figures(), self.phase_figures("_prefer")
+
+        def within(key: str, points: float) -> bool | None:
+            return None if before[key] is None or after[key] is None else after[key] >= before[key] - points
+
+        targets = {"chair_s_at_least_halved": after["chair_s"] <= before["chair_s"] / 2,
+                   "pope_f1_at_least_0.95": after["pope_f1"] >= 0.95,
+                   "vqa_seen_within_1_point": within("vqa_accuracy_seen", 1.0),
+                   "vqa_heldout_within_1_point": within("vqa_accuracy_heldout", 1.0),
+                   "recall_at_most_2_points_lower": within("object_recall", 2.0)}
+        return {"before": before, "after": after, "targets_met": targets}
+
     def report(self, total: float) -> dict[str, Any]:
         vqa = self.scores("vqa")
         pope = self.scores("pope")
         pope_f1 = [v["f1"] for v in pope["per_split"].values()]
+        chair = self.scores("chair")
         report = {
             "vqa_accuracy_seen": vqa["per_group"].get("seen"),
             "vqa_accuracy_heldout": vqa["per_group"].get("heldout"),
@@ -232,6 +285,9 @@ class Demo:
             "caption_cider": self.scores("captions")["CIDEr"],
             "mcq_accuracy": self.scores("mcq")["accuracy"],
             "text_only_accuracy": self.scores("text")["accuracy"],
+            "chair_s": chair["CHAIR_s"],
+            "chair_i": chair["CHAIR_i"],
+            "object_recall": chair["recall"],
             "backbones": "retrained (--pretrain-backbones)" if self.pretrain_backbones else "shipped",
             "training_seed": self.seed if self.seed is not None else "the configs' (42)",
             "stages_run": list(self.stages),
@@ -241,6 +297,8 @@ class Demo:
             noalign = self.scores("vqa_noalign")["per_group"]
             report["no_alignment_vqa_accuracy_seen"] = noalign.get("seen")
             report["no_alignment_vqa_accuracy_heldout"] = noalign.get("heldout")
+        if self.prefer:
+            report["preference"] = self.preference_report()
         (self.out / "report.json").write_text(json.dumps(report, indent=2))
         return report
 
@@ -248,8 +306,14 @@ class Demo:
 def print_table(report: dict[str, Any], log: Callable[[str], None] = print) -> None:
     log("\n| metric | value |\n|---|---|")
     for key, value in report.items():
-        if key not in ("wall_seconds", "stages_run"):
+        if key not in ("wall_seconds", "stages_run", "preference"):
             log(f"| {key} | {value} |")
+    if "preference" in report:
+        pref = report["preference"]
+        log("\n| phase 3 (preference) | before | after |\n|---|---|---|")
+        for key, value in pref["before"].items():
+            log(f"| {key} | {value} | {pref['after'][key]} |")
+        log("targets: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in pref["targets_met"].items()))
     log(f"| wall seconds (total) | {report['wall_seconds']['total']} |")
     log(f"stages run: {', '.join(report['stages_run'])}")
 
@@ -263,6 +327,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "shipped ones in synthetic/backbones/")
     parser.add_argument("--seed", type=int, default=None,
                         help="training seed of both phases (default: the configs' own); the world stays seed 0")
+    parser.add_argument("--no-prefer", dest="prefer", action="store_false",
+                        help="skip phase 3 (preference tuning on the corrective pairs) and its before/after report")
     parser.add_argument("--ablations", action="store_true",
                         help="also run phase 2 without phase 1 (LLaVA's ablation) and report its VQA accuracy")
 
@@ -274,7 +340,7 @@ def main(args: argparse.Namespace, run_command: CommandRunner) -> int:
     out.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parents[1]
     demo = Demo(out, PROFILES[args.profile], repo, run_command, pretrain_backbones=args.pretrain_backbones,
-                ablations=args.ablations, seed=args.seed)
+                ablations=args.ablations, seed=args.seed, prefer=args.prefer)
     start = time.perf_counter()
     try:
         demo.run_training()

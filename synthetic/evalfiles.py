@@ -79,6 +79,23 @@ def coco_captions(scenes: list[Scene], seed: int, image_size: int, width: int | 
     return {"info": _INFO, "licenses": [_LICENSE], "type": "captions", "images": images, "annotations": annotations}
 
 
+def chair_instances(scenes: list[Scene], image_size: int, width: int | None = None) -> dict:
+    """COCO instances format for CHAIR: one category per colour-shape pair, one box (its grid cell) per object."""
+    width = image_size if width is None else width
+    category = {pair: k + 1 for k, pair in enumerate(ALL_PAIRS)}
+    images, annotations = [], []
+    for scene in scenes:
+        images.append({"id": scene.id, "file_name": scene.file_name, "width": width, "height": image_size})
+        for obj in scene.objects:
+            w, h = width / 3, image_size / 3
+            annotations.append({"id": len(annotations) + 1, "image_id": scene.id, "category_id": category[obj.pair],
+                                "bbox": [round(obj.col * w, 2), round(obj.row * h, 2), round(w, 2), round(h, 2)],
+                                "area": round(w * h, 2), "iscrowd": 0})
+    categories = [{"id": k, "name": f"{c} {s}", "supercategory": s} for (c, s), k in category.items()]
+    return {"info": _INFO, "licenses": [_LICENSE], "images": images, "annotations": annotations,
+            "categories": categories}
+
+
 def scienceqa_files(scenes: list[Scene], seed: int, max_images: int, num_text: int) -> tuple[dict, dict, list[tuple[str, Scene]]]:
     """(problems, pid_splits, [(pid, scene)] whose image must be copied to images/test/<pid>/image.png)."""
     problems: dict[str, dict] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from synthetic import evalfiles
 from synthetic.corpus import CORPUS_FILE, corpus_records, record_texts
+from synthetic.corrective import corrective_records
 from synthetic.draw import png_bytes, render_scene
 from synthetic.llava_records import align_record, caption_record, detail_record, mcq_record, text_record, vqa_record
 from synthetic.tokenizer import save_tokenizer, train_tokenizer
@@ -41,6 +42,9 @@ class SynthConfig:
     text_chats: int = 4000  # text-only chats (numbers, facts) in the LLM's corpus
     corpus_scenes: int = 20000  # scenes written as text for the LLM's pretraining (never drawn as images)
     vocab_size: int = 2048
+    prefer_scenes: int | None = None  # training scenes with corrective preference pairs (None: all of them)
+    prefer_existence_share: float = 0.5  # share of those scenes that also get a yes/no existence pair
+    chair_images: int = 100  # test images in the CHAIR file (COCO instances format)
 
     def __post_init__(self) -> None:
         if self.num_train < 1 or self.num_test < 1:
@@ -53,6 +57,10 @@ class SynthConfig:
                              f"narrower cell would clip them)")
         if not 0.0 <= self.held_out_share <= 1.0:
             raise ValueError(f"held_out_share must be in [0, 1], got {self.held_out_share}")
+        if not 0.0 <= self.prefer_existence_share <= 1.0:
+            raise ValueError(f"prefer_existence_share must be in [0, 1], got {self.prefer_existence_share}")
+        if self.prefer_scenes is not None and self.prefer_scenes < 0:
+            raise ValueError(f"prefer_scenes must be >= 0 (or unset for every training scene), got {self.prefer_scenes}")
 
     def content_dict(self) -> dict:
         d = asdict(self)
@@ -149,6 +157,9 @@ def generate_world(cfg: SynthConfig) -> SynthReport:
     align, instruct = training_records(cfg, train)
     _dump(root / "align.json", align)
     _dump(root / "instruct.json", instruct)
+    prefer_from = train if cfg.prefer_scenes is None else train[: cfg.prefer_scenes]
+    prefer = corrective_records(prefer_from, cfg.seed, cfg.prefer_existence_share)
+    _dump(root / "prefer_train.json", prefer)
     report.timings["records"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -168,6 +179,8 @@ def generate_world(cfg: SynthConfig) -> SynthReport:
         target = evalfiles.scienceqa_image_path(root, pid)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "images" / scene.image, target)
+    _dump(ev / "chair" / "instances_test.json",
+          evalfiles.chair_instances(test[: cfg.chair_images], cfg.image_size, cfg.width))
     text_rows = evalfiles.text_questions(cfg.seed, cfg.text_eval)
     _dump_jsonl(ev / "text" / "questions.jsonl", text_rows)
     report.timings["eval"] = time.perf_counter() - t0
@@ -184,7 +197,8 @@ def generate_world(cfg: SynthConfig) -> SynthReport:
     report.timings["tokenizer"] = time.perf_counter() - t0
 
     report.counts = {"train_images": len(train), "test_images": len(test), "align": len(align),
-                     "instruct": len(instruct), "vqav2_questions": len(questions["questions"]),
+                     "instruct": len(instruct), "prefer": len(prefer),
+                     "chair_images": min(cfg.chair_images, len(test)), "vqav2_questions": len(questions["questions"]),
                      "vqav2_heldout": sum(v == "heldout" for v in splits.values()),
                      "pope_random": len(pope["random"]), "coco_images": len(test), "scienceqa": len(problems),
                      "text_eval": len(text_rows), "corpus_records": len(corpus)}

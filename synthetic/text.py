@@ -96,9 +96,11 @@ def coco_references(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
     return candidates[:n]
 
 
-def detailed_description(scene: Scene) -> str:
-    """Several sentences: count, background, then each object with its size, colour and position."""
-    n = len(scene.objects)
+def detailed_description(scene: Scene, stated_count: int | None = None) -> str:
+    """Several sentences: count, background, then each object with its size, colour and position.
+
+    `stated_count` overrides the number in the first sentence (a corrective pair's wrong count)."""
+    n = len(scene.objects) if stated_count is None else stated_count
     verb = "is" if n == 1 else "are"
     sentences = [f"There {verb} {count_phrase(n)} on {BACKGROUND_PHRASES[scene.background]}."]
     for obj in scene.objects:

@@ -5,7 +5,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from instruct_data.converters import coco_captions, gqa, scienceqa, sharegpt, vqav2
+from instruct_data.converters import coco_captions, gqa, rlaif_v, scienceqa, sharegpt, vlfeedback, vqav2
 from instruct_data.converters.common import ConversionResult
 
 
@@ -32,6 +32,12 @@ CONVERTERS: dict[str, Converter] = {
                   sharegpt.add_arguments, sharegpt.run),
         Converter("scienceqa", "ScienceQA problems + pid_splits -> letter-answer multiple-choice records",
                   scienceqa.add_arguments, scienceqa.run),
+        Converter("rlaif-v", "RLAIF-V-Dataset parquet -> preference records (images written under --image-root)",
+                  rlaif_v.add_arguments, rlaif_v.run_rlaif_v),
+        Converter("rlhf-v", "RLHF-V-Dataset parquet -> preference records (images written under --image-root)",
+                  rlaif_v.add_arguments, rlaif_v.run_rlhf_v),
+        Converter("vlfeedback", "VLFeedback rows -> preference records (highest- vs lowest-rated completion)",
+                  vlfeedback.add_arguments, vlfeedback.run),
     )
 }
 

@@ -20,7 +20,7 @@ def eval_world(tmp_path_factory) -> Path:
 
 def test_registry_names_are_exact():
     assert set(BENCHMARKS) == {"vqav2", "gqa", "textvqa", "vizwiz", "pope", "mme", "scienceqa_img", "mmbench",
-                               "seed", "coco_captions", "llava_jsonl", "text_qa"}
+                               "seed", "coco_captions", "chair", "llava_jsonl", "text_qa"}
     with pytest.raises(ValueError, match="known: vqav2"):
         get_benchmark("vqa")  # no prefix / substring matching
 
@@ -54,3 +54,32 @@ def test_test_split_without_answers_says_so(vqav2_root: Path):
     items = bench.load(BenchmarkPaths(vqav2_root))
     with pytest.raises(BenchmarkFileError, match="submission"):
         score_items(bench, items, {it.key: "x" for it in items})
+
+
+def test_chair_on_the_world_is_exact(eval_world: Path):
+    """True detailed descriptions score CHAIR 0 and recall 100; one invented object per description moves both
+    CHAIR numbers by the hand-computed amounts, and saying nothing loses recall."""
+    import json
+
+    from synthetic.text import detailed_description
+    from synthetic.world import Scene
+
+    bench = get_benchmark("chair")
+    items = bench.load(BenchmarkPaths(eval_world))
+    scenes = {s["id"]: Scene.from_dict(s) for s in json.loads((eval_world / "scenes" / "test.json").read_text())}
+    assert len(items) == 8 and all(Path(it.image).is_file() for it in items)
+    assert all(it.meta["objects"] == sorted(o.name for o in scenes[it.question_id].objects) for it in items)
+    truth = {it.key: detailed_description(scenes[it.question_id]) for it in items}
+    exact = score_items(bench, items, truth)
+    n_objects = sum(len(s.objects) for s in scenes.values())
+    assert (exact["CHAIR_s"], exact["CHAIR_i"], exact["recall"], exact["mentions"]) == (0.0, 0.0, 100.0, n_objects)
+    # every description also names one object absent from its image
+    invented = {}
+    for it in items:
+        absent = next(c for c in it.meta["categories"] if c not in it.meta["objects"])
+        invented[it.key] = truth[it.key] + f" A small {absent} is at the bottom right."
+    worse = score_items(bench, items, invented)
+    assert worse["CHAIR_s"] == 100.0 and worse["recall"] == 100.0
+    assert worse["CHAIR_i"] == round(100 * 8 / (n_objects + 8), 2)
+    silent = score_items(bench, items, {it.key: "I see a picture." for it in items})
+    assert (silent["CHAIR_s"], silent["CHAIR_i"], silent["recall"]) == (0.0, 0.0, 0.0)

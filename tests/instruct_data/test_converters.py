@@ -300,7 +300,7 @@ def test_scienceqa_errors(tmp_path: Path) -> None:
 # ---- registry and writing ----
 
 def test_registry_exact_names() -> None:
-    assert list(CONVERTERS) == ["coco-captions", "vqav2", "gqa", "sharegpt", "scienceqa"]
+    assert list(CONVERTERS) == ["coco-captions", "vqav2", "gqa", "sharegpt", "scienceqa", "rlaif-v", "rlhf-v", "vlfeedback"]
     assert get_converter("gqa").name == "gqa"
     with pytest.raises(ValueError, match="unknown converter 'vqa'"):
         get_converter("vqa")  # a prefix of vqav2 is not a match

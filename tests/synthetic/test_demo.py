@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 REPORT_KEYS = {
     "vqa_accuracy_seen", "vqa_accuracy_heldout", "vqa_accuracy_blind", "vqa_accuracy_prior_baseline", "pope_f1",
-    "caption_cider", "mcq_accuracy", "text_only_accuracy", "wall_seconds",
+    "caption_cider", "mcq_accuracy", "text_only_accuracy", "chair_s", "chair_i", "object_recall", "wall_seconds",
 }
 
 
@@ -31,8 +31,12 @@ def test_reduced_demo_writes_the_report_and_reuses_finished_stages(demo_out: Pat
     for key in REPORT_KEYS - {"wall_seconds"}:
         assert isinstance(report[key], (int, float)), key
     stages = report["wall_seconds"]
-    for stage in ("world", "align", "instruct", "eval_vqa", "total"):
+    for stage in ("world", "align", "instruct", "prefer", "eval_vqa", "eval_chair_prefer", "total"):
         assert stages[stage] > 0, stage
+    # phase 3 ran by default: its figures beside phase 2's, with the issue's targets judged
+    pref = report["preference"]
+    assert set(pref["before"]) == set(pref["after"]) >= {"pope_f1", "chair_s", "chair_i", "object_recall"}
+    assert all(isinstance(v, (int, float)) for v in pref["after"].values()) and len(pref["targets_met"]) == 5
     # The shipped backbones are used and the ablation is not run unless asked (--ablations).
     assert report["backbones"] == "shipped" and "backbones" not in stages
     assert "instruct_without_alignment" not in stages and "no_alignment_vqa_accuracy_seen" not in report

@@ -45,24 +45,56 @@ def test_default_uses_the_shipped_backbones_and_skips_the_ablation(tmp_path: Pat
     runner = Recorder()
     demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None)
     demo.run_training()
-    assert [argv[0] for argv in runner.calls] == ["synth", "train", "train"]
+    assert [argv[0] for argv in runner.calls] == ["synth", "train", "train", "train"]
     assert "--corpus-scenes" in runner.calls[0]  # no text corpus: the LLM is already pretrained
     align = runner.calls[1]
     assert f"model.llm={SHIPPED_DIR / 'llm'}" in align and f"model.vision.spec=hf:{SHIPPED_DIR / 'vit'}" in align
-    assert "vqa_noalign" not in demo.evaluations() and set(demo.stages) == {"world", "align", "instruct"}
+    assert "vqa_noalign" not in demo.evaluations() and set(demo.stages) == {"world", "align", "instruct", "prefer"}
+    prefer = runner.calls[3]  # phase 3 starts from phase 2's output on the world's corrective pairs
+    assert prefer[1].endswith("configs/synthetic_prefer.yaml")
+    assert f"model.init_from={tmp_path / 'instruct'}" in prefer
+    assert f"data.data_path=[{tmp_path / 'world' / 'prefer_train.json'}]" in prefer
+    assert {"chair", "chair_prefer", "pope_prefer", "vqa_prefer", "captions_prefer"} <= set(demo.evaluations())
+
+
+def test_no_prefer_skips_phase_3(tmp_path: Path) -> None:
+    runner = Recorder()
+    demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None, prefer=False)
+    demo.run_training()
+    assert [argv[0] for argv in runner.calls] == ["synth", "train", "train"]
+    assert not any(name.endswith("_prefer") for name in demo.evaluations()) and demo.final_model.name == "instruct"
+
+
+def _scores(out: Path, name: str, scores: dict) -> None:
+    (out / "eval" / name).mkdir(parents=True)
+    (out / "eval" / name / "scores.json").write_text(json.dumps({"scores": scores}))
+
+
+def test_preference_report_sets_phase_3_beside_phase_2(tmp_path: Path) -> None:
+    for suffix, (f1, chair_s, recall, seen) in (("", (0.90, 30.0, 95.0, 80.0)), ("_prefer", (0.96, 15.0, 93.5, 79.5))):
+        _scores(tmp_path, f"vqa{suffix}", {"per_group": {"seen": seen, "heldout": 60.0 + len(suffix)}})
+        _scores(tmp_path, f"pope{suffix}", {"per_split": {"random": {"f1": f1 + 0.01}, "popular": {"f1": f1 - 0.01}}})
+        _scores(tmp_path, f"chair{suffix}", {"CHAIR_s": chair_s, "CHAIR_i": chair_s / 3, "recall": recall})
+        _scores(tmp_path, f"captions{suffix}", {"CIDEr": 150.0})
+    pref = Demo(tmp_path, PROFILES["ci"], REPO, Recorder(), log=lambda _: None).preference_report()
+    assert pref["before"]["pope_f1"] == 0.9 and pref["after"]["chair_s"] == 15.0
+    assert pref["targets_met"] == {"chair_s_at_least_halved": True, "pope_f1_at_least_0.95": True,
+                                   "vqa_seen_within_1_point": True, "vqa_heldout_within_1_point": True,
+                                   "recall_at_most_2_points_lower": True}
 
 
 def test_ablations_and_pretrain_backbones_add_their_stages(tmp_path: Path) -> None:
     runner = Recorder()
     demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None, pretrain_backbones=True, ablations=True)
     demo.run_training()
-    assert [argv[0] for argv in runner.calls] == ["synth", "pretrain-backbones", "train", "train", "build", "train"]
+    assert [argv[0] for argv in runner.calls] == ["synth", "pretrain-backbones", "train", "train", "train", "build",
+                                                  "train"]
     backbones = tmp_path / "world" / "backbones"
     assert f"model.llm={backbones / 'llm'}" in runner.calls[2]
-    build = runner.calls[4]
+    build = runner.calls[5]
     assert build[build.index("--projector") + 1] == demo.projector() and build[build.index("--llm") + 1] == str(backbones / "llm")
     assert "vqa_noalign" in demo.evaluations()
-    assert set(demo.stages) == {"world", "backbones", "align", "instruct", "instruct_without_alignment"}
+    assert set(demo.stages) == {"world", "backbones", "align", "instruct", "prefer", "instruct_without_alignment"}
 
 
 def test_tampered_shipped_backbones_stop_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from eval.items import CAPTION_PROMPT
 from synthetic.generate import generate_world
 from synthetic.world import HELD_OUT, SHAPE_PLURALS
 
-IMAGE_TRAINING_FILES = ("align.json", "instruct.json", "scenes/train.json")
+IMAGE_TRAINING_FILES = ("align.json", "instruct.json", "prefer_train.json", "scenes/train.json")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
