@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python bench/data_scale.py`: its sibling benches import as `bench.*`
+    sys.path.insert(0, str(REPO))
 SHORT = "\nAnswer the question using a single word or phrase."
 SYLLABLES = "ka lo mi nu pe ra si to vu we xa yo ze bra cli dro fen gus hat jin kor lum mes nop qui rst".split()
 
