@@ -1,6 +1,7 @@
 """Safe image loading: paths confined to the image roots, full decoding, bombs and broken files named."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -8,7 +9,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from conversation.errors import ImageLoadError
 
@@ -99,6 +100,18 @@ def resolve_image_path(ref: str, roots: Sequence[Path | str]) -> Path:
     raise ImageLoadError(ref, f"missing file: not found under {roots_text}")
 
 
+@contextlib.contextmanager
+def _truncated_images_refused() -> Iterator[None]:
+    """PIL's process-wide `ImageFile.LOAD_TRUNCATED_IMAGES` off while we decode: some libraries turn it on when
+    imported (lmms-eval does), and a truncated image would then decode silently, its missing rows grey."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                check_size: Callable[[int, int], str | None] | None = None) -> Image.Image:
     """Open and fully decode an image, in its own mode; the format is sniffed from the content, not the name.
@@ -120,7 +133,7 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         raise ImageLoadError(str(path), "empty file: zero bytes")
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _truncated_images_refused():
             # PIL warns (rather than raises) between MAX_IMAGE_PIXELS and twice that: make it an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))

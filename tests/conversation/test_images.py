@@ -170,3 +170,21 @@ def test_multi_picture_camera_jpeg_is_not_a_mismatch(tmp_path: Path) -> None:
     img = load_image(tmp_path / "cam.jpg")
     assert img.format == "MPO" and extension_mismatch(tmp_path / "cam.jpg", img) is None
     assert extension_mismatch(tmp_path / "cam.png", img) == "extension '.png' but the content is MPO"
+
+
+def test_a_truncated_image_is_refused_even_when_a_library_allows_them(tmp_path) -> None:
+    # lmms-eval sets PIL's process-wide LOAD_TRUNCATED_IMAGES on import; our loader must still refuse
+    from PIL import ImageFile
+
+    whole = tmp_path / "whole.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-40])
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(ImageLoadError, match="truncated|undecodable"):
+            load_image(cut)
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the library's setting is left as it was
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
