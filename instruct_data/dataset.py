@@ -122,6 +122,15 @@ class InstructDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _skipped(self, exc: RecordError | ImageLoadError, rid: str) -> Skipped:
+        """A bad record (`rid`, or the id the error names) skipped and logged; under `strict` the error is raised."""
+        if self.strict:
+            raise exc
+        reason = skip_reason(exc)
+        rid = exc.record_id if isinstance(exc, RecordError) else rid
+        self.skip_log.add(rid, reason)
+        return Skipped(rid, reason)
+
     def _roots(self, i: int) -> list[Path]:
         # the record file's folder and `data.image_folder` are often the same: each root is searched (and named) once
         return list(dict.fromkeys([*self.records.image_roots(i), *self.extra_roots]))
@@ -177,12 +186,7 @@ class InstructDataset(Dataset):
                 paths = self._paths(conv.images, self._roots(i))
             pixel_values, keys, tiles = self._images(paths, sizes)
         except (RecordError, ImageLoadError) as exc:
-            if self.strict:
-                raise
-            reason = skip_reason(exc)
-            rid = exc.record_id if isinstance(exc, RecordError) else rid
-            self.skip_log.add(rid, reason)
-            return Skipped(rid, reason)
+            return self._skipped(exc, rid)
         return Item(conv.id, torch.tensor(sample.input_ids, dtype=torch.long),
                     torch.tensor(sample.labels, dtype=torch.long), pixel_values, keys,
                     image_sizes=None if sizes is None else [tuple(size) for size in sizes],

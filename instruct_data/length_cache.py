@@ -106,29 +106,45 @@ def cache_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- file
-def read_cache(path: Path, key: dict[str, Any]) -> np.ndarray | None:
-    """The cached [records, 2] (length, vision tiles), or None when absent; a file that does not read back whole
-    (or not for this key) is reported with a warning and None (the caller rebuilds it)."""
+def read_keyed_table(path: Path, key: dict[str, Any], what: str, table: Callable[[Any], np.ndarray],
+                     dtype: type, check: Callable[[np.ndarray], str | None] | None = None) -> np.ndarray | None:
+    """A cache file's [records, 2] table (`table` builds it from the open npz), or None when absent; a file that
+    does not read back whole, for this `key`, as `dtype`, with its checksum and passing `check` (None: fine, else
+    why not) is reported with a warning naming `what` and read as None (the caller rebuilds it)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             stored_key = json.loads(bytes(data["key"]).decode())
-            costs = np.stack([np.asarray(data["lengths"]), np.asarray(data["tiles"])], axis=1)
+            values = table(data)
             digest = str(data["sha256"])
         if stored_key != key:
             raise ValueError("it was written for other inputs")
-        if costs.dtype != np.int32 or costs.shape != (key["records"], 2):
-            raise ValueError(f"it holds {costs.dtype} {costs.shape}, not int32 ({key['records']}, 2)")
-        if hashlib.sha256(costs.tobytes()).hexdigest() != digest:
+        if values.dtype != dtype or values.shape != (key["records"], 2):
+            raise ValueError(f"it holds {values.dtype} {values.shape}, not {np.dtype(dtype)} ({key['records']}, 2)")
+        if hashlib.sha256(values.tobytes()).hexdigest() != digest:
             raise ValueError("its checksum does not match")
-        cap = key["max_length"]
-        if costs.min(initial=0) < 0 or (cap is not None and costs[:, 0].max(initial=0) > cap):
-            raise ValueError("it holds lengths out of range")
+        problem = check(values) if check is not None else None
+        if problem:
+            raise ValueError(problem)
     except Exception as exc:  # a truncated zip, bad JSON, a missing array: all mean the same, rebuild
-        log.warning("length cache %s is unreadable (%s: %s): recomputing it", path, type(exc).__name__, exc)
+        log.warning("%s %s is unreadable (%s: %s): recomputing it", what, path, type(exc).__name__, exc)
         return None
-    return costs
+    return values
+
+
+def read_cache(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+    """The cached [records, 2] (length, vision tiles), or None when absent or unreadable (`read_keyed_table`)."""
+    cap = key["max_length"]
+
+    def in_range(costs: np.ndarray) -> str | None:
+        if costs.min(initial=0) < 0 or (cap is not None and costs[:, 0].max(initial=0) > cap):
+            return "it holds lengths out of range"
+        return None
+
+    return read_keyed_table(path, key, "length cache",
+                            lambda data: np.stack([np.asarray(data["lengths"]), np.asarray(data["tiles"])], axis=1),
+                            np.int32, in_range)
 
 
 def write_cache(path: Path, key: dict[str, Any], costs: np.ndarray) -> None:

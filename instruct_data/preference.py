@@ -23,7 +23,7 @@ from conversation.tokenize import (
     truncate,
 )
 from instruct_data.collate import collate
-from instruct_data.dataset import InstructDataset, skip_reason
+from instruct_data.dataset import InstructDataset
 from instruct_data.item import Item, Skipped
 from instruct_data.preference_records import PreferencePair, parse_preference
 from vlm.batch import Batch
@@ -98,12 +98,7 @@ class PreferenceDataset(InstructDataset):
                 paths = self._paths(pair.images, self._roots(i))
             pixel_values, keys, tiles = self._images(paths, sizes)
         except (RecordError, ImageLoadError) as exc:
-            if self.strict:
-                raise
-            reason = skip_reason(exc)
-            rid = exc.record_id if isinstance(exc, RecordError) else rid
-            self.skip_log.add(rid, reason)
-            return Skipped(rid, reason)
+            return self._skipped(exc, rid)
         extra = dict(image_sizes=None if sizes is None else [tuple(size) for size in sizes],
                      image_tiles=None if sizes is None else tiles)
         items = [Item(pair.id, torch.tensor(s.input_ids, dtype=torch.long), torch.tensor(s.labels, dtype=torch.long),

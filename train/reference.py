@@ -24,7 +24,7 @@ from torch import nn
 
 from conversation.errors import ImageLoadError
 from instruct_data.length_cache import cache_key as length_key
-from instruct_data.length_cache import key_digest
+from instruct_data.length_cache import key_digest, read_keyed_table
 from instruct_data.preference import PairItem, PreferenceCollator
 from train.errors import DataFailure
 from train.feature_source import FeatureSource
@@ -71,23 +71,7 @@ def cache_file(directory: str | Path, key: dict[str, Any]) -> Path:
 
 def read_reference(path: Path, key: dict[str, Any]) -> np.ndarray | None:
     """The cached [N, 2] log-probabilities, or None when absent, unreadable or written for other inputs."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            stored = json.loads(bytes(data["key"]).decode())
-            values = np.asarray(data["logps"])
-            digest = str(data["sha256"])
-        if stored != key:
-            raise ValueError("it was written for other inputs")
-        if values.dtype != np.float64 or values.shape != (key["records"], 2):
-            raise ValueError(f"it holds {values.dtype} {values.shape}, not float64 ({key['records']}, 2)")
-        if hashlib.sha256(values.tobytes()).hexdigest() != digest:
-            raise ValueError("its checksum does not match")
-    except Exception as exc:  # a truncated zip, bad JSON, a missing array: all mean the same, rebuild
-        log.warning("reference cache %s is unreadable (%s: %s): recomputing it", path, type(exc).__name__, exc)
-        return None
-    return values
+    return read_keyed_table(path, key, "reference cache", lambda data: np.asarray(data["logps"]), np.float64)
 
 
 def write_reference(path: Path, key: dict[str, Any], values: np.ndarray) -> None:
