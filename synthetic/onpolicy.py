@@ -105,15 +105,24 @@ def onpolicy_records(scenes: Iterable[Scene], images: Path, describe: GenerateFn
              for n, (scene, prompt, _) in enumerate(asked)]
     replies = _answer(answer, items, batch_size)
     stats.questions = len(asked)
+    right: dict[str, list[dict]] = {"yes": [], "no": []}  # anchors: questions answered right
+    wrong: dict[str, int] = {"yes": 0, "no": 0}
     for n, ((scene, prompt, truth), reply) in enumerate(zip(asked, replies, strict=True)):
         if isinstance(reply, Failed):
             stats.failed += 1
             continue
-        said = reply.strip().lower().rstrip(".")
-        if said != truth:
-            stats.questions_wrong += 1
-            records.append(_record(f"exists_{truth}", scene, n, prompt, truth, reply.strip() or
-                                   ("no" if truth == "yes" else "yes")))
+        opposite = "no" if truth == "yes" else "yes"
+        if reply.strip().lower().rstrip(".") == truth:
+            right[truth].append(_record(f"anchor_{truth}", scene, n, prompt, truth, opposite))
+            continue
+        stats.questions_wrong += 1
+        wrong[truth] += 1
+        records.append(_record(f"exists_{truth}", scene, n, prompt, truth, reply.strip() or opposite))
+    # Pairs of one answer only teach "say no" (DPO then answers no to everything): as many right answers of the
+    # other kind, the model's own, anchor the balance. The invented objects below count as "no" pairs.
+    wrong["no"] += sum(len(v) for v in invented.values())
+    for truth, other in (("yes", "no"), ("no", "yes")):
+        records += right[truth][: max(0, wrong[other] - wrong[truth])]
     for scene in scenes:  # what the model invented, asked back: "no" against the "yes" its description implied
         for k, name in enumerate(invented.get(scene.id, [])):
             colour, shape = name.split(" ", 1)

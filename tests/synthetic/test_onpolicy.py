@@ -47,6 +47,9 @@ def test_an_invented_object_makes_a_pair_and_a_right_answer_none(tmp_path: Path)
     # 3 present objects answered right (no pair) and 2 absent per scene answered wrong: 4 pairs, "no" over "Yes"
     exists = [r for r in records if "-exists_" in r["id"]]
     assert stats.questions == 7 and stats.questions_wrong == 4 and len(exists) == 4
+    # the 5 "no" pairs (4 questions, 1 invented object) are balanced by the right "yes" answers (all 3 of them)
+    anchors = [r for r in records if "-anchor_" in r["id"]]
+    assert len(anchors) == 3 and all(r["chosen"] == "yes" and r["rejected"] == "no" for r in anchors)
     assert all(r["chosen"] == "no" and r["rejected"] == "Yes" for r in exists)
     invented = [r for r in records if "-invented-" in r["id"]]
     assert [(r["image"], r["conversations"][0]["value"], r["chosen"], r["rejected"]) for r in invented] == [
