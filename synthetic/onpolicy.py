@@ -19,7 +19,7 @@ from eval.items import EvalItem, Failed
 from eval.loaders.chair import DESCRIBE_PROMPT
 from eval.metrics.chair import ObjectVocabulary
 from synthetic.questions import SHORT_ANSWER_SUFFIX
-from synthetic.text import a_or_an, detailed_description
+from synthetic.text import BACKGROUND_PHRASES, a_or_an, detailed_description
 from synthetic.world import ALL_PAIRS, SEEN_PAIRS, Scene, scene_rng
 
 VOCABULARY = ObjectVocabulary(f"{c} {s}" for c, s in ALL_PAIRS)  # CHAIR's categories on this world
@@ -41,6 +41,17 @@ def judge_description(scene: Scene, text: str) -> tuple[list[str], list[str]]:
     present = {f"{o.colour} {o.shape}" for o in scene.objects}
     named = VOCABULARY.mentions(text)
     return sorted({n for n in named if n not in present}), sorted(present - set(named))
+
+
+def background_aligned(scene: Scene, text: str) -> str:
+    """The model's reply with its background phrase replaced by the true one, so that a pair against the truth
+    differs only in the objects (and the count): the preference then lands on the object errors (RLHF-V's
+    fine-grained corrections) instead of on the first diverging words, the background's."""
+    truth = BACKGROUND_PHRASES[scene.background]
+    for phrase in BACKGROUND_PHRASES.values():
+        if f" on {phrase}." in text:
+            return text.replace(f" on {phrase}.", f" on {truth}.", 1)
+    return text
 
 
 def existence_question(colour: str, shape: str) -> str:
@@ -73,7 +84,8 @@ def _answer(generate: GenerateFn, items: list[EvalItem], batch_size: int) -> lis
 
 
 def onpolicy_records(scenes: Iterable[Scene], images: Path, describe: GenerateFn, answer: GenerateFn, seed: int,
-                     absent_per_scene: int = 2, batch_size: int = 32) -> tuple[list[dict], OnPolicyStats]:
+                     absent_per_scene: int = 2, batch_size: int = 32,
+                     align_background: bool = True) -> tuple[list[dict], OnPolicyStats]:
     """The pairs for every scene the model got wrong (`describe` answers descriptions, `answer` yes/no questions).
 
     A description is wrong when it names an absent object or leaves a present one out (a position or size
@@ -94,8 +106,9 @@ def onpolicy_records(scenes: Iterable[Scene], images: Path, describe: GenerateFn
         for label, wrong in (("hallucinated", absent), ("missed", missed)):
             stats.descriptions_wrong[label] += bool(wrong)
         if absent or missed:
+            rejected = background_aligned(scene, text) if align_background else text
             records.append(_record("describe", scene, 0, f"<image>\n{DESCRIBE_PROMPT}", detailed_description(scene),
-                                   text))
+                                   rejected))
         invented[scene.id] = absent
     asked: list[tuple[Scene, str, str]] = []  # (scene, prompt, true answer)
     for scene in scenes:

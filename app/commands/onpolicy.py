@@ -18,6 +18,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=None, help="the first N training scenes (default: all)")
     parser.add_argument("--absent-per-scene", type=int, default=2,
                         help="absent objects asked about per scene, besides every present one (default 2)")
+    parser.add_argument("--whole-reply", action="store_true",
+                        help="reject the model's description as it is (default: with the true background named, so "
+                             "the pair differs only in the objects)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="which absent objects are asked about")
     parser.add_argument("--device", default=None)
@@ -34,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     describe = load_generator(args.model, 96, device=args.device)  # CHAIR's budget for a description
     answer = ModelGenerator(describe.model, max_new_tokens=4)  # the same model, a yes/no budget
     records, stats = onpolicy_records(scenes, world / "images", describe, answer, args.seed, args.absent_per_scene,
-                                      args.batch_size)
+                                      args.batch_size, align_background=not args.whole_reply)
     if not records:
         print(f"vlm onpolicy: error: the model answered all {stats.scenes} scenes right: no pair to train on")
         return 4

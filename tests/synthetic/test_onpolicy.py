@@ -79,3 +79,13 @@ def test_real_tiny_model_through_the_command(tiny_vlm_dir: Path, synth_world: Pa
     assert all(r["rejected"] != r["chosen"] and set(r) == {"id", "image", "conversations", "chosen", "rejected"}
                for r in records)
     assert "pairs from 3 scenes" in capsys.readouterr().out
+
+
+def test_the_rejected_description_names_the_true_background(tmp_path: Path):
+    wrong_background = INVENTED.replace("a plain light background", "a light striped background")
+    describe = Scripted(lambda item: wrong_background if item.question_id == 1 else detailed_description(B))
+    answer = Scripted(lambda item: "yes" if "green star" in item.prompt else "no")
+    records, _ = onpolicy_records([A, B], tmp_path, describe, answer, seed=0)
+    assert [r["rejected"] for r in records if "-describe-" in r["id"]] == [INVENTED]  # only the objects differ
+    whole, _ = onpolicy_records([A, B], tmp_path, describe, answer, seed=0, align_background=False)
+    assert [r["rejected"] for r in whole if "-describe-" in r["id"]] == [wrong_background]
