@@ -50,6 +50,7 @@ PROFILES: dict[str, DemoProfile] = {
         align=["schedule.epochs=3"],
         instruct=["schedule.epochs=3"],
         prefer=[],
+        onpolicy=["--scenes", "1500"],
         notes="the README's demo: about 9 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
@@ -58,7 +59,8 @@ PROFILES: dict[str, DemoProfile] = {
         backbones=["--llm-lesson-steps", "5", "--llm-steps", "150", "--vit-steps", "200"],
         align=["schedule.max_steps=150"],
         instruct=["schedule.max_steps=600"],
-        prefer=["schedule.max_steps=100"],
+        prefer=["schedule.max_steps=150", "optim.lr=5e-5"],  # off- and on-policy pairs (docs/demo.md, phase 3)
+        onpolicy=["--scenes", "800"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
     ),
