@@ -59,7 +59,7 @@ PROFILES: dict[str, DemoProfile] = {
         backbones=["--llm-lesson-steps", "5", "--llm-steps", "150", "--vit-steps", "200"],
         align=["schedule.max_steps=150"],
         instruct=["schedule.max_steps=600"],
-        prefer=["schedule.max_steps=150", "optim.lr=5e-5"],  # off- and on-policy pairs (docs/demo.md, phase 3)
+        prefer=["schedule.max_steps=100"],
         onpolicy=["--scenes", "800"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
