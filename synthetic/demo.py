@@ -1,7 +1,7 @@
 """`vlm demo`: the main job — synthetic world, the three phases on the shipped backbones, benchmarks, chat, report.json.
 
-Phase 3 (preference tuning on the world's corrective pairs and on phase 2's own corrected answers) runs by default (`--no-prefer` skips it); the report
-sets its hallucination and ability numbers beside phase 2's (`preference.before` / `preference.after`).
+Phase 3 (preference tuning on the world's corrective pairs and on phase 2's own corrected answers) runs by default
+(`--no-prefer` skips it); the report sets its hallucination and ability numbers beside phase 2's (`preference.before` / `preference.after`).
 
 The stage-0 backbones (a tiny CLIP ViT and Llama, as a real user starts from a pretrained CLIP and LLM) ship
 in `synthetic/backbones/`; `--pretrain-backbones` trains them again, `--ablations` adds LLaVA's
