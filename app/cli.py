@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-hf": ("app.commands.import_hf", "import a HF Llava directory into this trainer's checkpoint format"),
     "data": ("app.commands.data", "validate, convert and audit datasets (LLaVA format, official public formats)"),
     "synth": ("synthetic.cli", "generate the synthetic world (images, captions, questions, eval files)"),
+    "onpolicy": ("app.commands.onpolicy", "corrective pairs from a checkpoint's own wrong answers on the synthetic world"),
     "pretrain-backbones": ("synthetic.stage0.cli", "stage 0: pretrain the tiny LLM and ViT of the synthetic world"),
     "train": ("train.cli", "run a training recipe (align, instruct, prefer) from a YAML config"),
     "merge-lora": ("train.merge_lora", "merge LoRA adapters into a full checkpoint"),

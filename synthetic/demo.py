@@ -1,7 +1,7 @@
 """`vlm demo`: the main job — synthetic world, the three phases on the shipped backbones, benchmarks, chat, report.json.
 
-Phase 3 (preference tuning on the world's corrective pairs) runs by default (`--no-prefer` skips it); the report
-sets its hallucination and ability numbers beside phase 2's (`preference.before` / `preference.after`).
+Phase 3 (preference tuning on the world's corrective pairs and on phase 2's own corrected answers) runs by default
+(`--no-prefer` skips it); the report sets its hallucination and ability numbers beside phase 2's (`preference.before` / `preference.after`).
 
 The stage-0 backbones (a tiny CLIP ViT and Llama, as a real user starts from a pretrained CLIP and LLM) ship
 in `synthetic/backbones/`; `--pretrain-backbones` trains them again, `--ablations` adds LLaVA's
@@ -35,6 +35,7 @@ class DemoProfile:
     align: list[str]
     instruct: list[str]
     prefer: list[str] = field(default_factory=list)
+    onpolicy: list[str] = field(default_factory=list)  # `vlm onpolicy` options (how many training scenes asked)
     eval_limit: int | None = None
     eval_batch_size: int = 32
     chat_tokens: int = 24
@@ -49,6 +50,7 @@ PROFILES: dict[str, DemoProfile] = {
         align=["schedule.epochs=3"],
         instruct=["schedule.epochs=3"],
         prefer=[],
+        onpolicy=["--scenes", "1500"],
         notes="the README's demo: about 9 minutes on 2 CPU cores",
     ),
     "ci": DemoProfile(
@@ -58,6 +60,7 @@ PROFILES: dict[str, DemoProfile] = {
         align=["schedule.max_steps=150"],
         instruct=["schedule.max_steps=600"],
         prefer=["schedule.max_steps=100"],
+        onpolicy=["--scenes", "800"],
         eval_limit=None,
         notes="the reduced demo of the test suite: a few minutes on 2 CPU cores",
     ),
@@ -147,6 +150,7 @@ class Demo:
         self.stage("instruct", lambda: (self.out / "instruct" / CONFIG_NAME).is_file(),
                    [self.instruct_argv(align_out, self.out / "instruct")])
         if self.prefer:
+            self.stage("onpolicy", lambda: self.onpolicy_file.is_file(), [self.onpolicy_argv()])
             self.stage("prefer", lambda: (self.out / "prefer" / CONFIG_NAME).is_file(), [self.prefer_argv()])
         if self.ablations:
             scratch = self.out / "noalign_init"
@@ -168,10 +172,20 @@ class Demo:
                 f"feature_cache.dir={self.feature_cache}", f"checkpoint.output_dir={out}", *self.profile.instruct,
                 *self.seed_overrides]
 
+    @property
+    def onpolicy_file(self) -> Path:
+        return self.out / "onpolicy" / "pairs.json"
+
+    def onpolicy_argv(self) -> list[str]:
+        """Phase 2's own wrong answers on training scenes, corrected by the world's truth (`vlm onpolicy`)."""
+        return ["onpolicy", "--model", str(self.out / "instruct"), "--world", str(self.world),
+                "--out", str(self.onpolicy_file), "--batch-size", str(self.profile.eval_batch_size),
+                *self.profile.onpolicy]
+
     def prefer_argv(self) -> list[str]:
         w = self.world
         return ["train", self.config(PREFER_CONFIG), f"model.init_from={self.out / 'instruct'}",
-                f"data.data_path=[{w / 'prefer_train.json'}]", f"data.image_folder={w / 'images'}",
+                f"data.data_path=[{w / 'prefer_train.json'},{self.onpolicy_file}]", f"data.image_folder={w / 'images'}",
                 f"feature_cache.dir={self.feature_cache}", f"checkpoint.output_dir={self.out / 'prefer'}",
                 *self.profile.prefer, *self.seed_overrides]
 

@@ -34,6 +34,10 @@ class Recorder:
             out = Path(argv[argv.index("--out") + 1]) / "llm"
             out.mkdir(parents=True)
             (out / "config.json").write_text("{}")
+        elif argv[0] == "onpolicy":
+            out = Path(argv[argv.index("--out") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("[]")
         elif argv[0] == "train":
             out = Path(next(a for a in argv if a.startswith("checkpoint.output_dir=")).split("=", 1)[1])
             out.mkdir(parents=True)
@@ -45,15 +49,20 @@ def test_default_uses_the_shipped_backbones_and_skips_the_ablation(tmp_path: Pat
     runner = Recorder()
     demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None)
     demo.run_training()
-    assert [argv[0] for argv in runner.calls] == ["synth", "train", "train", "train"]
+    assert [argv[0] for argv in runner.calls] == ["synth", "train", "train", "onpolicy", "train"]
     assert "--corpus-scenes" in runner.calls[0]  # no text corpus: the LLM is already pretrained
     align = runner.calls[1]
     assert f"model.llm={SHIPPED_DIR / 'llm'}" in align and f"model.vision.spec=hf:{SHIPPED_DIR / 'vit'}" in align
-    assert "vqa_noalign" not in demo.evaluations() and set(demo.stages) == {"world", "align", "instruct", "prefer"}
-    prefer = runner.calls[3]  # phase 3 starts from phase 2's output on the world's corrective pairs
+    assert "vqa_noalign" not in demo.evaluations() and set(demo.stages) == {"world", "align", "instruct", "onpolicy",
+                                                                                  "prefer"}
+    onpolicy = runner.calls[3]  # phase 2's own answers on training scenes, corrected
+    assert onpolicy[onpolicy.index("--model") + 1] == str(tmp_path / "instruct")
+    assert onpolicy[onpolicy.index("--world") + 1] == str(tmp_path / "world")
+    prefer = runner.calls[4]  # phase 3 starts from phase 2's output on the off- and on-policy corrective pairs
     assert prefer[1].endswith("configs/synthetic_prefer.yaml")
     assert f"model.init_from={tmp_path / 'instruct'}" in prefer
-    assert f"data.data_path=[{tmp_path / 'world' / 'prefer_train.json'}]" in prefer
+    assert (f"data.data_path=[{tmp_path / 'world' / 'prefer_train.json'},{tmp_path / 'onpolicy' / 'pairs.json'}]"
+            in prefer)
     assert {"chair", "chair_prefer", "pope_prefer", "vqa_prefer", "captions_prefer"} <= set(demo.evaluations())
 
 
@@ -87,14 +96,15 @@ def test_ablations_and_pretrain_backbones_add_their_stages(tmp_path: Path) -> No
     runner = Recorder()
     demo = Demo(tmp_path, PROFILES["ci"], REPO, runner, log=lambda _: None, pretrain_backbones=True, ablations=True)
     demo.run_training()
-    assert [argv[0] for argv in runner.calls] == ["synth", "pretrain-backbones", "train", "train", "train", "build",
-                                                  "train"]
+    assert [argv[0] for argv in runner.calls] == ["synth", "pretrain-backbones", "train", "train", "onpolicy", "train",
+                                                  "build", "train"]
     backbones = tmp_path / "world" / "backbones"
     assert f"model.llm={backbones / 'llm'}" in runner.calls[2]
-    build = runner.calls[5]
+    build = runner.calls[6]
     assert build[build.index("--projector") + 1] == demo.projector() and build[build.index("--llm") + 1] == str(backbones / "llm")
     assert "vqa_noalign" in demo.evaluations()
-    assert set(demo.stages) == {"world", "backbones", "align", "instruct", "prefer", "instruct_without_alignment"}
+    assert set(demo.stages) == {"world", "backbones", "align", "instruct", "onpolicy", "prefer",
+                                 "instruct_without_alignment"}
 
 
 def test_tampered_shipped_backbones_stop_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
