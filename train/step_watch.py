@@ -22,6 +22,7 @@ class StepWatch:
         s = log.spikes
         self.detector = spikes.SpikeDetector(s.method, s.threshold, s.window, s.min_history) if s.enabled else None
         self.reports = 0
+        self.unreported = 0  # spikes after log.spikes.max_reports
 
     def group_norms(self, model: nn.Module) -> Callable[[], dict[str, float] | None] | None:
         """The per-group gradient-norm reader for `StepInputs.group_norms`; None when spike reports are off or the
@@ -44,8 +45,11 @@ class StepWatch:
         if not spiked:
             return []
         if self.reports >= self.log.spikes.max_reports:
+            self.unreported += 1  # said once: a noisy run must not print a line a step
+            if self.unreported > 1:
+                return []
             return [f"spike at step {step}: {', '.join(spiked)} (no report: log.spikes.max_reports="
-                    f"{self.log.spikes.max_reports} written)"]
+                    f"{self.log.spikes.max_reports} written; later spikes are not reported)"]
         self.reports += 1
         path = spikes.write_report(self.output_dir, step, spiked, metrics, records, outcome.group_grad_norms,
                                    self.log.spikes.thumbnail_px)
