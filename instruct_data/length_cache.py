@@ -180,21 +180,33 @@ def compute_lengths(dataset: Any, start: int = 0, stop: int | None = None, worke
     return costs if tiles else costs[:, 0].copy()
 
 
-def _gather(strategy: Any, n: int, start: int, mine: np.ndarray | None) -> np.ndarray | None:
-    """Every rank's block of [n, 2] costs on every rank: one all-reduce of a vector zero outside each rank's
-    block, plus one slot counting the ranks that failed (`mine` None): then None on every rank, so none waits
-    forever."""
+def gathered_blocks(strategy: Any, n: int, start: int, compute: Callable[[], np.ndarray], dtype: type,
+                    failure: str) -> np.ndarray:
+    """All ranks' [n, 2] table, each rank computing its contiguous block from `start` (`compute`): one all-reduce of
+    a vector zero outside each rank's block, plus a slot counting the ranks whose `compute` raised, so that no rank
+    waits forever: that rank re-raises its error, the others raise `failure`."""
     import torch
 
-    full = torch.zeros(2 * n + 1, dtype=torch.int64, device=strategy.device)
+    if strategy is None or strategy.world_size == 1:
+        return compute()
+    error: BaseException | None = None
+    try:
+        mine: np.ndarray | None = compute()
+    except Exception as exc:  # told to the other ranks first, then raised
+        error, mine = exc, None
+    exact = np.dtype(dtype).kind in "iu"
+    full = torch.zeros(2 * n + 1, dtype=torch.int64 if exact else torch.float64, device=strategy.device)
     if mine is None:
         full[2 * n] = 1
     else:
-        full[2 * start:2 * (start + len(mine))] = torch.from_numpy(mine.astype(np.int64).ravel()).to(strategy.device)
+        block = torch.from_numpy(np.asarray(mine, dtype=np.int64 if exact else np.float64).ravel())
+        full[2 * start:2 * (start + len(mine))] = block.to(strategy.device)
     strategy.all_reduce_sum(full)
+    if error is not None:
+        raise error
     if int(full[2 * n].item()):
-        return None
-    return full[:2 * n].cpu().numpy().astype(np.int32).reshape(n, 2)
+        raise RuntimeError(failure)
+    return full[:2 * n].cpu().numpy().astype(dtype).reshape(n, 2)
 
 
 def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = None,
@@ -216,19 +228,9 @@ def exact_lengths(dataset: Any, cache_dir: str | Path | None, strategy: Any = No
     if costs is None:
         n, rank = len(dataset), (strategy.rank if strategy is not None else 0)
         start, stop = n * rank // world, n * (rank + 1) // world
-        if world == 1:
-            costs = compute_lengths(dataset, start, stop, workers=workers, tiles=True)
-        else:
-            error: BaseException | None = None
-            try:
-                mine = compute_lengths(dataset, start, stop, workers=workers, tiles=True)
-            except Exception as exc:  # told to the other ranks first, then raised
-                error, mine = exc, None
-            costs = _gather(strategy, n, start, mine)
-            if error is not None:
-                raise error
-            if costs is None:
-                raise RuntimeError("another rank failed while measuring the exact lengths (its log has the error)")
+        costs = gathered_blocks(strategy, n, start, lambda: compute_lengths(dataset, start, stop, workers=workers,
+                                                                             tiles=True), np.int32,
+                                "another rank failed while measuring the exact lengths (its log has the error)")
         if path is not None:
             try:  # every rank that computed: each rename is whole, the bytes equal
                 write_cache(path, key, costs)

@@ -24,7 +24,7 @@ from torch import nn
 
 from conversation.errors import ImageLoadError
 from instruct_data.length_cache import cache_key as length_key
-from instruct_data.length_cache import key_digest, read_keyed_table
+from instruct_data.length_cache import gathered_blocks, key_digest, read_keyed_table
 from instruct_data.preference import PairItem, PreferenceCollator
 from train.errors import DataFailure
 from train.feature_source import FeatureSource
@@ -138,20 +138,6 @@ def compute_block(vlm: nn.Module, dataset: Any, indices: list[int], micro_batch:
     return out
 
 
-def _gather(strategy: Strategy, n: int, start: int, mine: np.ndarray | None) -> np.ndarray | None:
-    """Every rank's block on every rank (one all-reduce, zero outside each block), plus a slot counting ranks that
-    failed (then None everywhere, so no rank waits forever)."""
-    full = torch.zeros(2 * n + 1, dtype=torch.float64, device=strategy.device)
-    if mine is None:
-        full[-1] = 1
-    else:
-        full[2 * start:2 * (start + len(mine))] = torch.from_numpy(mine.reshape(-1)).to(strategy.device)
-    strategy.all_reduce_sum(full)
-    if float(full[-1]) != 0:
-        return None
-    return full[:-1].cpu().numpy().reshape(n, 2)
-
-
 def reference_logps(cfg: Any, vlm: nn.Module, dataset: Any, strategy: Strategy, precision: str,
                     features: FeatureSource | None = None) -> np.ndarray:
     """[N, 2] reference (chosen, rejected) reply log-probabilities of every record (NaN: skipped), read from the
@@ -179,19 +165,10 @@ def reference_logps(cfg: Any, vlm: nn.Module, dataset: Any, strategy: Strategy, 
         passes = math.ceil(math.ceil(n / world) / size)  # the largest block's forwards, on every rank
         autocast = lambda: strategy.autocast(precision)  # noqa: E731
         pad = int(vlm.config.pad_token_id)
-        if world == 1:
-            values = compute_block(vlm, dataset, list(range(start, stop)), size, passes, pad, features, autocast)
-        else:
-            error: BaseException | None = None
-            try:
-                mine = compute_block(vlm, dataset, list(range(start, stop)), size, passes, pad, features, autocast)
-            except Exception as exc:  # told to the other ranks first, then raised
-                error, mine = exc, None
-            values = _gather(strategy, n, start, mine)
-            if error is not None:
-                raise error
-            if values is None:
-                raise RuntimeError("another rank failed in the reference pre-pass (its log has the error)")
+        values = gathered_blocks(
+            strategy, n, start,
+            lambda: compute_block(vlm, dataset, list(range(start, stop)), size, passes, pad, features, autocast),
+            np.float64, "another rank failed in the reference pre-pass (its log has the error)")
         if path is not None and key is not None and strategy.is_main:
             write_reference(path, key, values)
         how = f"computed in {time.perf_counter() - t0:.1f}s ({world} rank(s))"
